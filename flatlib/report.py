@@ -1,0 +1,116 @@
+"""A chapter's machine-readable summary: headline numbers, scoreboard rows, provenance.
+
+A chapter calls :func:`write_summary` in its last cell; the chapter runner then adds the
+provenance it alone knows (validated parameters, wall time) with :func:`add_provenance`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import flatlib
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY_NAME = "summary.json"
+VERDICTS = ("supported", "partly supported", "not supported", "inconclusive")
+
+
+def source_hash() -> str:
+    """SHA-256 over flatlib's own source files, so a summary names the code that made it."""
+    digest = hashlib.sha256()
+    package = Path(flatlib.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def device_description(device: str = "cpu") -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _jsonable(value):
+    """Floats that JSON can carry (NaN and inf become None), numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _atomic_write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(payload), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def scoreboard_row(claim: str, ours: str, verdict: str) -> dict:
+    """One row of the introduction's scoreboard; ``verdict`` is one of ``VERDICTS``."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    return {"claim": claim, "ours": ours, "verdict": verdict}
+
+
+def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scoreboard: list[dict] = (),
+                  datasets: list[str] = (), device: str = "cpu") -> Path:
+    """Write ``out_dir/summary.json`` from a chapter's own numbers (called by the chapter)."""
+    from flatlib import data as fdata
+    import torch
+
+    payload = {
+        "chapter": chapter,
+        "headline": headline,
+        "scoreboard": list(scoreboard),
+        "data_checksums": {name: fdata.checksums(name) for name in datasets},
+        "flatlib_version": flatlib.__version__,
+        "flatlib_source_hash": source_hash(),
+        "git_commit": git_commit(),
+        "device": device_description(device),
+        "torch_version": torch.__version__,
+    }
+    path = Path(out_dir) / SUMMARY_NAME
+    _atomic_write_json(path, payload)
+    return path
+
+
+def add_provenance(path: Path, parameters: dict, wall_time_s: float, notebook: str) -> dict:
+    """Add what only the runner knows to a summary the chapter wrote."""
+    summary = json.loads(Path(path).read_text())
+    summary["parameters"] = parameters
+    summary["wall_time_s"] = round(wall_time_s, 1)
+    summary["notebook"] = notebook
+    _atomic_write_json(Path(path), summary)
+    return summary

@@ -1,0 +1,206 @@
+"""Seeded, deterministic training from a frozen config.
+
+One config, one network: the seed fixes the initialisation, the data order and any
+augmentation, so the same config gives bit-identical weights on the same CPU. A non-finite
+loss stops that run and is recorded in its history (``status == "diverged"``) instead of
+raising, so one bad network does not kill a sweep of a hundred.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flatlib import data as fdata
+from flatlib import models
+
+# Bump whenever a change to this module would change the weights a config produces; it is
+# part of every cache key, so stale networks are never served.
+TRAIN_VERSION = "1"
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained network.
+
+    ``epochs`` is a cap; with ``target_train_acc`` training stops at the end of the first
+    epoch whose full-pass training accuracy reaches it. ``sam_rho > 0`` turns on SAM
+    (Foret et al. 2021). ``augment`` adds random shifts of up to 2 pixels.
+    """
+
+    dataset: str = "mnist"
+    n: int | None = 2000
+    data_seed: int = 0
+    arch: str = "mlp"
+    widths: tuple[int, ...] = (512, 512)
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 64
+    epochs: int = 30
+    target_train_acc: float | None = 1.0
+    weight_decay: float = 0.0
+    sam_rho: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        problems = []
+        if self.dataset not in fdata.DATASETS:
+            problems.append(f"dataset must be one of {fdata.DATASETS}, got {self.dataset!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.arch not in ("mlp", "cnn"):
+            problems.append(f"arch must be 'mlp' or 'cnn', got {self.arch!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            problems.append("batch_size and epochs must be at least 1")
+        if self.n is not None and self.batch_size > self.n:
+            problems.append(f"batch_size {self.batch_size} exceeds the training-set size n={self.n}")
+        if self.weight_decay < 0 or self.sam_rho < 0:
+            problems.append("weight_decay and sam_rho must be non-negative")
+        if self.target_train_acc is not None and not 0 < self.target_train_acc <= 1:
+            problems.append(f"target_train_acc must be in (0, 1], got {self.target_train_acc!r}")
+        if problems:
+            raise ValueError("Invalid TrainConfig: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """A stable content hash of the config and the training code's version."""
+        payload = json.dumps({"config": self.to_dict(), "train_version": TRAIN_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    model: nn.Module
+    initial_state: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    status: str = "ok"  # "ok" or "diverged"
+    wall_time_s: float = 0.0
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+
+def _shift(images: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels per image (zero padding)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])  # n x h
+    cols = (dx[:, None] + torch.arange(w)[None, :])  # n x w
+    batch = torch.arange(n)[:, None, None]
+    return padded[:, 0][batch, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+def init_model(config: TrainConfig) -> nn.Module:
+    """The untrained network of ``config``, its weights drawn from ``config.seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return models.build(config.arch, config.widths)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Mean cross-entropy (nats) and accuracy of ``model`` on a labelled set."""
+    logits = models.predict(model, images)
+    labels = labels.to(logits.device)
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "acc": (logits.argmax(1) == labels).double().mean().item(),
+    }
+
+
+def _sam_step(model, loss_fn, opt, rho):
+    """One SAM update: ascend to w + rho g/|g|, take the gradient there, step from w."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params]))
+    eps = [rho * p.grad / (grad_norm + 1e-12) for p in params]
+    with torch.no_grad():
+        for p, e in zip(params, eps):
+            p.add_(e)
+    opt.zero_grad()
+    loss_fn().backward()
+    with torch.no_grad():
+        for p, e in zip(params, eps):
+            p.sub_(e)
+    opt.step()
+
+
+def train(config: TrainConfig, progress: bool = False) -> TrainResult:
+    """Train the network ``config`` describes; never raises on divergence."""
+    start = time.perf_counter()
+    device = torch.device(config.device)
+    ds = fdata.load(config.dataset, "train", n=config.n, seed=config.data_seed)
+    x_all, y_all = ds.images.to(device), ds.labels.to(device)
+    model = init_model(config).to(device)
+    initial_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    result = TrainResult(config=config, model=model, initial_state=initial_state)
+    epochs = range(1, config.epochs + 1)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc=f"train seed={config.seed}", leave=False)
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(y_all), generator=gen)
+        running, seen = 0.0, 0
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i:i + config.batch_size]
+            xb, yb = x_all[idx.to(device)], y_all[idx.to(device)]
+            if config.augment:
+                xb = _shift(xb.cpu(), gen).to(device)
+
+            def loss_fn():
+                return F.cross_entropy(model(xb), yb)
+
+            opt.zero_grad()
+            loss = loss_fn()
+            if not torch.isfinite(loss):
+                result.status = "diverged"
+                result.history.append({"epoch": epoch, "step": i // config.batch_size,
+                                       "loss": loss.item(), "event": "non-finite loss"})
+                result.wall_time_s = time.perf_counter() - start
+                return result
+            loss.backward()
+            if config.sam_rho > 0:
+                _sam_step(model, loss_fn, opt, config.sam_rho)
+            else:
+                opt.step()
+            running += loss.item() * len(idx)
+            seen += len(idx)
+        metrics = evaluate(model, x_all, y_all)
+        result.history.append({"epoch": epoch, "batch_loss": running / seen,
+                               "train_loss": metrics["loss"], "train_acc": metrics["acc"]})
+        if not math.isfinite(metrics["loss"]):
+            result.status = "diverged"
+            result.history[-1]["event"] = "non-finite loss"
+            break
+        if config.target_train_acc is not None and metrics["acc"] >= config.target_train_acc:
+            break
+    model.eval()
+    result.wall_time_s = time.perf_counter() - start
+    return result

@@ -1,0 +1,93 @@
+import shutil
+
+import pytest
+import torch
+
+from flatlib import data
+
+MNIST_TRAIN = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.parametrize("name,split,counts", [
+    ("mnist", "train", MNIST_TRAIN),
+    ("mnist", "test", MNIST_TEST),
+    ("fashion_mnist", "train", [6000] * 10),
+    ("fashion_mnist", "test", [1000] * 10),
+])
+def test_canonical_label_counts(name, split, counts):
+    ds = data.load(name, split)
+    assert torch.bincount(ds.labels, minlength=10).tolist() == counts
+    assert ds.images.dtype == torch.float32 and ds.labels.dtype == torch.int64
+    assert ds.images.shape == (sum(counts), 1, 28, 28)
+    assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0
+
+
+def test_subset_is_stratified_seeded_and_within_one_of_proportional():
+    full = data.load("mnist", "train")
+    a = data.load("mnist", "train", n=1000, seed=1)
+    b = data.load("mnist", "train", n=1000, seed=1)
+    c = data.load("mnist", "train", n=1000, seed=2)
+    assert len(a) == 1000 and torch.equal(a.indices, b.indices) and not torch.equal(a.indices, c.indices)
+    expected = torch.bincount(full.labels).double() * 1000 / len(full)
+    got = torch.bincount(a.labels, minlength=10).double()
+    assert (got - expected).abs().max() < 1
+    assert torch.equal(a.images, full.images[a.indices]) and torch.equal(a.labels, full.labels[a.indices])
+
+
+def test_complement_is_disjoint_from_the_training_subset():
+    sub = data.load("mnist", "train", n=500, seed=0)
+    rest = data.complement(sub)
+    assert len(rest) == 60000 - 500
+    assert not set(sub.indices.tolist()) & set(rest.indices.tolist())
+    probe = data.complement(sub, n=100, seed=3)
+    assert len(probe) == 100 and not set(sub.indices.tolist()) & set(probe.indices.tolist())
+
+
+def test_unknown_name_split_or_size_gives_one_clear_error():
+    with pytest.raises(data.DataError, match="choose one of mnist, fashion_mnist"):
+        data.load("cifar10", "train")
+    with pytest.raises(data.DataError, match="choose 'train' or 'test'"):
+        data.load("mnist", "validation")
+    with pytest.raises(data.DataError, match="between 1 and 10000"):
+        data.load("mnist", "test", n=20000)
+
+
+@pytest.fixture
+def private_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLATLIB_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(data, "_FULL", {})
+    return tmp_path / "data"
+
+
+def test_corrupt_cached_file_is_detected_and_refetched(private_data_dir, monkeypatch):
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: False)
+    folder = data.fetch("mnist")
+    victim = folder / "t10k-labels-idx1-ubyte"
+    raw = bytearray(victim.read_bytes())
+    raw[100] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    data.fetch("mnist")  # detects the corruption, removes the file, re-imports the mirror
+    assert data._sha256(victim.read_bytes()) == data.CHECKSUMS["mnist"]["t10k-labels-idx1-ubyte"]
+
+
+def test_no_source_names_every_attempt_and_the_fix(private_data_dir, monkeypatch):
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: problems.append("torchvision: offline") or False)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", private_data_dir / "nowhere")
+    with pytest.raises(data.DataError) as err:
+        data.fetch("fashion_mnist")
+    message = str(err.value)
+    assert "cache:" in message and "torchvision: offline" in message and "Debian mirror" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert not any(private_data_dir.rglob("*-ubyte"))
+
+
+def test_corrupt_mirror_is_rejected_and_nothing_half_written(private_data_dir, monkeypatch, tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(data.DEBIAN_FASHION_DIR, mirror)
+    (mirror / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", mirror)
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: False)
+    with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.gz is corrupt"):
+        data.fetch("fashion_mnist")
+    assert not any(private_data_dir.rglob("*-ubyte"))

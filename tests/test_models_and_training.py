@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from flatlib import models
+from flatlib.train import TrainConfig, train
+
+TINY = dict(dataset="mnist", n=256, widths=(32,), batch_size=32, epochs=2, target_train_acc=None)
+
+
+def test_mlp_and_cnn_shapes_and_no_batchnorm_by_default():
+    x = torch.rand(5, 1, 28, 28)
+    for model in (models.mlp((64, 32)), models.cnn((4, 8), 16)):
+        assert model(x).shape == (5, 10)
+        assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
+    assert models.num_params(models.mlp((512, 512))) == 784 * 512 + 512 + 512 * 512 + 512 + 5130
+
+
+def test_same_config_gives_bit_identical_weights_on_cpu():
+    a, b = train(TrainConfig(**TINY)), train(TrainConfig(**TINY))
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert a.history == [dict(h) for h in b.history]
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"data_seed": 1}, {"augment": True}, {"sam_rho": 0.05},
+                                    {"weight_decay": 1e-2}, {"optimizer": "adam", "lr": 1e-3}])
+def test_each_config_field_changes_the_weights(change):
+    base = train(TrainConfig(**TINY)).model.state_dict()
+    other = train(TrainConfig(**{**TINY, **change})).model.state_dict()
+    assert not all(torch.equal(base[k], other[k]) for k in base)
+    assert TrainConfig(**TINY).key() != TrainConfig(**{**TINY, **change}).key()
+
+
+def test_training_fits_a_small_subset_and_stops_at_the_target():
+    result = train(TrainConfig(dataset="mnist", n=256, widths=(128,), batch_size=32, epochs=50, lr=0.05,
+                               target_train_acc=1.0))
+    assert result.status == "ok"
+    assert result.history[-1]["train_acc"] == 1.0
+    assert len(result.history) < 50
+
+
+def test_divergence_is_recorded_not_raised():
+    result = train(TrainConfig(**{**TINY, "lr": 1e12, "momentum": 0.0}))
+    assert result.status == "diverged" and result.diverged
+    assert result.history[-1]["event"] == "non-finite loss"
+    assert not math.isfinite(result.history[-1].get("loss", result.history[-1].get("train_loss")))
+
+
+@pytest.mark.parametrize("bad,match", [({"optimizer": "rmsprop"}, "optimizer"), ({"lr": -1.0}, "lr"),
+                                       ({"dataset": "cifar"}, "dataset"), ({"batch_size": 1000}, "exceeds"),
+                                       ({"target_train_acc": 1.5}, "target_train_acc")])
+def test_impossible_configs_are_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{**TINY, **bad})
+
+
+def test_config_key_is_stable_and_covers_every_field():
+    assert TrainConfig(**TINY).key() == TrainConfig(**TINY).key()
+    assert TrainConfig(**TINY).key() != TrainConfig(**{**TINY, "device": "cuda"}).key()
