@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from flatlib import cache
+from flatlib import train as ftrain
+from flatlib.train import TrainConfig
+
+TINY = dict(dataset="mnist", n=128, widths=(16,), batch_size=32, epochs=1, target_train_acc=None)
+
+
+@pytest.fixture
+def counted_training(monkeypatch):
+    calls = []
+    real = ftrain.train
+
+    def counting(config, progress=False):
+        calls.append(config.seed)
+        return real(config)
+
+    monkeypatch.setattr(ftrain, "train", counting)
+    return calls
+
+
+def test_second_request_is_served_from_the_cache_with_identical_weights(counted_training):
+    first = cache.trained(TrainConfig(**TINY))
+    second = cache.trained(TrainConfig(**TINY))
+    assert counted_training == [0]
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k])
+    for k, v in first.initial_state.items():
+        assert torch.equal(v, second.initial_state[k])
+    assert second.history == first.history
+
+
+def test_interrupted_sweep_resumes_and_trains_only_what_is_missing(counted_training, monkeypatch):
+    configs = [TrainConfig(**{**TINY, "seed": s}) for s in range(5)]
+    real_save = cache.save_network
+
+    def interrupt_after_three(result):
+        if result.config.seed == 3:
+            raise KeyboardInterrupt
+        return real_save(result)
+
+    monkeypatch.setattr(cache, "save_network", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        cache.sweep(configs)
+    monkeypatch.setattr(cache, "save_network", real_save)
+    counted_training.clear()
+    results = cache.sweep(configs)
+    assert counted_training == [3, 4]
+    assert [r.config.seed for r in results] == list(range(5))
+    assert not list(cache.cache_dir().rglob("*.tmp"))
+
+
+def test_corrupt_network_entry_is_retrained(counted_training):
+    config = TrainConfig(**TINY)
+    cache.trained(config)
+    path = cache._network_path(config)
+    path.write_bytes(path.read_bytes()[:100])
+    cache.trained(config)
+    assert counted_training == [0, 0]
+
+
+def test_measures_are_memoised_per_network_and_options():
+    config = TrainConfig(**TINY)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return 1.5
+
+    assert cache.measure(config, "m", compute, tau=0.1) == 1.5
+    assert cache.measure(config, "m", compute, tau=0.1) == 1.5
+    assert len(calls) == 1
+    cache.measure(config, "m", compute, tau=0.2)
+    cache.measure(config, "m", compute, version="2", tau=0.1)
+    cache.measure(TrainConfig(**{**TINY, "seed": 9}), "m", compute, tau=0.1)
+    assert len(calls) == 4

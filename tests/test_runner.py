@@ -1,0 +1,92 @@
+import json
+
+import nbformat
+import pytest
+
+from flatlib import runner, scoreboard
+from flatlib.__main__ import main
+
+ECHO_PARAMETERS = 'n = 3\nscale = 1.5\nlabel = "x"\nflag = False\nwidths = [4, 8]\nout_dir = "."\nfail = False\n'
+ECHO_BODY = (
+    "if fail:\n    raise RuntimeError('asked to fail')\n"
+    "from flatlib import report\n"
+    "report.write_summary(out_dir, 'echo', {'total': n * scale, 'label': label, 'widths': widths},\n"
+    "    scoreboard=[report.scoreboard_row('C1', f'{n * scale:g}x', 'inconclusive')], datasets=['mnist'])\n"
+)
+
+
+@pytest.fixture
+def book(tmp_path, monkeypatch):
+    """A book folder holding one chapter, ``echo``, that writes its parameters into its summary."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Echo"),
+                nbformat.v4.new_code_cell(ECHO_PARAMETERS, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(ECHO_BODY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "book" / "echo").mkdir(parents=True)
+    nbformat.write(nb, tmp_path / "book" / "echo" / "echo.ipynb")
+    monkeypatch.setattr(runner, "BOOK", tmp_path / "book")
+    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    return tmp_path / "book"
+
+
+def test_parameters_are_read_with_their_types(book):
+    assert runner.parameters(book / "echo" / "echo.ipynb") == {
+        "n": 3, "scale": 1.5, "label": "x", "flag": False, "widths": [4, 8], "out_dir": ".", "fail": False}
+
+
+def test_misspelled_parameter_is_refused_with_the_valid_ones_listed(book, capsys):
+    assert main(["run", "echo", "-p", "nn", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown parameter(s) 'nn'" in err
+    for line in ("n = 3", "scale = 1.5", "label = 'x'", "widths = [4, 8]"):
+        assert line in err
+    assert not (book.parent / "runs").exists()
+
+
+@pytest.mark.parametrize("name,value", [("n", "three"), ("n", "2.5"), ("flag", "maybe"), ("widths", "7"),
+                                        ("scale", "true")])
+def test_values_of_the_wrong_type_are_refused_before_running(book, name, value):
+    with pytest.raises(runner.ChapterError, match=f"Parameter '{name}'"):
+        runner.validate("echo", {name: value})
+
+
+def test_values_are_coerced_to_the_default_types(book):
+    params = runner.validate("echo", {"n": "5", "scale": "2", "flag": "true", "widths": "[1, 2, 3]", "label": "7"})
+    assert params["n"] == 5 and params["scale"] == 2.0 and isinstance(params["scale"], float)
+    assert params["flag"] is True and params["widths"] == [1, 2, 3] and params["label"] == "7"
+
+
+def test_unknown_chapter_lists_the_chapters(book):
+    with pytest.raises(runner.ChapterError, match="Chapters: echo"):
+        runner.validate("eccho", {})
+
+
+def test_run_writes_notebook_and_summary_with_provenance(book, tmp_path):
+    summary = runner.run("echo", {"n": "4"}, progress=False)
+    out = next((tmp_path / "runs").glob("echo-*"))
+    assert (out / "echo.ipynb").is_file()
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["headline"]["total"] == 6.0
+    assert summary["parameters"]["n"] == 4 and "out_dir" not in summary["parameters"]
+    for key in ("data_checksums", "flatlib_source_hash", "git_commit", "device", "torch_version", "wall_time_s"):
+        assert key in summary, key
+    assert summary["data_checksums"]["mnist"]["train-images-idx3-ubyte"].startswith("ba89")
+    assert ".partial" not in (out / "echo.ipynb").read_text()
+    assert not list((tmp_path / "runs").glob(".*partial"))
+
+
+def test_a_failing_chapter_leaves_no_half_written_output(book, tmp_path):
+    out = tmp_path / "runs" / "target"
+    with pytest.raises(Exception, match="asked to fail"):
+        runner.run("echo", {"fail": "true"}, out=out, progress=False)
+    assert not out.exists()
+    assert (tmp_path / "runs" / "target.failed" / "echo.ipynb").is_file()
+
+
+def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_path):
+    runner.run("echo", {"n": "2"}, out=book / "echo", progress=False)
+    table = scoreboard.render(book)
+    assert "| [C1](echo/echo) |" in table and "| 3x | **inconclusive** |" in table
+    assert table.count("| pending |") == len(scoreboard.CLAIMS) - 1
