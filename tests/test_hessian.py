@@ -1,0 +1,160 @@
+"""Oracles for flatlib.hessian: the dense Hessian of a tiny float64 network, exact eigenvalues
+from torch.linalg.eigvalsh and the exact trace."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from flatlib import hessian, models
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 6-5-4-3 ReLU MLP in float64 on 40 random points, and its dense Hessian."""
+    torch.manual_seed(0)
+    model = models.mlp((5, 4), in_features=6, num_classes=3).double()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss_of(w):
+        chunks, i = {}, 0
+        for name, shape in zip(names, shapes):
+            chunks[name] = w[i:i + shape.numel()].reshape(shape)
+            i += shape.numel()
+        return F.cross_entropy(functional_call(model, chunks, (x,)), y)
+
+    dense = torch.autograd.functional.hessian(loss_of, flat)
+    return model, (x, y), dense
+
+
+def test_hvp_matches_the_dense_hessian(tiny):
+    model, data, dense = tiny
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        v = torch.randn(dense.shape[0], generator=gen, dtype=torch.float64)
+        hv = hessian.hvp(model, data, v)
+        assert ((hv - dense @ v).norm() / (dense @ v).norm()).item() < 1e-8
+
+
+def test_batch_accumulation_equals_one_full_batch(tiny):
+    model, data, dense = tiny
+    v = torch.randn(dense.shape[0], dtype=torch.float64)
+    full = hessian.hvp(model, data, v)
+    for batch_size in (1, 7, 16):
+        batched = hessian.hvp(model, data, v, batch_size=batch_size)
+        assert ((batched - full).norm() / full.norm()).item() < 1e-12
+
+
+def test_hvp_leaves_grads_and_mode_untouched(tiny):
+    model, data, dense = tiny
+    model.train()
+    assert all(p.grad is None for p in model.parameters())
+    hessian.hvp(model, data, torch.ones(dense.shape[0], dtype=torch.float64))
+    assert model.training and all(p.grad is None for p in model.parameters())
+    model.eval()
+    hessian.hvp(model, data, torch.ones(dense.shape[0], dtype=torch.float64), batch_size=8)
+    assert not model.training
+
+
+def test_hvp_rejects_a_vector_of_the_wrong_length(tiny):
+    model, data, dense = tiny
+    with pytest.raises(ValueError, match="parameters"):
+        hessian.hvp(model, data, torch.ones(dense.shape[0] + 1, dtype=torch.float64))
+
+
+def test_lanczos_top_eigenvalues_match_eigvalsh_at_tight_tolerance(tiny):
+    model, data, dense = tiny
+    exact = torch.linalg.eigvalsh(dense).flip(0)
+    result = hessian.top_eigenvalues(model, data, k=3, tol=1e-10, max_iter=dense.shape[0])
+    assert result.converged
+    rel = ((result.eigenvalues - exact[:3]).abs() / exact[:3].abs()).max().item()
+    assert rel < 1e-6
+    assert result.num_hvps <= dense.shape[0]
+    for value, vector in zip(result.eigenvalues, result.eigenvectors):
+        assert ((dense @ vector - value * vector).norm() / value.abs()).item() < 1e-5
+
+
+def test_lanczos_at_default_tolerance_is_within_tol(tiny):
+    model, data, dense = tiny
+    top = torch.linalg.eigvalsh(dense)[-1].item()
+    for seed in range(5):
+        result = hessian.top_eigenvalues(model, data, seed=seed)
+        assert result.converged and abs(result.eigenvalues[0].item() - top) <= 1e-3 * abs(top)
+
+
+def test_power_iteration_finds_the_largest_magnitude_eigenvalue(tiny):
+    model, data, dense = tiny
+    exact = torch.linalg.eigvalsh(dense)
+    largest = exact[exact.abs().argmax()].item()
+    result = hessian.power_iteration(model, data, tol=1e-10, max_iter=5000)
+    assert abs(result.eigenvalues[0].item() - largest) < 1e-4 * abs(largest)
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_trace_estimators_are_unbiased(tiny, method):
+    model, data, dense = tiny
+    exact = torch.trace(dense).item()
+    op = hessian.HessianOperator(model, data)
+    estimates = torch.tensor([hessian.trace(op, probes=12, method=method, seed=s).value for s in range(60)])
+    stderr = estimates.std().item() / 60 ** 0.5
+    assert abs(estimates.mean().item() - exact) < 3 * stderr
+
+
+def test_hutchplusplus_has_lower_variance_than_hutchinson_at_equal_probes_when_the_spectrum_decays():
+    # Meyer et al.'s guarantee is for spectra dominated by a few directions, as Hessians of
+    # trained networks are (a few outliers over a bulk); on a flat spectrum Hutch++ loses, since
+    # only a third of its probes estimate the remainder.
+    gen = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))
+    spectrum = 1.0 / torch.arange(1, 201, dtype=torch.float64) ** 2
+    op = hessian.DenseOperator(basis @ torch.diag(spectrum) @ basis.T)
+    spread = {m: torch.tensor([hessian.trace(op, probes=12, method=m, seed=s).value for s in range(60)]).std()
+              for m in ("hutchinson", "hutch++")}
+    assert spread["hutch++"] < spread["hutchinson"]
+
+
+def test_reported_trace_stderr_matches_the_spread_over_seeds(tiny):
+    model, data, dense = tiny
+    op = hessian.HessianOperator(model, data)
+    runs = [hessian.trace(op, probes=20, method="hutchinson", seed=s) for s in range(60)]
+    spread = torch.tensor([r.value for r in runs]).std().item()
+    reported = torch.tensor([r.stderr for r in runs]).mean().item()
+    assert 0.6 < reported / spread < 1.6
+
+
+def test_trace_counts_its_hvps(tiny):
+    model, data, dense = tiny
+    assert hessian.trace(model, data, probes=12, method="hutch++").num_hvps == 12
+    assert hessian.trace(model, data, probes=10, method="hutchinson").num_hvps == 10
+
+
+def test_spectral_density_integrates_to_one_and_its_mean_is_trace_over_p(tiny):
+    model, data, dense = tiny
+    p = dense.shape[0]
+    sd = hessian.spectral_density(model, data, probes=20, steps=30, seed=0)
+    assert abs(torch.trapezoid(sd.density, sd.grid).item() - 1) < 1e-9
+    assert torch.allclose(sd.weights.sum(1), torch.ones(20, dtype=torch.float64))
+    mean, err = sd.moment(1)
+    assert abs(mean - torch.trace(dense).item() / p) < 3 * err
+    smoothed_mean = torch.trapezoid(sd.grid * sd.density, sd.grid).item()
+    assert abs(smoothed_mean - mean) < 1e-3 * max(abs(mean), 1e-12) + 1e-6
+
+
+def test_spectral_density_nodes_span_the_exact_spectrum(tiny):
+    model, data, dense = tiny
+    exact = torch.linalg.eigvalsh(dense)
+    sd = hessian.spectral_density(model, data, probes=2, steps=dense.shape[0], seed=1)
+    assert abs(sd.nodes.max().item() - exact[-1].item()) < 1e-6 * abs(exact[-1].item())
+    assert abs(sd.nodes.min().item() - exact[0].item()) < 1e-6 * max(abs(exact[0].item()), 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hvp_on_cuda_matches_cpu(tiny):
+    model, data, dense = tiny
+    v = torch.randn(dense.shape[0], dtype=torch.float64)
+    import copy
+    gpu = hessian.hvp(copy.deepcopy(model).cuda(), (data[0].cuda(), data[1].cuda()), v.cuda())
+    assert ((gpu.cpu() - dense @ v).norm() / (dense @ v).norm()).item() < 1e-8
