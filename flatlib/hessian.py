@@ -150,10 +150,14 @@ def _lanczos(matvec, v0: torch.Tensor, steps: int, stop: Callable | None = None)
     Lanczos vectors; ``stop(alphas, betas)`` may end the iteration early."""
     n = v0.numel()
     steps = min(steps, n)
-    basis = torch.zeros(steps, n, device=v0.device, dtype=v0.dtype)
+    # Grown by doubling: preallocating ``steps`` rows would zero-fill memory never used when
+    # Lanczos converges early, which it usually does.
+    basis = torch.empty(min(steps, 16), n, device=v0.device, dtype=v0.dtype)
     alphas, betas = [], []
     q = v0 / v0.norm()
     for j in range(steps):
+        if j == len(basis):
+            basis = torch.cat([basis, torch.empty(min(len(basis), steps - j), n, device=v0.device, dtype=v0.dtype)])
         basis[j] = q
         w = matvec(q)
         alpha = torch.dot(w, q)
