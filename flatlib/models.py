@@ -75,9 +75,9 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2048) -> t
     """Logits of ``model`` on ``images`` in eval mode, batched; the model's mode is restored."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    first = next(model.parameters())
     try:
-        out = [model(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)]
+        out = [model(images[i:i + batch_size].to(first.device, first.dtype)) for i in range(0, len(images), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out)

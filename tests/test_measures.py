@@ -1,0 +1,143 @@
+"""The measure registry: each measure against an oracle where one exists, and every invariance
+tag checked both ways by applying the transformations and measuring."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from flatlib import data, measures, models, reparam
+from flatlib.measures import MEASURES
+from flatlib.train import TrainConfig, train
+
+FAST = {"top_eigenvalue": {"tol": 1e-6}, "hessian_trace": {"probes": 30}, "relative_flatness": {"probes": 20},
+        "weakness_open_labels": {"probe_n": 500}, "weakness_input_volume": {"n": 50, "directions": 4}}
+
+
+@pytest.fixture(scope="module")
+def network():
+    """A small trained MLP in float64 (so invariance is tested, not float32 rounding) and its
+    training subset."""
+    result = train(TrainConfig(n=256, widths=(32, 16), batch_size=32, epochs=4, target_train_acc=None))
+    ds = data.load("mnist", "train", n=256, seed=0)
+    model = result.model.double()
+    return model, ds
+
+
+def _transformations(model):
+    return {
+        "alpha_scale": reparam.alpha_scale(reparam.alpha_scale(model, 0, 4.0), 1, 0.3),
+        "neuron_scale": reparam.random_neuron_scale(model, seed=1, log_range=1.0),
+        "permute": reparam.random_permute(model, seed=2),
+    }
+
+
+def test_every_measure_is_tagged_with_a_family_and_documented():
+    assert MEASURES, "registry is empty"
+    for m in MEASURES.values():
+        assert m.family in measures.FAMILIES
+        assert "Larger =" in m.doc, f"{m.name} must state its sign convention"
+
+
+@pytest.mark.parametrize("name", sorted(MEASURES))
+def test_invariance_tag_matches_measurement(network, name):
+    model, ds = network
+    m = MEASURES[name]
+    options = FAST.get(name, {})
+    base = m(model, ds, **options)
+    changes = {}
+    for label, transformed in _transformations(model).items():
+        value = m(transformed, ds, **options)
+        changes[label] = abs(value - base) / max(abs(base), 1e-12)
+    if m.invariant:
+        assert max(changes.values()) < 1e-3, changes
+    else:
+        assert max(changes.values()) > 1e-3, changes
+
+
+def test_open_labels_counts_labels_above_tau_on_hand_built_outputs():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+    probe = torch.rand(7, 1, 28, 28)
+    assert measures.weakness_open_labels(model, None, probe=probe) == pytest.approx(math.log2(10))
+    with torch.no_grad():
+        # p = (0.45, 0.45, 0.1/8 ...): two labels above tau = 0.1
+        model[1].bias.copy_(torch.log(torch.tensor([0.45, 0.45] + [0.1 / 8] * 8)))
+    assert measures.weakness_open_labels(model, None, probe=probe) == pytest.approx(1.0)
+    assert measures.weakness_open_labels(model, None, probe=probe, tau=0.5) == pytest.approx(0.0)
+
+
+def test_open_labels_refuses_to_guess_its_probe_set():
+    with pytest.raises(ValueError, match="probe="):
+        measures.weakness_open_labels(models.mlp((4,)), (torch.rand(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)))
+
+
+def test_input_volume_matches_the_distance_to_a_linear_boundary():
+    # Class 1 wins where pixel 0 exceeds 0.5: from a black image the label flips at radius
+    # 0.5 / d_0 along a unit direction d with d_0 > 0, and never (capped) otherwise.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 2)).double()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[1, 0] = 1.0
+        model[1].bias.copy_(torch.tensor([0.0, -0.5]))
+    x = torch.zeros(3, 1, 28, 28)
+    value = measures.weakness_input_volume(model, (x, torch.zeros(3, dtype=torch.long)), directions=16,
+                                           max_radius=20.0, bisections=40)
+    gen = torch.Generator().manual_seed(0)
+    torch.randperm(3, generator=gen)
+    dirs = torch.randn(3, 16, 784, generator=gen)
+    d0 = (dirs / dirs.norm(dim=2, keepdim=True))[:, :, 0]
+    expected = torch.where(d0 > 0.5 / 20, 0.5 / d0.clamp_min(1e-12), torch.tensor(20.0))
+    assert value == pytest.approx(torch.log(expected).mean().item(), abs=1e-6)
+
+
+def test_relative_flatness_matches_the_dense_hessian_blocks():
+    torch.manual_seed(0)
+    model = models.mlp((5, 4), in_features=6, num_classes=3).double()
+    x, y = torch.randn(30, 6, dtype=torch.float64), torch.randint(0, 3, (30,))
+    names = [n for n, _ in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss_of(w):
+        return F.cross_entropy(functional_call(model, measures._unflatten(names, shapes, w), (x,)), y)
+
+    dense = torch.autograd.functional.hessian(loss_of, flat)
+    offset = flat.numel() - 3 * 4 - 3
+    block = dense[offset:offset + 12, offset:offset + 12].reshape(3, 4, 3, 4)
+    traces = torch.einsum("akbk->ab", block)
+    weight = model[-1].weight.detach()
+    exact = ((weight @ weight.T) * traces).sum().item()
+    estimate = measures.relative_flatness(model, (x, y), probes=4000)
+    assert estimate == pytest.approx(exact, rel=0.05)
+
+
+def test_worst_case_sharpness_grows_with_the_box(network):
+    model, ds = network
+    small = measures.adaptive_sharpness(model, ds, rho=0.01)
+    large = measures.adaptive_sharpness(model, ds, rho=0.1)
+    assert 0 <= small < large
+    assert 0 <= measures.epsilon_sharpness(model, ds, epsilon=1e-4) < measures.epsilon_sharpness(model, ds, epsilon=1e-2)
+
+
+def test_description_length_quantisation_keeps_every_training_prediction(network):
+    model, ds = network
+    step = measures.coarsest_lossless_step(model, ds)
+    before = models.predict(model, ds.images).argmax(1)
+    assert torch.equal(models.predict(measures._quantised(model, step), ds.images).argmax(1), before)
+    coarser = measures._quantised(model, step * 10)  # losslessness need not be monotone in the step
+    assert not torch.equal(models.predict(coarser, ds.images).argmax(1), before)
+    assert measures.simplicity_description_length(model, ds) < 0
+
+
+def test_l2_simplicity_is_minus_the_weight_norm():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(0.0)
+        model[1].weight[0, 0] = 3.0
+        model[1].bias.copy_(torch.tensor([4.0, 0.0]))
+    assert measures.simplicity_l2(model, None) == pytest.approx(-5.0)
