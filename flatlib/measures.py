@@ -297,3 +297,38 @@ def simplicity_description_length(model, data) -> float:
 def simplicity_l2(model, data) -> float:
     """Secondary simplicity measure: minus the L2 norm of all weights and biases. Larger = simpler."""
     return -torch.sqrt(sum((p.detach().double() ** 2).sum() for p in model.parameters())).item()
+
+
+# ----------------------------------------------------------------------------- tables
+
+def measure_table(networks: dict, train_data, test_data, names: list[str] | None = None,
+                  options: dict | None = None, reference: str | None = None, progress: bool = True):
+    """One row per network (``networks``: label -> model), one column per measure in ``names``
+    (default: all), plus train/test loss and accuracy and, against the ``reference`` network,
+    the number of changed test predictions and the largest logit difference."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    names = list(MEASURES) if names is None else names
+    unknown = sorted(set(names) - set(MEASURES))
+    if unknown:
+        raise ValueError(f"unknown measure(s) {unknown}; registered: {sorted(MEASURES)}")
+    options = options or {}
+    test_x, test_y = _xy(test_data)
+    ref_logits = None if reference is None else models.predict(networks[reference], test_x)
+    rows = []
+    for label, model in tqdm(networks.items(), desc="networks", disable=not progress):
+        row = {"network": label}
+        train_x, train_y = _xy(train_data)
+        for split, (x, y) in (("train", (train_x, train_y)), ("test", (test_x, test_y))):
+            logits = models.predict(model, x)
+            row[f"{split}_loss"] = F.cross_entropy(logits.double(), y.to(logits.device)).item()
+            row[f"{split}_acc"] = (logits.argmax(1).cpu() == y).double().mean().item()
+        if ref_logits is not None:
+            logits = models.predict(model, test_x)
+            row["predictions_changed"] = int((logits.argmax(1) != ref_logits.argmax(1)).sum())
+            row["max_logit_change"] = (logits - ref_logits).abs().max().item()
+        for name in names:
+            row[name] = MEASURES[name](model, train_data, **options.get(name, {}))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("network")
