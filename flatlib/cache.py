@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from flatlib import train as ftrain
+from flatlib._io import atomic_write
 
 
 def cache_dir() -> Path:
@@ -29,18 +30,6 @@ def cache_dir() -> Path:
         return Path(root).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "flatlib" / "results"
-
-
-def _atomic_write_bytes(path: Path, raw: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _network_path(config: ftrain.TrainConfig) -> Path:
@@ -59,7 +48,7 @@ def save_network(result: ftrain.TrainResult) -> Path:
         "status": result.status,
         "wall_time_s": result.wall_time_s,
     }, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -119,5 +108,5 @@ def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float],
         except (ValueError, KeyError):
             path.unlink(missing_ok=True)
     value = float(compute())
-    _atomic_write_bytes(path, json.dumps({"measure": name, "options": options, "value": value}).encode())
+    atomic_write(path, json.dumps({"measure": name, "options": options, "value": value}).encode())
     return value

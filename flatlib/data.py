@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flatlib._io import atomic_write
+
 DATASETS = ("mnist", "fashion_mnist")
 SPLITS = ("train", "test")
 _FILES = {
@@ -87,18 +89,6 @@ def _find_in(folder: Path, fname: str) -> Path | None:
     return None
 
 
-def _atomic_write(path: Path, raw: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _import_folder(name: str, folder: Path, problems: list[str], label: str) -> bool:
     """Verify every file of ``name`` in ``folder`` and copy them into the cache.
 
@@ -119,7 +109,7 @@ def _import_folder(name: str, folder: Path, problems: list[str], label: str) -> 
             return False
         verified[fname] = raw
     for fname, raw in verified.items():
-        _atomic_write(data_dir() / name / fname, raw)
+        atomic_write(data_dir() / name / fname, raw)
     return True
 
 

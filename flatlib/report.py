@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import flatlib
+from flatlib._io import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_NAME = "summary.json"
@@ -65,16 +66,7 @@ def _jsonable(value):
 
 
 def _atomic_write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(payload), f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
 
 
 def scoreboard_row(claim: str, ours: str, verdict: str) -> dict:

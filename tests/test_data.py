@@ -1,4 +1,4 @@
-import shutil
+import gzip
 
 import pytest
 import torch
@@ -82,9 +82,14 @@ def test_no_source_names_every_attempt_and_the_fix(private_data_dir, monkeypatch
     assert not any(private_data_dir.rglob("*-ubyte"))
 
 
-def test_corrupt_mirror_is_rejected_and_nothing_half_written(private_data_dir, monkeypatch, tmp_path):
+def test_corrupt_mirror_is_rejected_and_nothing_half_written(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
-    shutil.copytree(data.DEBIAN_FASHION_DIR, mirror)
+    mirror.mkdir()
+    for f in data.fetch("fashion_mnist").iterdir():  # the shared cache, before the private dir is used
+        (mirror / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    private_data_dir = tmp_path / "data"
+    monkeypatch.setenv("FLATLIB_DATA", str(private_data_dir))
+    monkeypatch.setattr(data, "_FULL", {})
     (mirror / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
     monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", mirror)
     monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: False)
