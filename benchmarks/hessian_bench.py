@@ -98,7 +98,7 @@ def bench_products(model, x, y, device, repeats):
     out["hvp_curvlinops_s"], _ = timed(lambda: cl @ v_flat, device, repeats)
     for key in list(out):
         if key.startswith("hvp_"):
-            out[key.replace("_s", "_over_gradient")] = out[key] / out["gradient_s"]
+            out[key.removesuffix("_s") + "_over_gradient"] = out[key] / out["gradient_s"]
     return out
 
 

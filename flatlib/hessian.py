@@ -26,11 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _as_pair(data):
-    inputs, targets = data
-    return inputs, targets
-
-
 class HessianOperator:
     """The Hessian of the mean training loss as a linear operator ``v -> H v``.
 
@@ -46,7 +41,7 @@ class HessianOperator:
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
         self.num_params = sum(p.numel() for p in self.params)
-        inputs, targets = _as_pair(data)
+        inputs, targets = data
         self.inputs = inputs.to(self.device, self.dtype if inputs.is_floating_point() else inputs.dtype)
         self.targets = targets.to(self.device)
         self.n = len(self.targets)
@@ -99,14 +94,6 @@ class HessianOperator:
             return out
 
     __matmul__ = matvec
-
-    def gradient(self) -> torch.Tensor:
-        """The flat gradient of the mean loss (for benchmarks and first-order measures)."""
-        out = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
-        with torch.enable_grad():
-            for x, y in self._batches():
-                out += self._flat_grad_with_graph(x, y).detach()
-        return out
 
 
 def hvp(model: nn.Module, data, v: torch.Tensor, loss: Callable = F.cross_entropy,
@@ -340,13 +327,12 @@ def spectral_density(model, data=None, probes: int = 5, steps: int = 60, grid_si
     for _ in range(probes):
         alphas, betas, _ = _lanczos(op.matvec, _random_unit(op.num_params, gen, op.device, op.dtype), steps)
         theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
-        # Pad to ``steps`` nodes (zero weight) if Lanczos stopped early on an invariant subspace.
-        pad = steps - len(theta) if steps <= op.num_params else 0
-        nodes.append(torch.cat([theta, theta.new_zeros(max(pad, 0))]))
-        weights.append(torch.cat([s[0] ** 2, s.new_zeros(max(pad, 0))]))
-    width_ = max(len(n) for n in nodes)
-    nodes = torch.stack([torch.nn.functional.pad(n, (0, width_ - len(n))) for n in nodes])
-    weights = torch.stack([torch.nn.functional.pad(w, (0, width_ - len(w))) for w in weights])
+        nodes.append(theta)
+        weights.append(s[0] ** 2)
+    # A probe whose Lanczos run stopped early (invariant subspace) is padded with zero-weight nodes.
+    longest = max(len(n) for n in nodes)
+    nodes = torch.stack([F.pad(n, (0, longest - len(n))) for n in nodes])
+    weights = torch.stack([F.pad(w, (0, longest - len(w))) for w in weights])
     lo, hi = nodes.min().item(), nodes.max().item()
     sigma = width if width is not None else max(0.01 * (hi - lo), 1e-12)
     grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size, dtype=torch.float64)

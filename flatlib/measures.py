@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from flatlib import data as fdata
 from flatlib import hessian, models
+from flatlib.train import logit_metrics
 
 FAMILIES = ("sharpness", "weakness", "simplicity", "bound")
 
@@ -54,11 +55,6 @@ def register(name: str, family: str, invariant: bool):
     return wrap
 
 
-def _xy(data) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = data
-    return x, y
-
-
 # ----------------------------------------------------------------------------- sharpness
 
 @register("top_eigenvalue", "sharpness", invariant=False)
@@ -66,14 +62,14 @@ def top_eigenvalue(model, data, tol: float = 1e-3, seed: int = 0, batch_size: in
     """lambda_max(H): the largest eigenvalue of the Hessian of the mean training cross-entropy
     (nats), by Lanczos to relative tolerance ``tol``. The primary sharpness measure (Keskar et
     al. 2017; Bennett 2026). Larger = sharper."""
-    return hessian.top_eigenvalues(model, _xy(data), k=1, tol=tol, seed=seed, batch_size=batch_size).eigenvalues[0].item()
+    return hessian.top_eigenvalues(model, data, k=1, tol=tol, seed=seed, batch_size=batch_size).eigenvalues[0].item()
 
 
 @register("hessian_trace", "sharpness", invariant=False)
 def hessian_trace(model, data, probes: int = 100, seed: int = 0, batch_size: int | None = None) -> float:
     """tr(H) of the mean training cross-entropy by Hutchinson's estimator with ``probes``
     Rademacher probes (see benchmarks/README.md for why not Hutch++). Larger = sharper."""
-    return hessian.trace(model, _xy(data), probes=probes, method="hutchinson", seed=seed, batch_size=batch_size).value
+    return hessian.trace(model, data, probes=probes, method="hutchinson", seed=seed, batch_size=batch_size).value
 
 
 def _flat_params(model):
@@ -98,7 +94,7 @@ def worst_case_in_box(model, data, radius: torch.Tensor, steps: int = 10) -> tup
     Ascent runs in the box's own coordinates u, so for an elementwise-relative box the whole
     path is unchanged by any positive diagonal rescaling of w (the adaptive measures'
     invariance holds for the search, not only for the exact maximum)."""
-    x, y = _xy(data)
+    x, y = data
     names, shapes, w = _flat_params(model)
     device = w.device
     x, y = x.to(device, w.dtype), y.to(device)
@@ -155,7 +151,7 @@ def relative_flatness(model, data, probes: int = 10, seed: int = 0) -> float:
     estimated with ``probes`` probes (C HVPs each). Invariant to rescaling the penultimate
     layer as a whole and to every earlier layer; not to per-unit rescaling of the penultimate
     units, which it mixes. Larger = sharper."""
-    x, y = _xy(data)
+    x, y = data
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     weight = last.weight
     classes, width = weight.shape
@@ -216,7 +212,7 @@ def weakness_input_volume(model, data, directions: int = 8, n: int = 200, max_ra
     a scan of ``scan_steps`` equal steps and refined by ``bisections`` bisection steps. The
     log-volume of the input region the learned statement covers; reads only outputs, so it
     is invariant. Larger = weaker."""
-    x, _ = _xy(data)
+    x, _ = data
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(x), generator=gen)[: min(n, len(x))]
     base = x[pick].reshape(len(pick), -1)
@@ -265,7 +261,7 @@ def _quantised(model, step: float) -> nn.Module:
 def coarsest_lossless_step(model, data, lo: float = 1e-6, hi: float = 10.0, iters: int = 30) -> float:
     """The largest uniform quantisation step (bisected in log space) at which no training
     prediction changes."""
-    x, _ = _xy(data)
+    x, _ = data
     reference = models.predict(model, x).argmax(1)
 
     def lossless(step):
@@ -314,20 +310,18 @@ def measure_table(networks: dict, train_data, test_data, names: list[str] | None
     if unknown:
         raise ValueError(f"unknown measure(s) {unknown}; registered: {sorted(MEASURES)}")
     options = options or {}
-    test_x, test_y = _xy(test_data)
+    train_x, train_y = train_data
+    test_x, test_y = test_data
     ref_logits = None if reference is None else models.predict(networks[reference], test_x)
     rows = []
     for label, model in tqdm(networks.items(), desc="networks", disable=not progress):
         row = {"network": label}
-        train_x, train_y = _xy(train_data)
-        for split, (x, y) in (("train", (train_x, train_y)), ("test", (test_x, test_y))):
-            logits = models.predict(model, x)
-            row[f"{split}_loss"] = F.cross_entropy(logits.double(), y.to(logits.device)).item()
-            row[f"{split}_acc"] = (logits.argmax(1).cpu() == y).double().mean().item()
+        row.update({f"train_{k}": v for k, v in logit_metrics(models.predict(model, train_x), train_y).items()})
+        test_logits = models.predict(model, test_x)
+        row.update({f"test_{k}": v for k, v in logit_metrics(test_logits, test_y).items()})
         if ref_logits is not None:
-            logits = models.predict(model, test_x)
-            row["predictions_changed"] = int((logits.argmax(1) != ref_logits.argmax(1)).sum())
-            row["max_logit_change"] = (logits - ref_logits).abs().max().item()
+            row["predictions_changed"] = int((test_logits.argmax(1) != ref_logits.argmax(1)).sum())
+            row["max_logit_change"] = (test_logits - ref_logits).abs().max().item()
         for name in names:
             row[name] = MEASURES[name](model, train_data, **options.get(name, {}))
         rows.append(row)

@@ -40,9 +40,9 @@ def _check_layer(layers, layer):
         raise ValueError(f"layer must index a hidden layer, 0 to {len(layers) - 2}, got {layer}")
 
 
-def _incoming_view(module: nn.Module, units: int, index: torch.Tensor | None = None):
-    """How the next layer's weight reads the hidden units: a Conv2d or Linear reading channels
-    directly, or a Linear reading a flattened (channels x height x width) map."""
+def _inputs_per_unit(module: nn.Module, units: int) -> int:
+    """How many of the next layer's inputs each hidden unit feeds: 1 for a Conv2d or Linear
+    reading units directly, height x width for a Linear reading a flattened channel map."""
     fan = module.weight.shape[1]
     if fan % units != 0:
         raise ValueError(f"cannot map {units} hidden units onto a next layer with {fan} inputs")
@@ -62,7 +62,7 @@ def neuron_scale(model: nn.Module, layer: int, scales: torch.Tensor) -> nn.Modul
         raise ValueError(f"layer {layer} has {units} units; got {scales.numel()} scales")
     if not bool((scales > 0).all()) or not bool(torch.isfinite(scales).all()):
         raise ValueError("scales must be positive and finite (a negative factor does not commute with ReLU)")
-    per_unit = _incoming_view(nxt, units)
+    per_unit = _inputs_per_unit(nxt, units)
     with torch.no_grad():
         shape = (-1,) + (1,) * (this.weight.dim() - 1)
         this.weight.mul_(scales.reshape(shape))
@@ -78,8 +78,9 @@ def alpha_scale(model: nn.Module, layer: int, alpha: float) -> nn.Module:
     next layer's weights divided by ``alpha``."""
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
-    units = weight_layers(model)[layer].weight.shape[0] if 0 <= layer < len(weight_layers(model)) else 0
-    return neuron_scale(model, layer, torch.full((max(units, 1),), float(alpha)))
+    layers = weight_layers(model)
+    _check_layer(layers, layer)
+    return neuron_scale(model, layer, torch.full((layers[layer].weight.shape[0],), float(alpha)))
 
 
 def permute(model: nn.Module, layer: int, perm: torch.Tensor) -> nn.Module:
@@ -92,7 +93,7 @@ def permute(model: nn.Module, layer: int, perm: torch.Tensor) -> nn.Module:
     perm = torch.as_tensor(perm, dtype=torch.long)
     if sorted(perm.tolist()) != list(range(units)):
         raise ValueError(f"perm must be a permutation of range({units})")
-    per_unit = _incoming_view(nxt, units)
+    per_unit = _inputs_per_unit(nxt, units)
     cols = (perm[:, None] * per_unit + torch.arange(per_unit)[None, :]).reshape(-1)
     with torch.no_grad():
         this.weight.copy_(this.weight[perm])

@@ -136,7 +136,7 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     if "out_dir" in params:
-        params["out_dir"] = str(scratch)
+        params["out_dir"] = "."  # the kernel runs in the scratch folder, which becomes ``out``
     executed = scratch / f"{chapter}.ipynb"
     # The kernel must be this interpreter, not whatever `python` is first on PATH.
     env_path = os.environ.get("PATH", "")
@@ -160,7 +160,7 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         raise ChapterError(f"Chapter {chapter!r} ran but wrote no {report.SUMMARY_NAME} into out_dir; see {failed}.")
     recorded = {k: v for k, v in params.items() if k != "out_dir"}
     summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
-    _strip_scratch_paths(executed, scratch, out_dir)
+    _record_paths(executed, chapter_path(chapter), out_dir / executed.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     for item in scratch.iterdir():
         target = out_dir / item.name
@@ -172,10 +172,15 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
     return summary
 
 
-def _strip_scratch_paths(notebook: Path, scratch: Path, out_dir: Path) -> None:
-    """Published notebooks should name their real folder, not the scratch one."""
-    text = notebook.read_text()
-    notebook.write_text(text.replace(str(scratch), os.path.relpath(out_dir, report.ROOT)))
+def _record_paths(notebook: Path, source: Path, final: Path) -> None:
+    """Papermill records where it read and wrote; name the source and the final location
+    (relative to the repository when inside it) instead of the scratch folder."""
+    def shown(path: Path) -> str:
+        return os.path.relpath(path, report.ROOT) if path.is_relative_to(report.ROOT) else str(path)
+
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata.setdefault("papermill", {}).update(input_path=shown(source), output_path=shown(final))
+    nbformat.write(nb, notebook)
 
 
 def reproduce(progress: bool = True) -> list[dict]:

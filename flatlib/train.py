@@ -118,15 +118,19 @@ def init_model(config: TrainConfig) -> nn.Module:
         return models.build(config.arch, config.widths)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Mean cross-entropy (nats) and accuracy of ``model`` on a labelled set."""
-    logits = models.predict(model, images)
+def logit_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Mean cross-entropy (nats) and accuracy of ``logits`` against ``labels``."""
     labels = labels.to(logits.device)
     return {
         "loss": F.cross_entropy(logits, labels).item(),
         "acc": (logits.argmax(1) == labels).double().mean().item(),
     }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Mean cross-entropy (nats) and accuracy of ``model`` on a labelled set."""
+    return logit_metrics(models.predict(model, images), labels)
 
 
 def _sam_step(model, loss_fn, opt, rho):

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -60,3 +61,10 @@ def test_impossible_configs_are_rejected(bad, match):
 def test_config_key_is_stable_and_covers_every_field():
     assert TrainConfig(**TINY).key() == TrainConfig(**TINY).key()
     assert TrainConfig(**TINY).key() != TrainConfig(**{**TINY, "device": "cuda"}).key()
+    changed = {"dataset": "fashion_mnist", "n": 512, "data_seed": 5, "arch": "cnn", "widths": (8, 16),
+               "optimizer": "adam", "lr": 0.01, "momentum": 0.5, "batch_size": 16, "epochs": 3,
+               "target_train_acc": 0.9, "weight_decay": 1e-4, "sam_rho": 0.1, "augment": True, "seed": 4,
+               "device": "cuda"}
+    assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}
+    keys = {TrainConfig(**{**TINY, name: value}).key() for name, value in changed.items()}
+    assert len(keys) == len(changed) and TrainConfig(**TINY).key() not in keys
