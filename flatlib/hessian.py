@@ -340,3 +340,81 @@ def spectral_density(model, data=None, probes: int = 5, steps: int = 60, grid_si
     density = (kernel * weights.reshape(-1)[None, :]).sum(1) / probes
     density = density / torch.trapezoid(density, grid)
     return SpectralDensity(grid=grid, density=density, nodes=nodes, weights=weights, num_hvps=op.num_hvps - start)
+
+
+# ----------------------------------------------------------------------------- diagonal
+
+_PIECEWISE_LINEAR = (nn.Sequential, nn.Flatten, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Linear, nn.Conv2d)
+
+
+def diagonal(model: nn.Module, data, batch_size: int | None = 1000) -> torch.Tensor:
+    """The exact diagonal of the Hessian of the mean training cross-entropy, flattened in
+    ``model.parameters()`` order, for ReLU networks of ``Linear`` and ``Conv2d`` layers.
+
+    Such a network's logits are, almost everywhere, linear in each single parameter (every
+    weight appears at most once on each input-output path), so ``d^2 f / dw_i^2 = 0`` and
+    ``H_ii`` equals the Gauss-Newton diagonal ``mean_n sum_c (d <s_nc, f(x_n)> / dw_i)^2`` with
+    ``s_nc = sqrt(p_nc) (e_c - p_n)``, since ``sum_c s_nc s_nc^T = diag(p_n) - p_n p_n^T`` is
+    the Hessian of the cross-entropy in the logits. Per-sample gradients of each layer come
+    from its input and its output gradient (one backward pass per class), as in BackPACK
+    (Dangel, Kunstner & Hennig 2020), so the cost is about C gradients and nothing of size
+    ``P x P`` or ``N x P`` is formed. Other layer types are refused rather than approximated.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    other = sorted({type(m).__name__ for m in model.modules() if not isinstance(m, _PIECEWISE_LINEAR)})
+    if other:
+        raise ValueError(f"the exact diagonal needs a ReLU network of Linear/Conv2d layers; found {other}")
+    if any(isinstance(m, nn.Conv2d) and (m.groups != 1 or isinstance(m.padding, str) or m.padding_mode != "zeros")
+           for m in layers):
+        raise ValueError("the exact diagonal supports Conv2d with groups=1 and numeric zero padding only")
+    owned = {id(p) for m in layers for p in m.parameters(recurse=False)}
+    if any(id(p) not in owned for p in model.parameters()):
+        raise ValueError("every parameter must belong to a Linear or Conv2d layer")
+    first = next(model.parameters())
+    inputs, targets = data
+    inputs = inputs.to(first.device, first.dtype)
+    n = len(inputs)
+    if n == 0:
+        raise ValueError("data is empty")
+    batch_size = n if batch_size is None else int(batch_size)
+    acc = {id(p): torch.zeros_like(p, dtype=torch.float64) for p in model.parameters()}
+    seen: dict[nn.Module, tuple] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.__setitem__(mod, (inp[0].detach(), out)))
+             for m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, n, batch_size):
+            x = inputs[start:start + batch_size]
+            seen.clear()
+            with torch.enable_grad():
+                logits = model(x)
+                p = torch.softmax(logits.detach(), dim=1)
+                classes = logits.shape[1]
+                outputs = [seen[m][1] for m in layers]
+                for c in range(classes):
+                    direction = p[:, c:c + 1].sqrt() * (F.one_hot(torch.tensor(c), classes).to(p) - p)
+                    grads = torch.autograd.grad((logits * direction).sum(), outputs, retain_graph=c < classes - 1)
+                    for m, g in zip(layers, grads):
+                        _accumulate_squared_sample_grads(m, seen[m][0], g.detach(), acc)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return torch.cat([(acc[id(p)] / n).reshape(-1) for p in model.parameters()]).to(first.dtype)
+
+
+def _accumulate_squared_sample_grads(module, a, g, acc):
+    """Add sum over samples of the squared per-sample gradient of ``<g, module output>``."""
+    if isinstance(module, nn.Linear):
+        a, g = a.reshape(len(a), -1).double(), g.reshape(len(g), -1).double()
+        acc[id(module.weight)] += (g ** 2).T @ (a ** 2)
+        if module.bias is not None:
+            acc[id(module.bias)] += (g ** 2).sum(0)
+        return
+    cols = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    g = g.flatten(2)  # (N, out, positions); cols: (N, in * kh * kw, positions)
+    per_sample = torch.einsum("nol,nkl->nok", g, cols).double()
+    acc[id(module.weight)] += (per_sample ** 2).sum(0).reshape(module.weight.shape)
+    if module.bias is not None:
+        acc[id(module.bias)] += (g.sum(2).double() ** 2).sum(0)

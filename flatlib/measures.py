@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from flatlib import data as fdata
-from flatlib import hessian, models
+from flatlib import hessian, models, reparam
 from flatlib.train import logit_metrics
 
 FAMILIES = ("sharpness", "weakness", "simplicity", "bound")
@@ -66,10 +66,103 @@ def top_eigenvalue(model, data, tol: float = 1e-3, seed: int = 0, batch_size: in
 
 
 @register("hessian_trace", "sharpness", invariant=False)
-def hessian_trace(model, data, probes: int = 100, seed: int = 0, batch_size: int | None = None) -> float:
-    """tr(H) of the mean training cross-entropy by Hutchinson's estimator with ``probes``
-    Rademacher probes (see benchmarks/README.md for why not Hutch++). Larger = sharper."""
-    return hessian.trace(model, data, probes=probes, method="hutchinson", seed=seed, batch_size=batch_size).value
+def hessian_trace(model, data, method: str = "exact", probes: int = 100, seed: int = 0,
+                  batch_size: int | None = 1000) -> float:
+    """tr(H) of the mean training cross-entropy. ``method="exact"`` sums the exact diagonal
+    (``hessian.diagonal``; ReLU networks of Linear/Conv2d layers, about C gradients);
+    ``"hutchinson"`` estimates it with ``probes`` Rademacher probes for any network (see
+    benchmarks/README.md for why not Hutch++). Larger = sharper."""
+    if method == "exact":
+        return hessian.diagonal(model, data, batch_size=batch_size).sum().item()
+    if method == "hutchinson":
+        return hessian.trace(model, data, probes=probes, method="hutchinson", seed=seed, batch_size=batch_size).value
+    raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
+
+
+@dataclass(frozen=True)
+class RescaledTrace:
+    """The Hessian trace minimised over per-unit rescalings: ``value`` = min over ``log_scales``
+    (one tensor per hidden layer) of tr(H) after ``reparam.neuron_scale`` by ``exp(log_scales)``;
+    ``trace`` = the exact trace before rescaling; ``sweeps`` = coordinate-descent sweeps taken."""
+
+    value: float
+    trace: float
+    log_scales: list
+    sweeps: int
+
+
+def _unit_blocks(model, diag):
+    """Collapse the Hessian diagonal onto units: for weight layer l, ``M[l][j, k]`` sums the
+    diagonal entries of the weights from unit k of hidden layer l-1 (all inputs for l = 0,
+    all positions of a flattened channel map, all kernel taps) into unit j of layer l, and
+    ``bias[l][j]`` the bias entry of unit j."""
+    layers = reparam.weight_layers(model)
+    chunks, i = {}, 0
+    for p in model.parameters():
+        chunks[id(p)] = diag[i:i + p.numel()].reshape(p.shape).double()
+        i += p.numel()
+    blocks, biases = [], []
+    for l, layer in enumerate(layers):
+        d = chunks[id(layer.weight)]
+        out = d.shape[0]
+        units_in = 1 if l == 0 else layers[l - 1].weight.shape[0]
+        blocks.append(d.reshape(out, units_in, -1).sum(-1))
+        biases.append(chunks[id(layer.bias)] if layer.bias is not None else torch.zeros(out, dtype=torch.float64))
+    return blocks, biases
+
+
+def min_trace_over_rescaling(model, data, max_log_scale: float = 15.0, rtol: float = 1e-12,
+                             max_sweeps: int = 10000, batch_size: int | None = 1000) -> RescaledTrace:
+    """Minimise tr(H) over the per-unit positive rescalings of a ReLU network.
+
+    Scaling hidden unit j by exp(u_j) (``reparam.neuron_scale``) multiplies the diagonal
+    Hessian entry of a weight from unit k into unit j by exp(2 (u_k - u_j)) (inputs and
+    logits have u = 0) and that of unit j's bias by exp(-2 u_j), so with the exact diagonal
+    D (``hessian.diagonal``, D >= 0)
+
+        T(u) = sum_l sum_jk M_l[j,k] exp(2 (u_{l-1,k} - u_{l,j})) + sum_l sum_j b_l[j] exp(-2 u_{l,j}),
+
+    a convex function of u. Units of one layer never share a weight, so for a whole layer at
+    once T is sum_j B_j exp(-2 u_j) + A_j exp(2 u_j) + const, minimised in closed form at
+    u_j = log(B_j / A_j) / 4 (incoming mass B_j = outgoing mass A_j). Exact block coordinate
+    descent over layers converges to the minimum; each u is kept in [-max_log_scale,
+    max_log_scale], which only binds for units whose incoming or outgoing mass is zero
+    (their contribution is then below exp(-2 max_log_scale) of its size)."""
+    blocks, biases = _unit_blocks(model, hessian.diagonal(model, data, batch_size=batch_size).detach().cpu())
+    hidden = len(blocks) - 1
+    u = [torch.zeros(b.shape[0], dtype=torch.float64) for b in blocks[:-1]]
+
+    def scale_in(l):  # exp(2 u) of the units layer l reads from
+        return torch.ones(1, dtype=torch.float64) if l == 0 else torch.exp(2 * u[l - 1])
+
+    def scale_out(l):  # exp(-2 u) of the units layer l writes to
+        return torch.ones(blocks[l].shape[0], dtype=torch.float64) if l == hidden else torch.exp(-2 * u[l])
+
+    def total():
+        return sum(float(scale_out(l) @ (blocks[l] @ scale_in(l) + biases[l])) for l in range(len(blocks)))
+
+    trace = current = total()
+    sweeps = 0
+    for sweeps in range(1, max_sweeps + 1):
+        for h in range(hidden):
+            incoming = blocks[h] @ scale_in(h) + biases[h]
+            outgoing = blocks[h + 1].T @ scale_out(h + 1)
+            tiny = torch.finfo(torch.float64).tiny
+            u[h] = (0.25 * (torch.log(incoming.clamp_min(tiny)) - torch.log(outgoing.clamp_min(tiny)))
+                    ).clamp(-max_log_scale, max_log_scale)
+        previous, current = current, total()
+        if previous - current <= rtol * max(current, tiny):
+            break
+    return RescaledTrace(current, trace, u, sweeps)
+
+
+@register("hessian_trace_min_rescaling", "sharpness", invariant=True)
+def hessian_trace_min_rescaling(model, data, batch_size: int | None = 1000) -> float:
+    """min over positive per-unit rescalings S of tr(H) at the rescaled weights, from the
+    exact Hessian diagonal (``min_trace_over_rescaling``; cf. the symmetry-aware flatness of
+    Vardhan, Taheri & Mazumdar 2026). Every point of a rescaling orbit has the same minimum,
+    so it is invariant to ``alpha_scale``, ``neuron_scale`` and ``permute``. Larger = sharper."""
+    return min_trace_over_rescaling(model, data, batch_size=batch_size).value
 
 
 def _flat_params(model):
@@ -143,39 +236,30 @@ def adaptive_sharpness(model, data, rho: float = 0.05, steps: int = 10) -> float
 
 
 @register("relative_flatness", "sharpness", invariant=False)
-def relative_flatness(model, data, probes: int = 10, seed: int = 0) -> float:
+def relative_flatness(model, data) -> float:
     """Relative flatness of the last layer (Petzka et al. 2021):
     kappa = sum_{s,s'} <w_s, w_s'> tr(H_{s,s'}), where w_s is row s of the last weight matrix W
-    (the weights out of the penultimate representation to class s) and H_{s,s'} the Hessian
-    block between rows s and s'. tr(H_{s,s'}) = E[(e_s (x) z)^T H (e_s' (x) z)] for Rademacher z,
-    estimated with ``probes`` probes (C HVPs each). Invariant to rescaling the penultimate
-    layer as a whole and to every earlier layer; not to per-unit rescaling of the penultimate
-    units, which it mixes. Larger = sharper."""
-    x, y = data
+    (the weights out of the penultimate representation z to class s) and H_{s,s'} the Hessian
+    block between rows s and s'. The logits are linear in W, so that block is exactly
+    mean_n z_n z_n^T (diag(p_n) - p_n p_n^T)_{ss'} and tr(H_{s,s'}) = mean_n |z_n|^2 (...)_{ss'}:
+    one forward pass, no sampling. Invariant to rescaling the penultimate layer as a whole and
+    to every earlier layer; not to per-unit rescaling of the penultimate units, which it
+    mixes. Larger = sharper."""
+    x, _ = data
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    weight = last.weight
-    classes, width = weight.shape
-    op = hessian.HessianOperator(model, (x, y))
-    offset = 0
-    for p in model.parameters():
-        if p is weight:
-            break
-        offset += p.numel()
-    gen = torch.Generator().manual_seed(seed)
-    blocks = torch.zeros(classes, classes, dtype=torch.float64)
-    for _ in range(probes):
-        z = (torch.randint(0, 2, (width,), generator=gen) * 2 - 1).to(op.device, op.dtype)
-        columns = []
-        for s in range(classes):
-            v = torch.zeros(op.num_params, device=op.device, dtype=op.dtype)
-            v[offset + s * width: offset + (s + 1) * width] = z
-            columns.append(op.matvec(v)[offset: offset + classes * width].reshape(classes, width))
-        # blocks[s, s'] += z^T H_{s, s'} z
-        for s2, hv in enumerate(columns):
-            blocks[:, s2] += (hv.double() @ z.double()).cpu()
-    blocks /= probes
-    gram = (weight.detach().double() @ weight.detach().double().T).cpu()
-    return float((gram * blocks).sum())
+    seen = []
+    hook = last.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    try:
+        logits = models.predict(model, x).double()
+    finally:
+        hook.remove()
+    z2 = torch.cat(seen).reshape(len(logits), -1).double().pow(2).sum(1)
+    p = torch.softmax(logits, dim=1)
+    weight = last.weight.detach().double()
+    gram = (weight @ weight.T).to(p.device)
+    # sum_{s,s'} G_ss' (diag(p) - p p^T)_ss' = sum_s G_ss p_s - p^T G p, per sample
+    per_sample = p @ torch.diagonal(gram) - ((p @ gram) * p).sum(1)
+    return (z2.to(p.device) * per_sample).mean().item()
 
 
 # ----------------------------------------------------------------------------- weakness

@@ -72,12 +72,14 @@ def num_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Logits of ``model`` on ``images`` in eval mode, batched; the model's mode is restored."""
+    """Logits of ``model`` on ``images`` in eval mode, batched, without building a graph; the
+    model's mode is restored."""
     was_training = model.training
     model.eval()
     first = next(model.parameters())
     try:
-        out = [model(images[i:i + batch_size].to(first.device, first.dtype)) for i in range(0, len(images), batch_size)]
+        with torch.no_grad():
+            out = [model(images[i:i + batch_size].to(first.device, first.dtype)) for i in range(0, len(images), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out)

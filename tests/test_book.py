@@ -12,7 +12,7 @@ from flatlib import report, runner, scoreboard
 # Tiny parameters for each chapter's smoke run; every chapter must have an entry.
 SMOKE: dict[str, dict] = {
     "reparameterisation": {"n": "300", "widths": "[32, 32]", "alphas": "[1.0, 10.0]",
-                           "neuron_log_ranges": "[1.0]", "trace_probes": "6"},
+                           "neuron_log_ranges": "[1.0]", "tau_sensitivity": "[0.2]"},
 }
 
 

@@ -8,13 +8,7 @@ from torch.func import functional_call
 from flatlib import hessian, models
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """A 6-5-4-3 ReLU MLP in float64 on 40 random points, and its dense Hessian."""
-    torch.manual_seed(0)
-    model = models.mlp((5, 4), in_features=6, num_classes=3).double()
-    x = torch.randn(40, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (40,))
+def _dense_hessian(model, x, y):
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -26,8 +20,17 @@ def tiny():
             i += shape.numel()
         return F.cross_entropy(functional_call(model, chunks, (x,)), y)
 
-    dense = torch.autograd.functional.hessian(loss_of, flat)
-    return model, (x, y), dense
+    return torch.autograd.functional.hessian(loss_of, flat)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 6-5-4-3 ReLU MLP in float64 on 40 random points, and its dense Hessian."""
+    torch.manual_seed(0)
+    model = models.mlp((5, 4), in_features=6, num_classes=3).double()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    return model, (x, y), _dense_hessian(model, x, y)
 
 
 def test_hvp_matches_the_dense_hessian(tiny):
@@ -158,3 +161,25 @@ def test_hvp_on_cuda_matches_cpu(tiny):
     import copy
     gpu = hessian.hvp(copy.deepcopy(model).cuda(), (data[0].cuda(), data[1].cuda()), v.cuda())
     assert ((gpu.cpu() - dense @ v).norm() / (dense @ v).norm()).item() < 1e-8
+
+
+def test_diagonal_is_the_dense_hessian_diagonal_for_an_mlp(tiny):
+    model, data, dense = tiny
+    diag = hessian.diagonal(model, data, batch_size=16)  # batches of 16, 16, 8
+    assert torch.allclose(diag, torch.diagonal(dense), rtol=1e-9, atol=1e-12)
+
+
+def test_diagonal_is_the_dense_hessian_diagonal_for_a_cnn():
+    torch.manual_seed(0)
+    model = models.cnn((2, 3), hidden=4).double()
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,))
+    dense = _dense_hessian(model, x, y)
+    diag = hessian.diagonal(model, (x, y))
+    assert torch.allclose(diag, torch.diagonal(dense), rtol=1e-9, atol=1e-12)
+
+
+def test_diagonal_refuses_networks_it_would_get_wrong():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="Tanh"):
+        hessian.diagonal(model, (torch.randn(5, 3), torch.zeros(5, dtype=torch.long)))

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from flatlib import data, measures, models, reparam
+from flatlib import data, hessian, measures, models, reparam
 from flatlib.measures import MEASURES
 from flatlib.train import TrainConfig, train
 
-FAST = {"top_eigenvalue": {"tol": 1e-6}, "hessian_trace": {"probes": 30}, "relative_flatness": {"probes": 20},
+FAST = {"top_eigenvalue": {"tol": 1e-6},
         "weakness_open_labels": {"probe_n": 500}, "weakness_input_volume": {"n": 50, "directions": 4}}
 
 
@@ -95,7 +95,7 @@ def test_input_volume_matches_the_distance_to_a_linear_boundary():
     assert value == pytest.approx(torch.log(expected).mean().item(), abs=1e-6)
 
 
-def test_relative_flatness_matches_the_dense_hessian_blocks():
+def test_relative_flatness_and_trace_match_the_dense_hessian():
     torch.manual_seed(0)
     model = models.mlp((5, 4), in_features=6, num_classes=3).double()
     x, y = torch.randn(30, 6, dtype=torch.float64), torch.randint(0, 3, (30,))
@@ -112,8 +112,10 @@ def test_relative_flatness_matches_the_dense_hessian_blocks():
     traces = torch.einsum("akbk->ab", block)
     weight = model[-1].weight.detach()
     exact = ((weight @ weight.T) * traces).sum().item()
-    estimate = measures.relative_flatness(model, (x, y), probes=4000)
-    assert estimate == pytest.approx(exact, rel=0.05)
+    assert measures.relative_flatness(model, (x, y)) == pytest.approx(exact, rel=1e-10)
+    assert measures.hessian_trace(model, (x, y)) == pytest.approx(torch.trace(dense).item(), rel=1e-10)
+    assert measures.hessian_trace(model, (x, y), method="hutchinson", probes=3000) == pytest.approx(
+        torch.trace(dense).item(), rel=0.1)
 
 
 def test_worst_case_sharpness_grows_with_the_box(network):
@@ -141,3 +143,55 @@ def test_l2_simplicity_is_minus_the_weight_norm():
         model[1].weight[0, 0] = 3.0
         model[1].bias.copy_(torch.tensor([4.0, 0.0]))
     assert measures.simplicity_l2(model, None) == pytest.approx(-5.0)
+
+
+def _dense_trace(model, x, y):
+    names = [n for n, _ in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss_of(w):
+        return F.cross_entropy(functional_call(model, measures._unflatten(names, shapes, w), (x,)), y)
+
+    return torch.trace(torch.autograd.functional.hessian(loss_of, flat)).item()
+
+
+def _rescaled(model, log_scales):
+    for layer, u in enumerate(log_scales):
+        model = reparam.neuron_scale(model, layer, torch.exp(u))
+    return model
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_min_trace_over_rescaling_is_attained_and_locally_minimal_on_the_dense_hessian(arch):
+    torch.manual_seed(0)
+    if arch == "mlp":
+        model = models.mlp((5, 4), in_features=6, num_classes=3).double()
+        x, y = torch.randn(30, 6, dtype=torch.float64), torch.randint(0, 3, (30,))
+    else:
+        model = models.cnn((2, 3), hidden=4).double()
+        x, y = torch.rand(6, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (6,))
+    result = measures.min_trace_over_rescaling(model, (x, y))
+    assert result.trace == pytest.approx(_dense_trace(model, x, y), rel=1e-9)
+    # The value is the dense trace of the network rescaled by the returned scales ...
+    assert result.value == pytest.approx(_dense_trace(_rescaled(model, result.log_scales), x, y), rel=1e-8)
+    assert result.value < result.trace
+    # ... and no nearby rescaling is flatter (T is convex in the log-scales, so local = global).
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        nearby = [u + 0.05 * torch.randn(u.shape, generator=gen, dtype=torch.float64) for u in result.log_scales]
+        assert _dense_trace(_rescaled(model, nearby), x, y) >= result.value * (1 - 1e-9)
+
+
+def test_min_trace_balances_each_units_incoming_and_outgoing_curvature():
+    # One hidden unit: T(u) = B exp(-2u) + A exp(2u) has minimum 2 sqrt(AB) at exp(4u) = B / A.
+    torch.manual_seed(1)
+    model = models.mlp((1,), in_features=3, num_classes=2).double()
+    with torch.no_grad():
+        model[1].bias.fill_(5.0)  # keep the unit active
+    x, y = torch.rand(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
+    diag = hessian.diagonal(model, (x, y))
+    incoming, outgoing, last_bias = diag[:4].sum(), diag[4:6].sum(), diag[6:].sum()
+    result = measures.min_trace_over_rescaling(model, (x, y))
+    assert result.value == pytest.approx((2 * torch.sqrt(incoming * outgoing) + last_bias).item(), rel=1e-12)
+    assert result.log_scales[0].item() == pytest.approx(0.25 * math.log(incoming / outgoing), rel=1e-9)
