@@ -110,3 +110,70 @@ def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float],
     value = float(compute())
     atomic_write(path, json.dumps({"measure": name, "options": options, "value": value}).encode())
     return value
+
+
+def _measure_code_version() -> str:
+    """A hash of the code that computes measures; part of every measure's cache key, so a
+    changed measure is recomputed, never served stale."""
+    from flatlib import data, hessian, measures, models
+
+    digest = hashlib.sha256()
+    for module in (data, hessian, measures, models):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None = None,
+                  options: dict | None = None, progress: bool = True, desc: str = "networks"):
+    """One row per config: its training outcome (status, epochs, wall time), train and test
+    loss and accuracy on the full test split, the train-test accuracy gap, and every measure
+    in ``names`` (default: the whole registry) on the network's own training subset, with
+    ``options[name]`` passed to measure ``name``.
+
+    Networks and every number are memoised in the cache, one entry per network and measure,
+    so an interrupted sweep resumes where it stopped and a repeated call trains and measures
+    nothing."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from flatlib import data as fdata
+    from flatlib import measures as fmeasures
+
+    configs = list(configs)
+    names = list(fmeasures.MEASURES) if names is None else list(names)
+    unknown = sorted(set(names) - set(fmeasures.MEASURES))
+    if unknown:
+        raise ValueError(f"unknown measure(s) {unknown}; registered: {sorted(fmeasures.MEASURES)}")
+    options = options or {}
+    unused = sorted(set(options) - set(names))
+    if unused:
+        raise ValueError(f"options given for measure(s) {unused} that are not being computed")
+    version = _measure_code_version()
+    loaded: dict = {}
+
+    def dataset(name, split, n=None, seed=0):
+        key = (name, split, n, seed)
+        if key not in loaded:
+            loaded[key] = fdata.load(name, split, n=n, seed=seed)
+        return loaded[key]
+
+    rows = []
+    for config in tqdm(configs, desc=desc, disable=not progress):
+        result = trained(config)
+        row = {"seed": config.seed, "status": result.status, "epochs": len(result.history),
+               "train_time_s": result.wall_time_s}
+        train_set = dataset(config.dataset, "train", config.n, config.data_seed)
+        test_set = dataset(config.dataset, "test")
+        for split, ds in (("train", train_set), ("test", test_set)):
+            for metric in ("loss", "acc"):
+                row[f"{split}_{metric}"] = measure(
+                    config, f"{split}_{metric}", lambda ds=ds, metric=metric: ftrain.evaluate(result.model, *ds)[metric],
+                    version=version)
+        row["gap"] = row["train_acc"] - row["test_acc"]
+        for name in names:
+            opts = options.get(name, {})
+            row[name] = (float("nan") if result.status != "ok" else
+                         measure(config, name, lambda name=name, opts=opts: fmeasures.MEASURES[name](
+                             result.model, train_set, **opts), version=version, **opts))
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -46,7 +46,11 @@ class PublishedRun:
 
 
 # What `make reproduce` re-runs, in order. A chapter lands here when it is published.
-PUBLISHED: list[PublishedRun] = [PublishedRun("reparameterisation")]
+PUBLISHED: list[PublishedRun] = [
+    PublishedRun("reparameterisation"),
+    PublishedRun("head_to_head"),
+    PublishedRun("head_to_head", {"dataset": "fashion_mnist"}, folder="head_to_head_fashion_mnist"),
+]
 
 
 def chapters() -> dict[str, Path]:

@@ -76,3 +76,42 @@ def test_measures_are_memoised_per_network_and_options():
     cache.measure(config, "m", compute, version="2", tau=0.1)
     cache.measure(TrainConfig(**{**TINY, "seed": 9}), "m", compute, tau=0.1)
     assert len(calls) == 4
+
+
+def test_network_table_killed_halfway_resumes_without_retraining_or_remeasuring(counted_training, monkeypatch):
+    from flatlib import measures
+
+    configs = [TrainConfig(**{**TINY, "seed": s}) for s in range(4)]
+    measured = []
+    real = measures.MEASURES["simplicity_l2"]
+    monkeypatch.setitem(measures.MEASURES, "simplicity_l2", measures.Measure(
+        "simplicity_l2", real.family, real.invariant, lambda model, data: measured.append(1) or real(model, data)))
+    real_save = cache.save_network
+
+    def killed_at_seed_two(result):
+        if result.config.seed == 2:
+            raise KeyboardInterrupt
+        return real_save(result)
+
+    monkeypatch.setattr(cache, "save_network", killed_at_seed_two)
+    with pytest.raises(KeyboardInterrupt):
+        cache.network_table(configs, names=["simplicity_l2"], progress=False)
+    monkeypatch.setattr(cache, "save_network", real_save)
+    assert counted_training == [0, 1, 2] and len(measured) == 2
+    counted_training.clear()
+    measured.clear()
+    table = cache.network_table(configs, names=["simplicity_l2"], progress=False)
+    assert counted_training == [2, 3] and len(measured) == 2
+    assert list(table["seed"]) == [0, 1, 2, 3]
+    assert {"train_acc", "test_acc", "test_loss", "gap", "simplicity_l2", "status", "epochs"} <= set(table.columns)
+    assert (table["gap"] == table["train_acc"] - table["test_acc"]).all()
+    again = cache.network_table(configs, names=["simplicity_l2"], progress=False)
+    assert counted_training == [2, 3] and len(measured) == 2
+    assert again.drop(columns="train_time_s").equals(table.drop(columns="train_time_s"))
+
+
+def test_network_table_refuses_unknown_measures_and_stray_options():
+    with pytest.raises(ValueError, match="unknown measure"):
+        cache.network_table([TrainConfig(**TINY)], names=["flatness_of_vibes"])
+    with pytest.raises(ValueError, match="not being computed"):
+        cache.network_table([TrainConfig(**TINY)], names=["simplicity_l2"], options={"top_eigenvalue": {}})
