@@ -115,10 +115,10 @@ def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float],
 def _measure_code_version() -> str:
     """A hash of the code that computes measures; part of every measure's cache key, so a
     changed measure is recomputed, never served stale."""
-    from flatlib import data, hessian, measures, models
+    from flatlib import data, hessian, measures, models, pacbayes
 
     digest = hashlib.sha256()
-    for module in (data, hessian, measures, models):
+    for module in (data, hessian, measures, models, pacbayes):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -172,8 +172,10 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
         row["gap"] = row["train_acc"] - row["test_acc"]
         for name in names:
             opts = options.get(name, {})
+            # the initial weights are fixed by the config, so they are not part of the key
+            extra = {"init": result.initial_state} if fmeasures.MEASURES[name].needs_init else {}
             row[name] = (float("nan") if result.status != "ok" else
-                         measure(config, name, lambda name=name, opts=opts: fmeasures.MEASURES[name](
-                             result.model, train_set, **opts), version=version, **opts))
+                         measure(config, name, lambda name=name, opts=opts, extra=extra: fmeasures.MEASURES[name](
+                             result.model, train_set, **opts, **extra), version=version, **opts))
         rows.append(row)
     return pd.DataFrame(rows)

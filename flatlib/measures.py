@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from flatlib import data as fdata
-from flatlib import hessian, models, reparam
+from flatlib import hessian, models, pacbayes, reparam
 from flatlib.train import logit_metrics
 
 FAMILIES = ("sharpness", "weakness", "simplicity", "bound")
@@ -32,6 +32,7 @@ class Measure:
     family: str
     invariant: bool
     fn: Callable
+    needs_init: bool = False  # takes init=<the network's initial state dict>
 
     def __call__(self, model: nn.Module, data, **options) -> float:
         return float(self.fn(model, data, **options))
@@ -44,12 +45,12 @@ class Measure:
 MEASURES: dict[str, Measure] = {}
 
 
-def register(name: str, family: str, invariant: bool):
+def register(name: str, family: str, invariant: bool, needs_init: bool = False):
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
 
     def wrap(fn):
-        MEASURES[name] = Measure(name, family, invariant, fn)
+        MEASURES[name] = Measure(name, family, invariant, fn, needs_init)
         return fn
 
     return wrap
@@ -379,13 +380,51 @@ def simplicity_l2(model, data) -> float:
     return -torch.sqrt(sum((p.detach().double() ** 2).sum() for p in model.parameters())).item()
 
 
+# ----------------------------------------------------------------------------- bounds
+
+@register("pacbayes_bound", "bound", invariant=False, needs_init=True)
+def pacbayes_bound(model, data, init, samples: int = 50, delta: float = 0.05, seed: int = 0) -> float:
+    """PAC-Bayes bound on the test error of the posterior N(w, sigma^2 I) with prior
+    N(w0, sigma^2 I) at the initial weights, kl-inverse form, the best sigma of a fixed grid
+    with a union bound, the Monte Carlo error of the posterior replaced by its upper
+    confidence bound (``pacbayes.gaussian_bound``; Dziugaite & Roy 2017). Holds with
+    probability 1 - delta - 0.01. Larger = looser (predicts worse generalisation)."""
+    return pacbayes.gaussian_bound(model, data, init, "isotropic", samples=samples, delta=delta, seed=seed).bound
+
+
+@register("pacbayes_mag_bound", "bound", invariant=False, needs_init=True)
+def pacbayes_mag_bound(model, data, init, samples: int = 50, delta: float = 0.05, seed: int = 0) -> float:
+    """The same bound with magnitude-aware posterior noise (after Jiang et al. 2020): posterior
+    std sigma |w_i| + 1e-3, prior std sigma rms(w0 of the same tensor) + 1e-3, so the prior
+    depends on the initialisation only. Larger = looser."""
+    return pacbayes.gaussian_bound(model, data, init, "magnitude", samples=samples, delta=delta, seed=seed).bound
+
+
+@register("pacbayes_sharpness", "bound", invariant=False)
+def pacbayes_sharpness(model, data, drop: float = 0.1, samples: int = 10, seed: int = 0) -> float:
+    """1 / sigma^2 for the isotropic weight-noise scale sigma at which training accuracy drops
+    by ``drop`` = 0.1 (bisection over seeded draws; Jiang et al. 2020, "pacbayes.flatness").
+    Larger = sharper."""
+    return pacbayes.sharpness_sigma(model, data, "isotropic", drop=drop, samples=samples, seed=seed) ** -2
+
+
+@register("pacbayes_mag_sharpness", "bound", invariant=False)
+def pacbayes_mag_sharpness(model, data, drop: float = 0.1, samples: int = 10, seed: int = 0) -> float:
+    """1 / sigma^2 for the magnitude-aware noise scale (std sigma |w_i| + 1e-3) at which
+    training accuracy drops by 0.1 ("pacbayes.mag.flatness"). Without the 1e-3 floor it would
+    be rescaling-invariant; with it, it is not. Larger = sharper."""
+    return pacbayes.sharpness_sigma(model, data, "magnitude", drop=drop, samples=samples, seed=seed) ** -2
+
+
 # ----------------------------------------------------------------------------- tables
 
 def measure_table(networks: dict, train_data, test_data, names: list[str] | None = None,
-                  options: dict | None = None, reference: str | None = None, progress: bool = True):
+                  options: dict | None = None, reference: str | None = None, progress: bool = True,
+                  init: dict | None = None):
     """One row per network (``networks``: label -> model), one column per measure in ``names``
     (default: all), plus train/test loss and accuracy and, against the ``reference`` network,
-    the number of changed test predictions and the largest logit difference."""
+    the number of changed test predictions and the largest logit difference. ``init`` (the
+    initial state dict the networks were trained from) is passed to the measures that need it."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -394,6 +433,9 @@ def measure_table(networks: dict, train_data, test_data, names: list[str] | None
     if unknown:
         raise ValueError(f"unknown measure(s) {unknown}; registered: {sorted(MEASURES)}")
     options = options or {}
+    needing = [n for n in names if MEASURES[n].needs_init]
+    if needing and init is None:
+        raise ValueError(f"measure(s) {needing} need init=<the networks' initial state dict>")
     train_x, train_y = train_data
     test_x, test_y = test_data
     ref_logits = None if reference is None else models.predict(networks[reference], test_x)
@@ -407,6 +449,7 @@ def measure_table(networks: dict, train_data, test_data, names: list[str] | None
             row["predictions_changed"] = int((test_logits.argmax(1) != ref_logits.argmax(1)).sum())
             row["max_logit_change"] = (test_logits - ref_logits).abs().max().item()
         for name in names:
-            row[name] = MEASURES[name](model, train_data, **options.get(name, {}))
+            extra = {"init": init} if MEASURES[name].needs_init else {}
+            row[name] = MEASURES[name](model, train_data, **options.get(name, {}), **extra)
         rows.append(row)
     return pd.DataFrame(rows).set_index("network")

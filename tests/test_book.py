@@ -14,6 +14,7 @@ SMOKE: dict[str, dict] = {
     "reparameterisation": {"n": "300", "widths": "[32, 32]", "alphas": "[1.0, 10.0]",
                            "neuron_log_ranges": "[1.0]", "tau_sensitivity": "[0.2]"},
     "head_to_head": {"networks": "8", "n": "200", "widths": "[16, 16]", "max_epochs": "40", "resamples": "200"},
+    "pacbayes_link": {"networks": "8", "n": "200", "widths": "[16, 16]", "max_epochs": "40", "resamples": "200"},
 }
 
 

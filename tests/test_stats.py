@@ -81,3 +81,22 @@ def test_correlation_table_has_one_row_per_measure_and_target_and_drops_non_fini
     table = stats.correlation_table(frame, ["m1", "m2"], ["acc"], n_resamples=200)
     assert list(table["measure"]) == ["m1", "m2"] and list(table["n"]) == [30, 29]
     assert table.loc[0, "rho"] == pytest.approx(sps.spearmanr(frame["m1"], frame["acc"]).statistic)
+
+
+def test_partial_spearman_equals_the_correlation_of_rank_residuals_and_removes_a_common_cause():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=200)
+    x, y = z + 0.5 * rng.normal(size=200), z + 0.5 * rng.normal(size=200)
+    r = stats.partial_spearman(x, y, z, n_resamples=2000)
+    # oracle: regress the ranks of x and y on the ranks of z by least squares, correlate the residuals
+    rx, ry, rz = (sps.rankdata(a) for a in (x, y, z))
+    design = np.column_stack([np.ones(200), rz])
+    res = [a - design @ np.linalg.lstsq(design, a, rcond=None)[0] for a in (rx, ry)]
+    assert r.statistic == pytest.approx(np.corrcoef(*res)[0, 1], abs=1e-12)
+    t = r.statistic * np.sqrt(197 / (1 - r.statistic ** 2))
+    assert r.pvalue == pytest.approx(2 * sps.t.sf(abs(t), 197))
+    assert sps.spearmanr(x, y).statistic > 0.6  # strongly correlated through z ...
+    assert r.confidence_interval.low < 0 < r.confidence_interval.high  # ... and not at all given z
+    assert r.permutation_pvalue > 0.05
+    direct = stats.partial_spearman(x, z, y, n_resamples=2000)  # x does depend on z given y
+    assert direct.statistic > 0.4 and direct.permutation_pvalue < 0.01
