@@ -39,8 +39,10 @@ def git_commit() -> str | None:
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    # Published chapter outputs under book/ change with every run; "-dirty" flags changed code
+    # or configuration only (the flatlib source hash pins the library separately).
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)book"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
