@@ -32,19 +32,24 @@ def test_second_request_is_served_from_the_cache_with_identical_weights(counted_
     assert second.history == first.history
 
 
-def test_interrupted_sweep_resumes_and_trains_only_what_is_missing(counted_training, monkeypatch):
-    configs = [TrainConfig(**{**TINY, "seed": s}) for s in range(5)]
+def _killed_at_seed(monkeypatch, seed, run):
+    """Run ``run()`` with the process 'killed' (KeyboardInterrupt) while saving network ``seed``."""
     real_save = cache.save_network
 
-    def interrupt_after_three(result):
-        if result.config.seed == 3:
+    def killed(result):
+        if result.config.seed == seed:
             raise KeyboardInterrupt
         return real_save(result)
 
-    monkeypatch.setattr(cache, "save_network", interrupt_after_three)
+    monkeypatch.setattr(cache, "save_network", killed)
     with pytest.raises(KeyboardInterrupt):
-        cache.sweep(configs)
+        run()
     monkeypatch.setattr(cache, "save_network", real_save)
+
+
+def test_interrupted_sweep_resumes_and_trains_only_what_is_missing(counted_training, monkeypatch):
+    configs = [TrainConfig(**{**TINY, "seed": s}) for s in range(5)]
+    _killed_at_seed(monkeypatch, 3, lambda: cache.sweep(configs))
     counted_training.clear()
     results = cache.sweep(configs)
     assert counted_training == [3, 4]
@@ -86,17 +91,7 @@ def test_network_table_killed_halfway_resumes_without_retraining_or_remeasuring(
     real = measures.MEASURES["simplicity_l2"]
     monkeypatch.setitem(measures.MEASURES, "simplicity_l2", measures.Measure(
         "simplicity_l2", real.family, real.invariant, lambda model, data: measured.append(1) or real(model, data)))
-    real_save = cache.save_network
-
-    def killed_at_seed_two(result):
-        if result.config.seed == 2:
-            raise KeyboardInterrupt
-        return real_save(result)
-
-    monkeypatch.setattr(cache, "save_network", killed_at_seed_two)
-    with pytest.raises(KeyboardInterrupt):
-        cache.network_table(configs, names=["simplicity_l2"], progress=False)
-    monkeypatch.setattr(cache, "save_network", real_save)
+    _killed_at_seed(monkeypatch, 2, lambda: cache.network_table(configs, names=["simplicity_l2"], progress=False))
     assert counted_training == [0, 1, 2] and len(measured) == 2
     counted_training.clear()
     measured.clear()
