@@ -280,6 +280,18 @@ def load(name: str, split: str, n: int | None = None, seed: int = 0) -> Dataset:
     return Dataset(images=x[idx], labels=y[idx], name=name, split=split, indices=idx)
 
 
+def subsample(data: Dataset, n: int, seed: int = 0) -> Dataset:
+    """A class-stratified subset of ``n`` of ``data``'s own examples chosen by ``seed`` (all of
+    ``data`` when it has at most ``n``), keeping their positions in the full split."""
+    if not isinstance(n, int) or n < 1:
+        raise DataError(f"subsample size must be a positive integer, got {n!r}.")
+    if n >= len(data):
+        return data
+    idx = stratified_indices(data.labels, n, seed)
+    return Dataset(images=data.images[idx], labels=data.labels[idx], name=data.name, split=data.split,
+                   indices=data.indices[idx])
+
+
 def complement(subset: Dataset, n: int | None = None, seed: int = 0) -> Dataset:
     """The images of ``subset``'s split that are *not* in ``subset`` (optionally ``n`` of them).
 

@@ -59,10 +59,17 @@ def register(name: str, family: str, invariant: bool, needs_init: bool = False):
 # ----------------------------------------------------------------------------- sharpness
 
 @register("top_eigenvalue", "sharpness", invariant=False)
-def top_eigenvalue(model, data, tol: float = 1e-3, seed: int = 0, batch_size: int | None = None) -> float:
+def top_eigenvalue(model, data, tol: float = 1e-3, seed: int = 0, batch_size: int | None = None,
+                   subsample: int | None = None) -> float:
     """lambda_max(H): the largest eigenvalue of the Hessian of the mean training cross-entropy
     (nats), by Lanczos to relative tolerance ``tol``. The primary sharpness measure (Keskar et
-    al. 2017; Bennett 2026). Larger = sharper."""
+    al. 2017; Bennett 2026). Larger = sharper. With ``subsample``, the Hessian is that of a
+    fixed class-stratified subset of that many training examples (``flatlib.data.subsample``,
+    seed 0), so large training sets cost no more than small ones."""
+    if subsample is not None:
+        if not isinstance(data, fdata.Dataset):
+            raise ValueError("subsample needs data as a flatlib.data.Dataset")
+        data = fdata.subsample(data, subsample)
     return hessian.top_eigenvalues(model, data, k=1, tol=tol, seed=seed, batch_size=batch_size).eigenvalues[0].item()
 
 
@@ -265,9 +272,21 @@ def relative_flatness(model, data) -> float:
 
 # ----------------------------------------------------------------------------- weakness
 
-def _probe_inputs(data, probe, probe_n: int, seed: int):
+PROBE_SPLITS = ("train", "test_inputs")
+
+
+def _probe_inputs(data, probe, probe_n: int, seed: int, probe_split: str = "train"):
+    if probe_split not in PROBE_SPLITS:
+        raise ValueError(f"probe_split must be one of {PROBE_SPLITS}, got {probe_split!r}")
     if probe is not None:
         return probe[0] if isinstance(probe, (tuple, list, fdata.Dataset)) else probe
+    if isinstance(data, fdata.Dataset) and probe_split == "test_inputs":
+        full = fdata.load(data.name, data.split)
+        if len(data) < len(full):
+            raise ValueError(f"probe_split='test_inputs' is only for networks trained on the whole "
+                             f"{data.name}/{data.split} split; this one saw {len(data)} of {len(full)} "
+                             f"images, so probe with the unseen training images (probe_split='train')")
+        return fdata.load(data.name, "test", n=probe_n, seed=seed).images  # inputs only, never labels
     if isinstance(data, fdata.Dataset):
         return fdata.complement(data, n=probe_n, seed=seed).images
     raise ValueError("pass probe=<unlabelled images the network never trained on>, or data as a "
@@ -275,13 +294,16 @@ def _probe_inputs(data, probe, probe_n: int, seed: int):
 
 
 @register("weakness_open_labels", "weakness", invariant=True)
-def weakness_open_labels(model, data, tau: float = 0.1, probe=None, probe_n: int = 2000, seed: int = 0) -> float:
+def weakness_open_labels(model, data, tau: float = 0.1, probe=None, probe_n: int = 2000, seed: int = 0,
+                         probe_split: str = "train") -> float:
     """Primary weakness measure: mean over unseen probe images x of log2 |{y : p(y|x) >= tau}|,
     in bits, with tau = 0.1 fixed in advance. The probe images come from the training split
-    outside the network's own training subset, never from the test set. It reads only the
+    outside the network's own training subset, never from the test set; only a network
+    trained on the whole training split, which leaves none unseen, may use
+    ``probe_split="test_inputs"`` (test images, never their labels). It reads only the
     network's outputs, so it is invariant to any reparameterisation. Larger = weaker
     (more labelings of unseen inputs left open)."""
-    inputs = _probe_inputs(data, probe, probe_n, seed)
+    inputs = _probe_inputs(data, probe, probe_n, seed, probe_split)
     probs = torch.softmax(models.predict(model, inputs).double(), dim=1)
     # Every input keeps at least its top label open, so the count is >= 1 even for tau > 0.5.
     counts = torch.maximum((probs >= tau).sum(1), torch.ones(len(probs), dtype=torch.long, device=probs.device))

@@ -218,3 +218,40 @@ def correlation_table(frame, columns, targets, n_resamples: int = 10000, confide
                 row.update({"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue)})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class DifferenceResult:
+    """Mean of paired differences a - b with Student's t interval and paired t-test."""
+
+    mean: float
+    confidence_interval: ConfidenceInterval
+    pvalue: float
+    sd: float
+    n: int
+    confidence_level: float
+
+
+def paired_difference(a, b, confidence_level: float = 0.95) -> DifferenceResult:
+    """The mean of ``a - b`` over pairs (e.g. seeds shared by two regimes), its Student-t
+    confidence interval with n - 1 degrees of freedom, and the two-sided paired t-test
+    p-value for a zero mean. Pairs with a non-finite member are an error, not dropped: a
+    missing network changes what the interval means."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must pair up, got {a.size} and {b.size} values")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("paired_difference got non-finite values; drop the whole pair explicitly first")
+    d = a - b
+    n = d.size
+    if n < 2:
+        raise ValueError(f"paired_difference needs at least 2 pairs, got {n}")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    se = sd / np.sqrt(n)
+    half = float(sps.t.ppf(0.5 + confidence_level / 2, n - 1)) * se
+    if se > 0:
+        pvalue = float(2 * sps.t.sf(abs(mean) / se, n - 1))
+    else:
+        pvalue = 1.0 if mean == 0 else 0.0
+    return DifferenceResult(mean=mean, confidence_interval=ConfidenceInterval(mean - half, mean + half),
+                            pvalue=pvalue, sd=sd, n=int(n), confidence_level=confidence_level)

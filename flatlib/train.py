@@ -26,6 +26,7 @@ from flatlib import models
 TRAIN_VERSION = "1"
 
 OPTIMIZERS = ("sgd", "adam")
+_ADDED_FIELDS = ("target_train_loss", "patience")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,10 @@ class TrainConfig:
     """Everything that determines a trained network.
 
     ``epochs`` is a cap; with ``target_train_acc`` training stops at the end of the first
-    epoch whose full-pass training accuracy reaches it. ``sam_rho > 0`` turns on SAM
+    epoch whose full-pass training accuracy reaches it, with ``target_train_loss`` at the end
+    of the first epoch whose full-pass training cross-entropy (nats) is at or below it, and
+    with ``patience`` once that loss has not set a new minimum for ``patience`` epochs in a
+    row (the training loss has stopped improving), whichever comes first. ``sam_rho > 0`` turns on SAM
     (Foret et al. 2021). ``augment`` adds random shifts of up to 2 pixels.
     """
 
@@ -53,6 +57,9 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     device: str = "cpu"
+    # Added after TRAIN_VERSION 1; they enter the cache key only when set (see ``key``).
+    target_train_loss: float | None = None
+    patience: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -73,6 +80,10 @@ class TrainConfig:
             problems.append("weight_decay and sam_rho must be non-negative")
         if self.target_train_acc is not None and not 0 < self.target_train_acc <= 1:
             problems.append(f"target_train_acc must be in (0, 1], got {self.target_train_acc!r}")
+        if self.target_train_loss is not None and not self.target_train_loss > 0:
+            problems.append(f"target_train_loss must be a positive number of nats, got {self.target_train_loss!r}")
+        if self.patience is not None and self.patience < 1:
+            problems.append(f"patience must be at least 1 epoch, got {self.patience!r}")
         if problems:
             raise ValueError("Invalid TrainConfig: " + "; ".join(problems) + ".")
 
@@ -80,8 +91,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """A stable content hash of the config and the training code's version."""
-        payload = json.dumps({"config": self.to_dict(), "train_version": TRAIN_VERSION}, sort_keys=True)
+        """A stable content hash of the config and the training code's version. Fields added
+        after version 1 are left out while at their default (None), so networks trained
+        before they existed keep their keys."""
+        config = self.to_dict()
+        for name in _ADDED_FIELDS:
+            if config[name] is None:
+                del config[name]
+        payload = json.dumps({"config": config, "train_version": TRAIN_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -168,6 +185,7 @@ def train(config: TrainConfig, progress: bool = False) -> TrainResult:
     if progress:
         from tqdm.auto import tqdm
         epochs = tqdm(epochs, desc=f"train seed={config.seed}", leave=False)
+    best_loss, since_best = math.inf, 0
     for epoch in epochs:
         model.train()
         order = torch.randperm(len(y_all), generator=gen)
@@ -204,6 +222,17 @@ def train(config: TrainConfig, progress: bool = False) -> TrainResult:
             result.history[-1]["event"] = "non-finite loss"
             break
         if config.target_train_acc is not None and metrics["acc"] >= config.target_train_acc:
+            result.history[-1]["event"] = "reached target_train_acc"
+            break
+        if config.target_train_loss is not None and metrics["loss"] <= config.target_train_loss:
+            result.history[-1]["event"] = "reached target_train_loss"
+            break
+        if metrics["loss"] < best_loss:
+            best_loss, since_best = metrics["loss"], 0
+        else:
+            since_best += 1
+        if config.patience is not None and since_best >= config.patience:
+            result.history[-1]["event"] = "training loss stopped improving"
             break
     model.eval()
     result.wall_time_s = time.perf_counter() - start

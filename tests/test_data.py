@@ -96,3 +96,16 @@ def test_corrupt_mirror_is_rejected_and_nothing_half_written(tmp_path, monkeypat
     with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.gz is corrupt"):
         data.fetch("fashion_mnist")
     assert not any(private_data_dir.rglob("*-ubyte"))
+
+
+def test_subsample_draws_a_stratified_part_of_the_subset_and_keeps_positions():
+    full = data.load("mnist", "train")
+    sub = data.load("mnist", "train", n=2000, seed=4)
+    part = data.subsample(sub, 500, seed=0)
+    assert len(part) == 500 and set(part.indices.tolist()) <= set(sub.indices.tolist())
+    assert torch.equal(part.images, full.images[part.indices]) and torch.equal(part.labels, full.labels[part.indices])
+    expected = torch.bincount(sub.labels).double() * 500 / len(sub)
+    assert (torch.bincount(part.labels, minlength=10).double() - expected).abs().max() < 1
+    assert data.subsample(sub, 5000) is sub
+    with pytest.raises(data.DataError, match="positive integer"):
+        data.subsample(sub, 0)

@@ -220,3 +220,42 @@ def test_bounds_move_under_reparameterisation(informative, kind):
         moved = pacbayes.gaussian_bound(transformed, ds, init, kind=kind, samples=2)
         kl_change = [abs(a[1] - b[1]) / a[1] for a, b in zip(base.per_sigma, moved.per_sigma)]
         assert min(kl_change) > 1e-3, kl_change
+
+
+def test_top_eigenvalue_on_a_subsample_is_the_subsamples_dense_top_eigenvalue():
+    torch.manual_seed(0)
+    model = models.mlp((6,)).double()
+    ds = data.load("mnist", "train", n=300, seed=0)
+    part = data.subsample(ds, 40)
+    x, y = part.images.double(), part.labels
+    params = dict(model.named_parameters())
+    names = list(params)
+    shapes = [params[k].shape for k in names]
+    flat0 = torch.cat([params[k].detach().flatten() for k in names])
+
+    def loss(flat):
+        pieces = torch.split(flat, [math.prod(s) for s in shapes])
+        state = {k: p.view(s) for k, p, s in zip(names, pieces, shapes)}
+        return F.cross_entropy(functional_call(model, state, (x,)), y)
+
+    dense = torch.autograd.functional.hessian(loss, flat0)
+    expected = torch.linalg.eigvalsh(dense)[-1].item()
+    model_d = model
+    sub = data.Dataset(images=ds.images.double(), labels=ds.labels, name=ds.name, split=ds.split, indices=ds.indices)
+    got = measures.top_eigenvalue(model_d, sub, tol=1e-9, subsample=40)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got != pytest.approx(measures.top_eigenvalue(model_d, sub, tol=1e-9), rel=1e-3)
+
+
+def test_open_labels_falls_back_to_test_inputs_only_for_a_network_trained_on_everything():
+    model = models.mlp((8,))
+    with pytest.raises(ValueError, match="only for networks trained on the whole"):
+        measures.weakness_open_labels(model, data.load("mnist", "train", n=59999), probe_split="test_inputs")
+    with pytest.raises(data.DataError, match="no complement"):
+        measures.weakness_open_labels(model, data.load("mnist", "train", n=60000))
+    with pytest.raises(ValueError, match="probe_split"):
+        measures.weakness_open_labels(model, data.load("mnist", "train", n=100), probe_split="test")
+    got = measures.weakness_open_labels(model, data.load("mnist", "train", n=60000), probe_split="test_inputs",
+                                        probe_n=300, seed=2)
+    probe = data.load("mnist", "test", n=300, seed=2).images
+    assert got == measures.weakness_open_labels(model, None, probe=probe)

@@ -52,7 +52,9 @@ def test_divergence_is_recorded_not_raised():
 
 @pytest.mark.parametrize("bad,match", [({"optimizer": "rmsprop"}, "optimizer"), ({"lr": -1.0}, "lr"),
                                        ({"dataset": "cifar"}, "dataset"), ({"batch_size": 1000}, "exceeds"),
-                                       ({"target_train_acc": 1.5}, "target_train_acc")])
+                                       ({"target_train_acc": 1.5}, "target_train_acc"),
+                                       ({"target_train_loss": 0.0}, "target_train_loss"),
+                                       ({"patience": 0}, "patience")])
 def test_impossible_configs_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{**TINY, **bad})
@@ -64,7 +66,43 @@ def test_config_key_is_stable_and_covers_every_field():
     changed = {"dataset": "fashion_mnist", "n": 512, "data_seed": 5, "arch": "cnn", "widths": (8, 16),
                "optimizer": "adam", "lr": 0.01, "momentum": 0.5, "batch_size": 16, "epochs": 3,
                "target_train_acc": 0.9, "weight_decay": 1e-4, "sam_rho": 0.1, "augment": True, "seed": 4,
-               "device": "cuda"}
+               "device": "cuda", "target_train_loss": 0.01, "patience": 3}
     assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}
     keys = {TrainConfig(**{**TINY, name: value}).key() for name, value in changed.items()}
     assert len(keys) == len(changed) and TrainConfig(**TINY).key() not in keys
+
+
+def test_fields_added_later_leave_old_keys_unchanged():
+    """Networks cached before target_train_loss and patience existed keep their keys: the
+    key of a config with both unset is the version-1 hash, computed here by hand."""
+    import hashlib
+    import json
+
+    from flatlib.train import TRAIN_VERSION
+
+    config = TrainConfig(**TINY)
+    old = {k: v for k, v in config.to_dict().items() if k not in ("target_train_loss", "patience")}
+    payload = json.dumps({"config": old, "train_version": TRAIN_VERSION}, sort_keys=True)
+    assert config.key() == hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _scripted_losses(monkeypatch, losses):
+    """Make every end-of-epoch evaluation report the next loss in ``losses``."""
+    from flatlib import train as ftrain
+
+    script = iter(losses)
+    monkeypatch.setattr(ftrain, "evaluate", lambda model, x, y: {"loss": next(script), "acc": 0.5})
+
+
+@pytest.mark.parametrize("losses,config,epochs,event", [
+    # the first epoch at or below the target ends training
+    ([0.9, 0.5, 0.02, 0.01, 0.005], {"target_train_loss": 0.01}, 4, "reached target_train_loss"),
+    # 0.5 is the best; 0.6, 0.5 (not a new minimum), 0.7 make three epochs without one
+    ([0.9, 0.5, 0.6, 0.5, 0.7, 0.1], {"patience": 3}, 5, "training loss stopped improving"),
+    ([0.9, 0.5, 0.6, 0.4, 0.7, 0.1], {"patience": 3}, 6, None),  # 0.4 resets the count; cap at 6
+])
+def test_loss_based_stopping_rules(monkeypatch, losses, config, epochs, event):
+    _scripted_losses(monkeypatch, losses)
+    result = train(TrainConfig(**{**TINY, "epochs": 6, **config}))
+    assert len(result.history) == epochs
+    assert result.history[-1].get("event") == event

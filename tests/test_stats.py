@@ -100,3 +100,28 @@ def test_partial_spearman_equals_the_correlation_of_rank_residuals_and_removes_a
     assert r.permutation_pvalue > 0.05
     direct = stats.partial_spearman(x, z, y, n_resamples=2000)  # x does depend on z given y
     assert direct.statistic > 0.4 and direct.permutation_pvalue < 0.01
+
+
+def test_paired_difference_matches_scipy_paired_t_test():
+    rng = np.random.default_rng(3)
+    a = rng.normal(0.92, 0.01, size=6)
+    b = a - 0.01 + rng.normal(0, 0.004, size=6)
+    ours = stats.paired_difference(a, b)
+    ref = sps.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert ours.mean == pytest.approx(np.mean(a - b))
+    assert ours.pvalue == pytest.approx(ref.pvalue)
+    assert ours.confidence_interval == pytest.approx((ci.low, ci.high))
+    assert ours.n == 6
+
+
+def test_paired_difference_hand_computed_and_degenerate_cases():
+    # d = (1, 2, 3): mean 2, sd 1, se 1/sqrt(3), t_{0.975, 2} = 4.302652729749464
+    r = stats.paired_difference([1, 2, 3], [0, 0, 0])
+    half = 4.302652729749464 / np.sqrt(3)
+    assert r.confidence_interval == pytest.approx((2 - half, 2 + half))
+    assert stats.paired_difference([1, 1], [1, 1]).pvalue == 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.paired_difference([1.0], [0.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.paired_difference([1.0, np.nan], [0.0, 0.0])

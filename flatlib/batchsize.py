@@ -1,0 +1,99 @@
+"""The small-batch versus large-batch comparison of claim C4 (Keskar et al. 2017; Bennett 2026).
+
+Networks come in pairs: at each training-set size ``n`` and seed, one network is trained with
+the small batch and one with the large batch, sharing the seed (so the initial weights, the
+training subset and everything else but the batch size). :func:`regime_differences` turns a
+per-network table into per-``n`` paired differences (small minus large) with Student-t
+intervals; :func:`verdict` applies the rule fixed before the published run.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from flatlib import stats
+
+REGIMES = ("small", "large")
+
+
+def large_batch_size(n: int, fraction: float = 0.1, floor: int = 500) -> int:
+    """Keskar et al.'s large batch: ``fraction`` of the training set, at least ``floor``
+    examples, at most the whole training set."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if floor < 1 or n < 1:
+        raise ValueError(f"floor and n must be at least 1, got floor={floor!r}, n={n!r}")
+    return int(min(n, max(floor, math.floor(fraction * n))))
+
+
+def paired(table, value: str):
+    """Per ``n``, the per-seed values of ``value`` for both regimes, aligned on seed, as a
+    frame indexed by (n, seed) with columns ``small`` and ``large``. A seed present in only one
+    regime is an error: the pairing is the design."""
+    missing = sorted({"n", "seed", "regime", value} - set(table.columns))
+    if missing:
+        raise ValueError(f"table lacks column(s) {missing}")
+    wide = table.pivot_table(index=["n", "seed"], columns="regime", values=value, aggfunc="first")
+    unknown = sorted(set(wide.columns) - set(REGIMES))
+    if unknown:
+        raise ValueError(f"regime must be one of {REGIMES}, found {unknown}")
+    wide = wide.reindex(columns=list(REGIMES))
+    unpaired = wide[wide.isna().any(axis=1)]
+    if len(unpaired):
+        raise ValueError(f"{len(unpaired)} (n, seed) cell(s) lack a network in one regime: "
+                         f"{list(unpaired.index)[:5]}")
+    return wide
+
+
+def regime_differences(table, value: str, confidence_level: float = 0.95):
+    """One row per ``n``: the mean of ``value`` in each regime, the mean paired difference
+    small - large, its Student-t interval and paired t-test p-value, the number of pairs."""
+    import pandas as pd
+
+    wide = paired(table, value)
+    rows = []
+    for n, cell in wide.groupby(level="n"):
+        d = stats.paired_difference(cell["small"], cell["large"], confidence_level)
+        rows.append({"n": int(n), "small": float(cell["small"].mean()), "large": float(cell["large"].mean()),
+                     "difference": d.mean, "ci_low": d.confidence_interval.low,
+                     "ci_high": d.confidence_interval.high, "p": d.pvalue, "pairs": d.n})
+    return pd.DataFrame(rows).set_index("n")
+
+
+def verdict(table, margin: float = 0.0025, alpha: float = 0.05) -> tuple[str, dict]:
+    """The C4 verdict from per-network test accuracies (``test_acc`` in [0, 1]), by the rule
+    fixed in advance:
+
+    * the gap *exists* if the small-minus-large accuracy interval at the smallest ``n`` lies
+      above zero;
+    * it *vanishes* if the interval at the largest ``n`` lies inside (-margin, +margin);
+    * it *shrinks* if the per-seed gaps at the largest ``n`` are smaller than at the smallest
+      ``n`` by Welch's t-test at ``alpha``.
+
+    supported = exists and vanishes; partly supported = exists and shrinks but does not
+    vanish; not supported = no gap at the smallest ``n``, or a gap that does not shrink.
+    Returns the verdict and the checks it rests on."""
+    from scipy import stats as sps
+
+    gaps = regime_differences(table, "test_acc", 1 - alpha)
+    if len(gaps) < 2:
+        raise ValueError("the verdict compares the smallest and the largest n; give at least two sizes")
+    wide = paired(table, "test_acc")
+    lo, hi = gaps.index.min(), gaps.index.max()
+    per_seed = {n: (wide.loc[n, "small"] - wide.loc[n, "large"]).to_numpy() for n in (lo, hi)}
+    shrink_p = float(sps.ttest_ind(per_seed[lo], per_seed[hi], equal_var=False, alternative="greater").pvalue)
+    if not np.isfinite(shrink_p):  # both sets constant: shrinking is decided by the means alone
+        shrink_p = 0.0 if per_seed[lo].mean() > per_seed[hi].mean() else 1.0
+    checks = {
+        "exists": bool(gaps.loc[lo, "ci_low"] > 0),
+        "vanishes": bool(-margin < gaps.loc[hi, "ci_low"] and gaps.loc[hi, "ci_high"] < margin),
+        "shrinks": bool(shrink_p < alpha),
+    }
+    if checks["exists"] and checks["vanishes"]:
+        result = "supported"
+    elif checks["exists"] and checks["shrinks"]:
+        result = "partly supported"
+    else:
+        result = "not supported"
+    return result, {**checks, "shrink_p": shrink_p, "smallest_n": int(lo), "largest_n": int(hi), "margin": margin}

@@ -1,0 +1,65 @@
+"""flatlib.batchsize: the large batch, the paired differences and the C4 verdict rule, on
+hand-built tables whose answers are known."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from flatlib import batchsize
+
+
+@pytest.mark.parametrize("n,expected", [(2000, 500), (5000, 500), (10000, 1000), (20000, 2000),
+                                        (60000, 6000), (300, 300), (5999, 599)])
+def test_large_batch_is_a_tenth_of_n_with_a_floor_and_at_most_n(n, expected):
+    assert batchsize.large_batch_size(n) == expected
+
+
+def test_large_batch_rejects_impossible_settings():
+    with pytest.raises(ValueError, match="fraction"):
+        batchsize.large_batch_size(1000, fraction=0)
+    with pytest.raises(ValueError, match="floor"):
+        batchsize.large_batch_size(1000, floor=0)
+
+
+def _table(gaps: dict[int, list[float]], base: float = 0.9) -> pd.DataFrame:
+    """Networks whose small-batch accuracy exceeds the large-batch one by the given per-seed gaps."""
+    rows = []
+    for n, per_seed in gaps.items():
+        for seed, gap in enumerate(per_seed):
+            rows.append({"n": n, "seed": seed, "regime": "large", "test_acc": base + 0.001 * seed})
+            rows.append({"n": n, "seed": seed, "regime": "small", "test_acc": base + 0.001 * seed + gap})
+    return pd.DataFrame(rows)
+
+
+def test_regime_differences_are_paired_by_seed():
+    gaps = {2000: [0.010, 0.014, 0.018, 0.012, 0.016], 60000: [0.001, -0.001, 0.0, 0.002, -0.002]}
+    table = _table(gaps)
+    out = batchsize.regime_differences(table, "test_acc")
+    for n, per_seed in gaps.items():
+        ref = sps.ttest_1samp(per_seed, 0.0)
+        ci = ref.confidence_interval(0.95)
+        assert out.loc[n, "difference"] == pytest.approx(np.mean(per_seed))
+        assert (out.loc[n, "ci_low"], out.loc[n, "ci_high"]) == pytest.approx((ci.low, ci.high))
+        assert out.loc[n, "p"] == pytest.approx(ref.pvalue)
+        assert out.loc[n, "pairs"] == 5
+
+
+def test_a_network_missing_from_one_regime_is_an_error():
+    table = _table({2000: [0.01, 0.02, 0.03]})
+    with pytest.raises(ValueError, match="lack a network"):
+        batchsize.regime_differences(table.iloc[:-1], "test_acc")
+
+
+@pytest.mark.parametrize("gaps,expected", [
+    ({2000: [0.010, 0.014, 0.018, 0.012, 0.016], 60000: [0.001, -0.001, 0.0, 0.002, -0.002]}, "supported"),
+    # shrinks from 1.4 to 0.8 points but stays clear of the 0.25-point margin
+    ({2000: [0.010, 0.014, 0.018, 0.012, 0.016], 60000: [0.007, 0.009, 0.008, 0.0085, 0.0075]}, "partly supported"),
+    # no gap at the smallest n
+    ({2000: [0.01, -0.01, 0.005, -0.004, 0.0], 60000: [0.0, 0.0, 0.001, -0.001, 0.0]}, "not supported"),
+    # a gap that does not shrink
+    ({2000: [0.010, 0.014, 0.018, 0.012, 0.016], 60000: [0.012, 0.016, 0.014, 0.010, 0.018]}, "not supported"),
+])
+def test_verdict_rule(gaps, expected):
+    result, checks = batchsize.verdict(_table(gaps))
+    assert result == expected, checks
+    assert (checks["smallest_n"], checks["largest_n"]) == (2000, 60000)
