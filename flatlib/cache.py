@@ -125,9 +125,9 @@ def _measure_code_version() -> str:
 
 def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None = None,
                   options: dict | None = None, progress: bool = True, desc: str = "networks"):
-    """One row per config: its training outcome (status, epochs, wall time), train and test
-    loss and accuracy on the full test split, the train-test accuracy gap, and every measure
-    in ``names`` (default: the whole registry) on the network's own training subset, with
+    """One row per config: its training outcome (status, epochs, the rule that stopped it,
+    wall time), train and test loss and accuracy on the full test split, the train-test
+    accuracy gap, and every measure in ``names`` (default: the whole registry) on the network's own training subset, with
     ``options[name]`` passed to measure ``name``.
 
     Networks and every number are memoised in the cache, one entry per network and measure,
@@ -161,7 +161,7 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
     for config in tqdm(configs, desc=desc, disable=not progress):
         result = trained(config)
         row = {"seed": config.seed, "status": result.status, "epochs": len(result.history),
-               "train_time_s": result.wall_time_s}
+               "stopped_by": result.stopped_by, "train_time_s": result.wall_time_s}
         train_set = dataset(config.dataset, "train", config.n, config.data_seed)
         test_set = dataset(config.dataset, "test")
         for split, ds in (("train", train_set), ("test", test_set)):

@@ -115,6 +115,22 @@ class TrainResult:
     def diverged(self) -> bool:
         return self.status == "diverged"
 
+    @property
+    def stopped_by(self) -> str:
+        """Which rule ended training: "diverged", "target_train_acc", "target_train_loss",
+        "patience" or "epoch cap" (read from the config and the last epoch, so it holds for
+        networks cached before training recorded its events)."""
+        config, last = self.config, (self.history[-1] if self.history else {})
+        if self.diverged:
+            return "diverged"
+        if config.target_train_acc is not None and last.get("train_acc", -1) >= config.target_train_acc:
+            return "target_train_acc"
+        if config.target_train_loss is not None and last.get("train_loss", math.inf) <= config.target_train_loss:
+            return "target_train_loss"
+        if last.get("event") == "training loss stopped improving":
+            return "patience"
+        return "epoch cap"
+
 
 def _shift(images: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Random translation by up to ``max_shift`` pixels per image (zero padding)."""

@@ -41,11 +41,12 @@ def test_training_fits_a_small_subset_and_stops_at_the_target():
     assert result.status == "ok"
     assert result.history[-1]["train_acc"] == 1.0
     assert len(result.history) < 50
+    assert result.stopped_by == "target_train_acc"
 
 
 def test_divergence_is_recorded_not_raised():
     result = train(TrainConfig(**{**TINY, "lr": 1e12, "momentum": 0.0}))
-    assert result.status == "diverged" and result.diverged
+    assert result.status == "diverged" and result.diverged and result.stopped_by == "diverged"
     assert result.history[-1]["event"] == "non-finite loss"
     assert not math.isfinite(result.history[-1].get("loss", result.history[-1].get("train_loss")))
 
@@ -94,15 +95,16 @@ def _scripted_losses(monkeypatch, losses):
     monkeypatch.setattr(ftrain, "evaluate", lambda model, x, y: {"loss": next(script), "acc": 0.5})
 
 
-@pytest.mark.parametrize("losses,config,epochs,event", [
+@pytest.mark.parametrize("losses,config,epochs,event,stopped_by", [
     # the first epoch at or below the target ends training
-    ([0.9, 0.5, 0.02, 0.01, 0.005], {"target_train_loss": 0.01}, 4, "reached target_train_loss"),
+    ([0.9, 0.5, 0.02, 0.01, 0.005], {"target_train_loss": 0.01}, 4, "reached target_train_loss", "target_train_loss"),
     # 0.5 is the best; 0.6, 0.5 (not a new minimum), 0.7 make three epochs without one
-    ([0.9, 0.5, 0.6, 0.5, 0.7, 0.1], {"patience": 3}, 5, "training loss stopped improving"),
-    ([0.9, 0.5, 0.6, 0.4, 0.7, 0.1], {"patience": 3}, 6, None),  # 0.4 resets the count; cap at 6
+    ([0.9, 0.5, 0.6, 0.5, 0.7, 0.1], {"patience": 3}, 5, "training loss stopped improving", "patience"),
+    ([0.9, 0.5, 0.6, 0.4, 0.7, 0.1], {"patience": 3}, 6, None, "epoch cap"),  # 0.4 resets the count
 ])
-def test_loss_based_stopping_rules(monkeypatch, losses, config, epochs, event):
+def test_loss_based_stopping_rules(monkeypatch, losses, config, epochs, event, stopped_by):
     _scripted_losses(monkeypatch, losses)
     result = train(TrainConfig(**{**TINY, "epochs": 6, **config}))
     assert len(result.history) == epochs
     assert result.history[-1].get("event") == event
+    assert result.stopped_by == stopped_by
