@@ -14,6 +14,8 @@ SMOKE: dict[str, dict] = {
     "reparameterisation": {"n": "300", "widths": "[32, 32]", "alphas": "[1.0, 10.0]",
                            "neuron_log_ranges": "[1.0]", "tau_sensitivity": "[0.2]"},
     "head_to_head": {"networks": "8", "n": "200", "widths": "[16, 16]", "max_epochs": "40", "resamples": "200"},
+    "batch_sweep": {"sizes": "[300, 1000]", "seeds": "3", "widths": "[16]", "large_floor": "100",
+                    "max_epochs": "40", "target_train_loss": "0.3", "sharpness_subsample": "200", "probe_n": "200"},
     "pacbayes_link": {"networks": "8", "n": "200", "widths": "[16, 16]", "max_epochs": "40", "resamples": "200"},
 }
 
