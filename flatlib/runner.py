@@ -50,6 +50,7 @@ PUBLISHED: list[PublishedRun] = [
     PublishedRun("reparameterisation"),
     PublishedRun("head_to_head"),
     PublishedRun("head_to_head", {"dataset": "fashion_mnist"}, folder="head_to_head_fashion_mnist"),
+    PublishedRun("batch_sweep"),
     PublishedRun("pacbayes_link"),
     PublishedRun("pacbayes_link", {"dataset": "fashion_mnist"}, folder="pacbayes_link_fashion_mnist"),
 ]
