@@ -127,8 +127,8 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
                   options: dict | None = None, progress: bool = True, desc: str = "networks"):
     """One row per config: its training outcome (status, epochs, the rule that stopped it,
     wall time), train and test loss and accuracy on the full test split, the train-test
-    accuracy gap, and every measure in ``names`` (default: the whole registry) on the network's own training subset, with
-    ``options[name]`` passed to measure ``name``.
+    accuracy gap, and every measure in ``names`` (default: the whole registry) on the
+    network's own training subset, with ``options[name]`` passed to measure ``name``.
 
     Networks and every number are memoised in the cache, one entry per network and measure,
     so an interrupted sweep resumes where it stopped and a repeated call trains and measures
@@ -165,10 +165,16 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
         train_set = dataset(config.dataset, "train", config.n, config.data_seed)
         test_set = dataset(config.dataset, "test")
         for split, ds in (("train", train_set), ("test", test_set)):
+            evaluated: dict = {}  # one pass over the split gives both loss and accuracy
+
+            def metric_of(metric, ds=ds, evaluated=evaluated):
+                if not evaluated:
+                    evaluated.update(ftrain.evaluate(result.model, *ds))
+                return evaluated[metric]
+
             for metric in ("loss", "acc"):
-                row[f"{split}_{metric}"] = measure(
-                    config, f"{split}_{metric}", lambda ds=ds, metric=metric: ftrain.evaluate(result.model, *ds)[metric],
-                    version=version)
+                row[f"{split}_{metric}"] = measure(config, f"{split}_{metric}", lambda metric=metric: metric_of(metric),
+                                                   version=version)
         row["gap"] = row["train_acc"] - row["test_acc"]
         for name in names:
             opts = options.get(name, {})

@@ -80,6 +80,41 @@ def _chunks(total: int, size: int):
         yield min(size, total - start)
 
 
+def _chunk_size(n: int, method: str = "spearman") -> int:
+    """Resamples per vectorised chunk, so that one chunk holds about 2 million numbers."""
+    return max(1, 2_000_000 // (n * (n if method == "kendall" else 8)))
+
+
+def _bootstrap(arrays: tuple, rows, n_resamples: int, confidence_level: float, seed: int,
+               chunk: int) -> ConfidenceInterval:
+    """Percentile bootstrap of the statistic ``rows`` (row-wise over resampled copies of
+    ``arrays``, resampled jointly by index). Undefined (non-finite) resamples are dropped."""
+    n = arrays[0].size
+    rng = np.random.default_rng(seed)
+    values = []
+    for size in _chunks(n_resamples, chunk):
+        idx = rng.integers(0, n, size=(size, n))
+        values.append(rows(*(a[idx] for a in arrays)))
+    values = np.concatenate(values)
+    values = values[np.isfinite(values)]
+    alpha = (1 - confidence_level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return ConfidenceInterval(float(low), float(high))
+
+
+def _permutation(x: np.ndarray, y: np.ndarray, rows, n_resamples: int, seed: int, chunk: int) -> float:
+    """(1 + #{|rows(x, permuted y)| >= |rows(x, y)|}) / (1 + n_resamples)."""
+    observed = abs(float(rows(x[None], y[None])[0]))
+    rng = np.random.default_rng(seed)
+    exceed = 0
+    for size in _chunks(n_resamples, chunk):
+        perm = rng.permuted(np.broadcast_to(y, (size, y.size)), axis=1)
+        values = np.abs(rows(np.broadcast_to(x, perm.shape), perm))
+        # a small tolerance so that ties with the observed value count as "at least as extreme"
+        exceed += int((values >= observed - 1e-12).sum())
+    return (1 + exceed) / (1 + n_resamples)
+
+
 def bootstrap_interval(x, y, method: str = "spearman", n_resamples: int = 10000,
                        confidence_level: float = 0.95, seed: int = 0) -> ConfidenceInterval:
     """Paired percentile bootstrap: resample (x_i, y_i) pairs with replacement, recompute the
@@ -87,17 +122,7 @@ def bootstrap_interval(x, y, method: str = "spearman", n_resamples: int = 10000,
     constant (correlation undefined) are dropped."""
     x, y = _pair(x, y)
     rows = _ROWS[_check_method(method)]
-    rng = np.random.default_rng(seed)
-    values = []
-    chunk = max(1, 2_000_000 // (x.size * (x.size if method == "kendall" else 8)))
-    for size in _chunks(n_resamples, chunk):
-        idx = rng.integers(0, x.size, size=(size, x.size))
-        values.append(rows(x[idx], y[idx]))
-    values = np.concatenate(values)
-    values = values[np.isfinite(values)]
-    alpha = (1 - confidence_level) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return ConfidenceInterval(float(low), float(high))
+    return _bootstrap((x, y), rows, n_resamples, confidence_level, seed, _chunk_size(x.size, method))
 
 
 def permutation_pvalue(x, y, method: str = "spearman", n_resamples: int = 10000, seed: int = 0) -> float:
@@ -106,16 +131,7 @@ def permutation_pvalue(x, y, method: str = "spearman", n_resamples: int = 10000,
     (Phipson & Smyth 2010)."""
     x, y = _pair(x, y)
     rows = _ROWS[_check_method(method)]
-    observed = abs(float(rows(x[None], y[None])[0]))
-    rng = np.random.default_rng(seed)
-    exceed = 0
-    chunk = max(1, 2_000_000 // (x.size * (x.size if method == "kendall" else 8)))
-    for size in _chunks(n_resamples, chunk):
-        perm = rng.permuted(np.broadcast_to(y, (size, y.size)), axis=1)
-        values = np.abs(rows(np.broadcast_to(x, perm.shape), perm))
-        # a small tolerance so that ties with the observed value count as "at least as extreme"
-        exceed += int((values >= observed - 1e-12).sum())
-    return (1 + exceed) / (1 + n_resamples)
+    return _permutation(x, y, rows, n_resamples, seed, _chunk_size(x.size, method))
 
 
 def _check_method(method: str) -> str:
@@ -168,29 +184,16 @@ def partial_spearman(x, y, z, n_resamples: int = 10000, confidence_level: float 
     n = x.size
     t = r * np.sqrt((n - 3) / max(1 - r * r, 1e-300))
     pvalue = float(2 * sps.t.sf(abs(t), n - 3))
-    rng = np.random.default_rng(seed)
-    boots = []
-    for size in _chunks(n_resamples, max(1, 2_000_000 // (8 * n))):
-        idx = rng.integers(0, n, size=(size, n))
-        boots.append(_partial_rows(x[idx], y[idx], z[idx]))
-    boots = np.concatenate(boots)
-    boots = boots[np.isfinite(boots)]
-    alpha = (1 - confidence_level) / 2
-    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    interval = _bootstrap((x, y, z), _partial_rows, n_resamples, confidence_level,
+                          seed, _chunk_size(n))
     # Permutation: residualise the ranks of x and y on the ranks of z, permute y's residuals.
     rx, ry, rz = (sps.rankdata(a) for a in (x, y, z))
     design = np.column_stack([np.ones(n), rz])
     ex = rx - design @ np.linalg.lstsq(design, rx, rcond=None)[0]
     ey = ry - design @ np.linalg.lstsq(design, ry, rcond=None)[0]
-    observed = abs(float(_pearson_rows(ex[None], ey[None])[0]))
-    perm_rng = np.random.default_rng(seed + 1)
-    exceed = 0
-    for size in _chunks(n_resamples, max(1, 2_000_000 // (8 * n))):
-        perm = perm_rng.permuted(np.broadcast_to(ey, (size, n)), axis=1)
-        exceed += int((np.abs(_pearson_rows(np.broadcast_to(ex, perm.shape), perm)) >= observed - 1e-12).sum())
+    p_perm = _permutation(ex, ey, _pearson_rows, n_resamples, seed + 1, _chunk_size(n))
     return CorrelationResult(method="partial_spearman", statistic=r, pvalue=pvalue,
-                             confidence_interval=ConfidenceInterval(float(low), float(high)),
-                             permutation_pvalue=(1 + exceed) / (1 + n_resamples), n=int(n),
+                             confidence_interval=interval, permutation_pvalue=p_perm, n=int(n),
                              confidence_level=confidence_level, n_resamples=n_resamples)
 
 

@@ -110,3 +110,19 @@ def test_network_table_refuses_unknown_measures_and_stray_options():
         cache.network_table([TrainConfig(**TINY)], names=["flatness_of_vibes"])
     with pytest.raises(ValueError, match="not being computed"):
         cache.network_table([TrainConfig(**TINY)], names=["simplicity_l2"], options={"top_eigenvalue": {}})
+
+
+def test_network_table_evaluates_each_split_once_per_network(monkeypatch):
+    from flatlib import data
+
+    configs = [TrainConfig(**{**TINY, "seed": s}) for s in range(2)]
+    networks = [cache.trained(c) for c in configs]  # train first: training evaluates too
+    calls = []
+    real = ftrain.evaluate
+    monkeypatch.setattr(ftrain, "evaluate", lambda model, x, y: calls.append(len(y)) or real(model, x, y))
+    table = cache.network_table(configs, names=[], progress=False)
+    assert sorted(calls) == [128, 128, 10000, 10000]  # train and test split of each network, once each
+    test = real(networks[1].model, *data.load("mnist", "test"))
+    assert (table.loc[1, "test_loss"], table.loc[1, "test_acc"]) == (test["loss"], test["acc"])
+    cache.network_table(configs, names=[], progress=False)
+    assert len(calls) == 4
