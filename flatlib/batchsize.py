@@ -4,13 +4,12 @@ Networks come in pairs: at each training-set size ``n`` and seed, one network is
 the small batch and one with the large batch, sharing the seed (so the initial weights, the
 training subset and everything else but the batch size). :func:`regime_differences` turns a
 per-network table into per-``n`` paired differences (small minus large) with Student-t
-intervals; :func:`verdict` applies the rule fixed before the published run.
+intervals, which ``flatlib.claims.batch_sweep`` judges by the rule fixed before the published
+run.
 """
 from __future__ import annotations
 
 import math
-
-import numpy as np
 
 from flatlib import stats
 
@@ -56,44 +55,6 @@ def regime_differences(table, value: str, confidence_level: float = 0.95):
     for n, cell in wide.groupby(level="n"):
         d = stats.paired_difference(cell["small"], cell["large"], confidence_level)
         rows.append({"n": int(n), "small": float(cell["small"].mean()), "large": float(cell["large"].mean()),
-                     "difference": d.mean, "ci_low": d.confidence_interval.low,
-                     "ci_high": d.confidence_interval.high, "p": d.pvalue, "pairs": d.n})
+                     "difference": d.mean, "se": d.standard_error, "ci_low": d.confidence_interval().low,
+                     "ci_high": d.confidence_interval().high, "p": d.pvalue, "pairs": d.n})
     return pd.DataFrame(rows).set_index("n")
-
-
-def verdict(table, margin: float = 0.0025, alpha: float = 0.05) -> tuple[str, dict]:
-    """The C4 verdict from per-network test accuracies (``test_acc`` in [0, 1]), by the rule
-    fixed in advance:
-
-    * the gap *exists* if the small-minus-large accuracy interval at the smallest ``n`` lies
-      above zero;
-    * it *vanishes* if the interval at the largest ``n`` lies inside (-margin, +margin);
-    * it *shrinks* if the per-seed gaps at the largest ``n`` are smaller than at the smallest
-      ``n`` by Welch's t-test at ``alpha``.
-
-    supported = exists and vanishes; partly supported = exists and shrinks but does not
-    vanish; not supported = no gap at the smallest ``n``, or a gap that does not shrink.
-    Returns the verdict and the checks it rests on."""
-    from scipy import stats as sps
-
-    gaps = regime_differences(table, "test_acc", 1 - alpha)
-    if len(gaps) < 2:
-        raise ValueError("the verdict compares the smallest and the largest n; give at least two sizes")
-    wide = paired(table, "test_acc")
-    lo, hi = gaps.index.min(), gaps.index.max()
-    per_seed = {n: (wide.loc[n, "small"] - wide.loc[n, "large"]).to_numpy() for n in (lo, hi)}
-    shrink_p = float(sps.ttest_ind(per_seed[lo], per_seed[hi], equal_var=False, alternative="greater").pvalue)
-    if not np.isfinite(shrink_p):  # both sets constant: shrinking is decided by the means alone
-        shrink_p = 0.0 if per_seed[lo].mean() > per_seed[hi].mean() else 1.0
-    checks = {
-        "exists": bool(gaps.loc[lo, "ci_low"] > 0),
-        "vanishes": bool(-margin < gaps.loc[hi, "ci_low"] and gaps.loc[hi, "ci_high"] < margin),
-        "shrinks": bool(shrink_p < alpha),
-    }
-    if checks["exists"] and checks["vanishes"]:
-        result = "supported"
-    elif checks["exists"] and checks["shrinks"]:
-        result = "partly supported"
-    else:
-        result = "not supported"
-    return result, {**checks, "shrink_p": shrink_p, "smallest_n": int(lo), "largest_n": int(hi), "margin": margin}

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import flatlib
 from flatlib._io import atomic_write
+from flatlib.claims import VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_NAME = "summary.json"
-VERDICTS = ("supported", "partly supported", "not supported", "inconclusive")
 
 
 def source_hash() -> str:

@@ -3,12 +3,15 @@ asymptotic p-values (scipy), a paired percentile-bootstrap confidence interval, 
 permutation p-value; partial rank correlation; a tidy table of every measure against every
 target.
 
-Results look like ``scipy.stats`` results (``.statistic``, ``.pvalue``,
-``.confidence_interval``), with ``.permutation_pvalue`` and ``.n`` added. Resampling is
-seeded, so a chapter's numbers are reproducible to the last digit.
+Results look like ``scipy.stats`` results (``.statistic``, ``.pvalue``, and
+``.confidence_interval()`` as a method), with ``.permutation_pvalue`` and ``.n`` added.
+Resampling is seeded, so a chapter's numbers are reproducible to the last digit. Also here:
+the equivalence test for "a correlation is negligible" (two one-sided tests on Fisher's z),
+the weighted linear trend that the batch-sweep rule uses, and the one formatter of p-values.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,11 +31,19 @@ class CorrelationResult:
     method: str
     statistic: float
     pvalue: float
-    confidence_interval: ConfidenceInterval
+    interval: ConfidenceInterval
     permutation_pvalue: float
     n: int
     confidence_level: float
     n_resamples: int
+
+    def confidence_interval(self, confidence_level: float | None = None) -> ConfidenceInterval:
+        """The bootstrap interval, as scipy's ``result.confidence_interval()``. It was computed
+        at ``self.confidence_level``; another level needs a new call with that level."""
+        if confidence_level is not None and not math.isclose(confidence_level, self.confidence_level):
+            raise ValueError(f"this interval is at confidence level {self.confidence_level}; recompute the "
+                             f"correlation with confidence_level={confidence_level}")
+        return self.interval
 
 
 def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +161,7 @@ def correlation(x, y, method: str = "spearman", n_resamples: int = 10000,
     result = fn(x, y)
     return CorrelationResult(
         method=method, statistic=float(result.statistic), pvalue=float(result.pvalue),
-        confidence_interval=bootstrap_interval(x, y, method, n_resamples, confidence_level, seed),
+        interval=bootstrap_interval(x, y, method, n_resamples, confidence_level, seed),
         permutation_pvalue=permutation_pvalue(x, y, method, n_resamples, seed + 1),
         n=int(x.size), confidence_level=confidence_level, n_resamples=n_resamples)
 
@@ -193,7 +204,7 @@ def partial_spearman(x, y, z, n_resamples: int = 10000, confidence_level: float 
     ey = ry - design @ np.linalg.lstsq(design, ry, rcond=None)[0]
     p_perm = _permutation(ex, ey, _pearson_rows, n_resamples, seed + 1, _chunk_size(n))
     return CorrelationResult(method="partial_spearman", statistic=r, pvalue=pvalue,
-                             confidence_interval=interval, permutation_pvalue=p_perm, n=int(n),
+                             interval=interval, permutation_pvalue=p_perm, n=int(n),
                              confidence_level=confidence_level, n_resamples=n_resamples)
 
 
@@ -214,7 +225,7 @@ def correlation_table(frame, columns, targets, n_resamples: int = 10000, confide
             pair = pair[np.isfinite(pair).all(axis=1)]
             rho = correlation(pair[column], pair[target], "spearman", n_resamples, confidence_level, seed)
             row = {"measure": column, "target": target, "n": rho.n, "rho": rho.statistic, "p": rho.pvalue,
-                   "ci_low": rho.confidence_interval.low, "ci_high": rho.confidence_interval.high,
+                   "ci_low": rho.interval.low, "ci_high": rho.interval.high,
                    "p_perm": rho.permutation_pvalue}
             if kendall_too:
                 tau = sps.kendalltau(pair[column], pair[target])
@@ -228,11 +239,21 @@ class DifferenceResult:
     """Mean of paired differences a - b with Student's t interval and paired t-test."""
 
     mean: float
-    confidence_interval: ConfidenceInterval
     pvalue: float
     sd: float
     n: int
     confidence_level: float
+
+    @property
+    def standard_error(self) -> float:
+        return self.sd / math.sqrt(self.n)
+
+    def confidence_interval(self, confidence_level: float | None = None) -> ConfidenceInterval:
+        """Student's t interval with n - 1 degrees of freedom, at ``confidence_level``
+        (default: the level the result was made with), as scipy's ``TtestResult``."""
+        level = self.confidence_level if confidence_level is None else confidence_level
+        half = float(sps.t.ppf(0.5 + level / 2, self.n - 1)) * self.standard_error
+        return ConfidenceInterval(self.mean - half, self.mean + half)
 
 
 def paired_difference(a, b, confidence_level: float = 0.95) -> DifferenceResult:
@@ -251,10 +272,97 @@ def paired_difference(a, b, confidence_level: float = 0.95) -> DifferenceResult:
         raise ValueError(f"paired_difference needs at least 2 pairs, got {n}")
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     se = sd / np.sqrt(n)
-    half = float(sps.t.ppf(0.5 + confidence_level / 2, n - 1)) * se
     if se > 0:
         pvalue = float(2 * sps.t.sf(abs(mean) / se, n - 1))
     else:
         pvalue = 1.0 if mean == 0 else 0.0
-    return DifferenceResult(mean=mean, confidence_interval=ConfidenceInterval(mean - half, mean + half),
-                            pvalue=pvalue, sd=sd, n=int(n), confidence_level=confidence_level)
+    return DifferenceResult(mean=mean, pvalue=pvalue, sd=sd, n=int(n), confidence_level=confidence_level)
+
+
+# Fieller, Hartley & Pearson (1957): var(atanh(rho_s)) is about 1.06 / (n - 3) for Spearman's rho.
+SPEARMAN_Z_VARIANCE = 1.06
+
+
+@dataclass(frozen=True)
+class EquivalenceResult:
+    """Two one-sided tests (TOST) that a Spearman correlation lies inside (-bound, +bound)."""
+
+    statistic: float
+    bound: float
+    pvalue: float  # the larger of the two one-sided p-values; small = equivalent to zero
+    power: float  # the chance of concluding equivalence at ``alpha`` if the true rho were 0
+    n: int
+    alpha: float
+
+
+def spearman_equivalence(rho: float, n: int, bound: float = 0.2, alpha: float = 0.05) -> EquivalenceResult:
+    """Is |rho| < ``bound``? Two one-sided tests on Fisher's z = atanh(rho), with the standard
+    error sqrt(1.06 / (n - 3)) of Spearman's rho (Fieller et al. 1957):
+
+        p_low  = P(Z >= (z + atanh(bound)) / se)   for H0: rho <= -bound
+        p_high = P(Z <= (z - atanh(bound)) / se)   for H0: rho >= +bound
+
+    and the TOST p-value is max(p_low, p_high) (Schuirmann 1987). ``power`` is the chance of
+    rejecting both at ``alpha`` when the true rho is 0: 2 Phi(atanh(bound)/se - z_{1-alpha}) - 1,
+    or 0 when that is negative. A small p-value is evidence that the correlation is negligible;
+    a large one with low power is absence of evidence, not evidence of absence."""
+    if not 0 < bound < 1:
+        raise ValueError(f"bound must be in (0, 1), got {bound!r}")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
+    if n < 4:
+        raise ValueError(f"need at least 4 pairs, got {n}")
+    if not -1 <= rho <= 1:
+        raise ValueError(f"rho must be in [-1, 1], got {rho!r}")
+    se = math.sqrt(SPEARMAN_Z_VARIANCE / (n - 3))
+    z, zb = math.atanh(max(min(rho, 1 - 1e-15), -1 + 1e-15)), math.atanh(bound)
+    p_low = float(sps.norm.sf((z + zb) / se))
+    p_high = float(sps.norm.cdf((z - zb) / se))
+    power = max(0.0, 2 * float(sps.norm.cdf(zb / se - sps.norm.ppf(1 - alpha))) - 1)
+    return EquivalenceResult(statistic=float(rho), bound=bound, pvalue=max(p_low, p_high), power=power,
+                             n=int(n), alpha=alpha)
+
+
+@dataclass(frozen=True)
+class TrendResult:
+    """Weighted least-squares line through points with known standard errors."""
+
+    slope: float
+    intercept: float
+    slope_se: float
+    pvalue_decreasing: float  # one-sided, H1: slope < 0
+    pvalue_increasing: float  # one-sided, H1: slope > 0
+    n: int
+
+
+def weighted_trend(x, y, se) -> TrendResult:
+    """The line y = a + b x fitted by weighted least squares with weights 1 / se^2, treating
+    the standard errors ``se`` of the points as known (so the slope's standard error is
+    sqrt(1 / sum w (x - xbar_w)^2) and its test is a z test, as for a meta-regression).
+    One-sided p-values for a decreasing and an increasing trend."""
+    x, y, se = (np.asarray(a, dtype=float).ravel() for a in (x, y, se))
+    if not (x.shape == y.shape == se.shape):
+        raise ValueError(f"x, y and se must have one value per point, got {x.size}, {y.size}, {se.size}")
+    if x.size < 2 or np.unique(x).size < 2:
+        raise ValueError("a trend needs at least two distinct x values")
+    if not (np.isfinite(x).all() and np.isfinite(y).all() and np.isfinite(se).all() and (se > 0).all()):
+        raise ValueError("x, y must be finite and every se finite and positive")
+    w = 1 / se ** 2
+    xbar, ybar = (w * x).sum() / w.sum(), (w * y).sum() / w.sum()
+    sxx = (w * (x - xbar) ** 2).sum()
+    slope = float((w * (x - xbar) * (y - ybar)).sum() / sxx)
+    slope_se = float(math.sqrt(1 / sxx))
+    z = slope / slope_se
+    return TrendResult(slope=slope, intercept=float(ybar - slope * xbar), slope_se=slope_se,
+                       pvalue_decreasing=float(sps.norm.cdf(z)), pvalue_increasing=float(sps.norm.sf(z)),
+                       n=int(x.size))
+
+
+def format_pvalue(p: float, n_resamples: int | None = None) -> str:
+    """A p-value as a reader should see it: two significant figures, and a Monte Carlo
+    p-value at its floor 1 / (n_resamples + 1) as "< 1e-4" (a bound, never a value)."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    if n_resamples is not None and p <= 1 / (n_resamples + 1) * (1 + 1e-9):
+        return f"< 1e{math.ceil(math.log10(1 / (n_resamples + 1)))}"
+    return f"{p:.2g}"

@@ -29,7 +29,7 @@ def test_correlation_reports_scipys_statistic_and_pvalue(tied):
         r = stats.correlation(x, y, method, n_resamples=500)
         expected = fn(x, y)
         assert (r.statistic, r.pvalue) == pytest.approx((expected.statistic, expected.pvalue))
-        assert r.confidence_interval.low < r.statistic < r.confidence_interval.high
+        assert r.confidence_interval().low < r.statistic < r.confidence_interval().high
         assert r.n == 40
 
 
@@ -96,7 +96,7 @@ def test_partial_spearman_equals_the_correlation_of_rank_residuals_and_removes_a
     t = r.statistic * np.sqrt(197 / (1 - r.statistic ** 2))
     assert r.pvalue == pytest.approx(2 * sps.t.sf(abs(t), 197))
     assert sps.spearmanr(x, y).statistic > 0.6  # strongly correlated through z ...
-    assert r.confidence_interval.low < 0 < r.confidence_interval.high  # ... and not at all given z
+    assert r.confidence_interval().low < 0 < r.confidence_interval().high  # ... and not at all given z
     assert r.permutation_pvalue > 0.05
     direct = stats.partial_spearman(x, z, y, n_resamples=2000)  # x does depend on z given y
     assert direct.statistic > 0.4 and direct.permutation_pvalue < 0.01
@@ -111,7 +111,7 @@ def test_paired_difference_matches_scipy_paired_t_test():
     ci = ref.confidence_interval(0.95)
     assert ours.mean == pytest.approx(np.mean(a - b))
     assert ours.pvalue == pytest.approx(ref.pvalue)
-    assert ours.confidence_interval == pytest.approx((ci.low, ci.high))
+    assert ours.confidence_interval() == pytest.approx((ci.low, ci.high))
     assert ours.n == 6
 
 
@@ -119,9 +119,73 @@ def test_paired_difference_hand_computed_and_degenerate_cases():
     # d = (1, 2, 3): mean 2, sd 1, se 1/sqrt(3), t_{0.975, 2} = 4.302652729749464
     r = stats.paired_difference([1, 2, 3], [0, 0, 0])
     half = 4.302652729749464 / np.sqrt(3)
-    assert r.confidence_interval == pytest.approx((2 - half, 2 + half))
+    assert r.confidence_interval() == pytest.approx((2 - half, 2 + half))
     assert stats.paired_difference([1, 1], [1, 1]).pvalue == 1.0
     with pytest.raises(ValueError, match="at least 2"):
         stats.paired_difference([1.0], [0.0])
     with pytest.raises(ValueError, match="non-finite"):
         stats.paired_difference([1.0, np.nan], [0.0, 0.0])
+
+
+# ----------------------------------------------------------------------------- equivalence, trend, p-values
+
+def test_spearman_equivalence_matches_a_hand_computation():
+    rho, n, bound = 0.05, 100, 0.2
+    se = np.sqrt(1.06 / (n - 3))
+    z, zb = np.arctanh(rho), np.arctanh(bound)
+    p_expected = max(sps.norm.sf((z + zb) / se), sps.norm.cdf((z - zb) / se))
+    power_expected = 2 * sps.norm.cdf(zb / se - sps.norm.ppf(0.95)) - 1
+    out = stats.spearman_equivalence(rho, n, bound)
+    assert out.pvalue == pytest.approx(p_expected, rel=1e-12)
+    assert out.power == pytest.approx(power_expected, rel=1e-12)
+
+
+def test_spearman_equivalence_size_under_the_null_at_the_bound():
+    # at a true rho on the bound, TOST rejects at most alpha of the time (simulated Spearman rho)
+    rng = np.random.default_rng(0)
+    n, bound, rejections, trials = 200, 0.2, 0, 400
+    r = 2 * np.sin(np.pi * bound / 6)  # the Pearson correlation of a normal pair whose Spearman rho is `bound`
+    for _ in range(trials):
+        x = rng.standard_normal(n)
+        y = r * x + np.sqrt(1 - r ** 2) * rng.standard_normal(n)
+        rho = sps.spearmanr(x, y).statistic
+        rejections += stats.spearman_equivalence(rho, n, bound).pvalue < 0.05
+    assert rejections / trials < 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
+
+
+def test_spearman_equivalence_rejects_bad_input():
+    for kwargs, match in [({"bound": 0}, "bound"), ({"alpha": 0.6}, "alpha"), ({"n": 3}, "4 pairs"),
+                          ({"rho": 1.5}, "rho")]:
+        args = {"rho": 0.1, "n": 50, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            stats.spearman_equivalence(**args)
+
+
+def test_weighted_trend_matches_numpy_weighted_polyfit():
+    rng = np.random.default_rng(1)
+    x = np.log([2000, 5000, 10000, 20000, 60000])
+    se = rng.uniform(0.001, 0.004, size=5)
+    y = 0.02 - 0.003 * x + rng.normal(0, se)
+    coef, cov = np.polyfit(x, y, 1, w=1 / se, cov="unscaled")
+    out = stats.weighted_trend(x, y, se)
+    assert (out.slope, out.intercept) == pytest.approx(tuple(coef), rel=1e-10)
+    assert out.slope_se == pytest.approx(np.sqrt(cov[0, 0]), rel=1e-10)
+    assert out.pvalue_decreasing == pytest.approx(sps.norm.cdf(out.slope / out.slope_se))
+    assert out.pvalue_decreasing + out.pvalue_increasing == pytest.approx(1.0)
+
+
+def test_weighted_trend_rejects_degenerate_input():
+    with pytest.raises(ValueError, match="distinct"):
+        stats.weighted_trend([1, 1], [0, 1], [1, 1])
+    with pytest.raises(ValueError, match="positive"):
+        stats.weighted_trend([1, 2], [0, 1], [1, 0])
+    with pytest.raises(ValueError, match="one value per point"):
+        stats.weighted_trend([1, 2, 3], [0, 1], [1, 1])
+
+
+def test_format_pvalue_shows_a_monte_carlo_floor_as_a_bound():
+    assert stats.format_pvalue(1 / 10001, n_resamples=10000) == "< 1e-4"
+    assert stats.format_pvalue(1 / 1000, n_resamples=999) == "< 1e-3"
+    assert stats.format_pvalue(0.000123) == "0.00012"
+    assert stats.format_pvalue(0.0312, n_resamples=10000) == "0.031"
+    assert stats.format_pvalue(float("nan")) == "n/a"

@@ -1,0 +1,367 @@
+"""The claims under test: the paper's figures as data, and every chapter's verdict rule.
+
+One home for what decides the scoreboard. A chapter computes its numbers, passes them to the
+rule of its claim here and reports what comes back; no verdict logic lives in a notebook. The
+rules were fixed, with the unit tests in ``tests/test_claims.py``, before the full runs they
+judge. A rule returns a :class:`Verdict`: the headline verdict and the sub-claims it rests on,
+each with its own state:
+
+* ``supported``: significant at ``alpha``, in the claimed direction;
+* ``contradicted``: significant, in the opposite direction;
+* ``not supported``: not significant, and the data exclude an effect of the claimed size
+  (the interval stays below ``SMALLEST_EFFECT`` in the claimed direction);
+* ``inconclusive``: not significant, and the data cannot exclude it either.
+
+A claim's headline verdict follows its *central* sub-claim (for C2 and C3, that weakness
+predicts generalisation); the side claims can lower "supported" to "partly supported", never
+raise a failed central claim.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flatlib import stats
+
+STATES = ("supported", "contradicted", "not supported", "inconclusive")
+VERDICTS = ("supported", "partly supported", "contradicted", "not supported", "inconclusive")
+ALPHA = 0.05
+# The smallest |rho| that counts as "predicts": a correlation whose interval stays inside
+# (-0.2, 0.2) is negligible; the same bound is the equivalence margin of "predicts nothing".
+SMALLEST_EFFECT = 0.2
+
+
+# ----------------------------------------------------------------------------- the paper's figures
+
+@dataclass(frozen=True)
+class Figure:
+    """One number the paper reports, and what it is measured against."""
+
+    quantity: str
+    value: float | None = None
+    p: float | None = None
+    against: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    statement: str
+    paper: str  # the paper's figure as the scoreboard shows it
+    against: str  # what our figure is measured against
+    source: str
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+_RHO = "Spearman rho with test accuracy"
+CLAIMS: dict[str, Claim] = {c.id: c for c in [
+    Claim("C1", "A function-preserving reparameterisation inflates the Hessian ~100x without changing a prediction",
+          "~100x, 0 predictions changed", "top Hessian eigenvalue and trace of the training loss; test predictions",
+          "Bennett 2026; Dinh et al. 2017",
+          {"inflation": Figure("Hessian inflation", 100.0, against="the original network"),
+           "predictions_changed": Figure("test predictions changed", 0.0)}),
+    Claim("C2", "MNIST, 100 identical networks: weakness predicts generalisation, sharpness anticorrelates, "
+          "simplicity predicts nothing",
+          "weakness rho = +0.374 (p = 0.00012); sharpness rho = -0.226; simplicity p = 0.848", _RHO, "Bennett 2026",
+          {"weakness": Figure("weakness rho", 0.374, 0.00012, _RHO), "sharpness": Figure("sharpness rho", -0.226,
+                                                                                         against=_RHO),
+           "simplicity": Figure("simplicity p", None, 0.848, _RHO)}),
+    Claim("C3", "The same on Fashion-MNIST; simplicity somewhat predictive there",
+          "weakness rho = +0.384 (p = 8.15e-5)", _RHO, "Bennett 2026",
+          {"weakness": Figure("weakness rho", 0.384, 8.15e-5, _RHO)}),
+    Claim("C4", "The large-batch generalisation gap vanishes as the training set grows",
+          "+1.6 pp at n = 2,000 -> +0.02 pp at n = 60,000",
+          "small-batch minus large-batch test accuracy (percentage points)", "Bennett 2026; Keskar et al. 2017",
+          {"gap_2000": Figure("gap at n = 2,000 (pp)", 1.6), "gap_60000": Figure("gap at n = 60,000 (pp)", 0.02)}),
+    Claim("C5", "PAC-Bayes bounds work because they correlate with weakness", "qualitative",
+          "Spearman rho with test error, raw and partial", "Bennett 2026"),
+    Claim("C6", "Regularisation often gives sharper minima that generalise, calibrate and resist noise better",
+          "qualitative (Mason-Williams et al.)", "test accuracy, calibration, noise robustness",
+          "Mason-Williams et al. 2025"),
+    Claim("C7", "For 2-layer homogeneous networks, the flattest interpolators generalise",
+          "theorem (Vardhan, Taheri, Mazumdar)", "test error of interpolators by Hessian trace",
+          "Vardhan, Taheri & Mazumdar 2026"),
+    Claim("C8", "Choosing the weakest hypothesis is minimax-optimal under exchangeable demands",
+          "theorem (Bennett)", "exact weakness on a finite domain", "Bennett 2026"),
+]}
+
+
+def paper(claim: str, figure: str) -> Figure:
+    """The paper's figure ``figure`` of ``claim``; an unknown name lists the known ones."""
+    figures = CLAIMS[claim].figures
+    if figure not in figures:
+        raise KeyError(f"claim {claim} has no paper figure {figure!r}; it has {sorted(figures)}")
+    return figures[figure]
+
+
+def head_to_head_claim(dataset: str) -> str:
+    """The claim a head-to-head run on ``dataset`` tests."""
+    claims = {"mnist": "C2", "fashion_mnist": "C3"}
+    if dataset not in claims:
+        raise ValueError(f"the head-to-head claims concern {sorted(claims)}, not {dataset!r}")
+    return claims[dataset]
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+@dataclass(frozen=True)
+class Check:
+    """One sub-claim: its state and the numbers it was decided on."""
+
+    name: str
+    state: str
+    values: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    verdict: str
+    checks: tuple[Check, ...]
+    values: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    def describe(self) -> str:
+        """The sub-claims and their states, for the prose."""
+        return "; ".join(f"{c.name}: {c.state}" for c in self.checks)
+
+    def as_dict(self) -> dict:
+        return {"claim": self.claim, "verdict": self.verdict, **self.values,
+                "checks": {c.name: {"state": c.state, **c.values} for c in self.checks}}
+
+
+def directional(name: str, rho: float, p: float, ci: tuple[float, float], sign: int, alpha: float = ALPHA,
+                smallest_effect: float = SMALLEST_EFFECT) -> Check:
+    """A claim that a correlation has sign ``sign`` (+1 or -1): supported if significant at
+    ``alpha`` with that sign, contradicted if significant with the other, not supported if the
+    interval ``ci`` excludes an effect of ``smallest_effect`` in the claimed direction, else
+    inconclusive."""
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be +1 or -1, got {sign!r}")
+    low, high = ci
+    if not (math.isfinite(rho) and math.isfinite(p) and math.isfinite(low) and math.isfinite(high)):
+        return Check(name, "inconclusive", {"rho": rho, "p": p, "ci": [low, high], "reason": "non-finite input"})
+    if p < alpha:
+        state = "supported" if np.sign(rho) == sign else "contradicted"
+    else:
+        reach = high if sign > 0 else -low  # the largest effect in the claimed direction the data allow
+        state = "not supported" if reach < smallest_effect else "inconclusive"
+    return Check(name, state, {"rho": rho, "p": p, "ci": [low, high], "sign": sign})
+
+
+def negligible(name: str, rho: float, p: float, n: int, alpha: float = ALPHA, bound: float = SMALLEST_EFFECT) -> Check:
+    """A claim that a correlation is absent ("predicts nothing"): contradicted if it is
+    significant at ``alpha``; supported if the equivalence test (TOST, |rho| < ``bound``)
+    rejects at ``alpha``; inconclusive otherwise. A p-value above ``alpha`` alone is absence of
+    evidence and supports nothing; the power of the equivalence test is reported."""
+    eq = stats.spearman_equivalence(rho, n, bound, alpha)
+    if p < alpha:
+        state = "contradicted"
+    elif eq.pvalue < alpha:
+        state = "supported"
+    else:
+        state = "inconclusive"
+    return Check(name, state, {"rho": rho, "p": p, "equivalence_bound": bound, "equivalence_p": eq.pvalue,
+                               "equivalence_power": eq.power, "n": n})
+
+
+def _headline(central: Check, sides: list[Check]) -> str:
+    if central.state == "supported":
+        return "supported" if all(c.state == "supported" for c in sides) else "partly supported"
+    return central.state
+
+
+# C1 ------------------------------------------------------------------------------------------
+
+def first_reaching(alphas, inflation, target: float) -> float | None:
+    """The smallest alpha of the grid at which ``inflation`` reaches ``target``, or None."""
+    reached = [a for a, v in sorted(zip(alphas, inflation)) if v >= target]
+    return float(reached[0]) if reached else None
+
+
+def reparameterisation(alphas, eig_inflation, trace_inflation, predictions_changed: int,
+                       test_loss_change: float, target: float = 100.0, loss_tolerance: float = 1e-5) -> Verdict:
+    """C1. Function preserved = no test prediction changed and the test loss moved by less
+    than ``loss_tolerance`` relatively. Supported if, at the largest alpha, both the top
+    eigenvalue and the trace grew at least ``target``-fold with the function preserved;
+    partly supported at 10-fold; a function that changed contradicts the claim.
+
+    The growth goes as alpha^2, so the rule is met by choosing alpha large enough: it is a
+    demonstration, not a test with an uncertain outcome. The verdict therefore also reports the
+    first alpha at which each quantity reaches the target."""
+    alphas = list(alphas)
+    if len(alphas) != len(eig_inflation) or len(alphas) != len(trace_inflation):
+        raise ValueError("give one eigenvalue and one trace inflation per alpha")
+    top = int(np.argmax(alphas))
+    growth = min(eig_inflation[top], trace_inflation[top])
+    preserved = predictions_changed == 0 and test_loss_change < loss_tolerance
+    function = Check("function preserved", "supported" if preserved else "contradicted",
+                     {"predictions_changed": int(predictions_changed), "test_loss_max_rel_change": test_loss_change})
+    inflated = Check("Hessian inflated", "supported" if growth >= target else "not supported",
+                     {"growth_at_largest_alpha": float(growth), "target": target})
+    if not preserved:
+        verdict = "contradicted"
+    elif growth >= target:
+        verdict = "supported"
+    elif growth >= 10:
+        verdict = "partly supported"
+    else:
+        verdict = "not supported"
+    return Verdict("C1", verdict, (function, inflated), {
+        "alpha_max": float(alphas[top]),
+        "first_alpha_eigenvalue": first_reaching(alphas, eig_inflation, target),
+        "first_alpha_trace": first_reaching(alphas, trace_inflation, target)})
+
+
+# C2, C3 -------------------------------------------------------------------------------------
+
+def head_to_head(dataset: str, weakness: dict, sharpness: dict, simplicity: dict, alpha: float = ALPHA) -> Verdict:
+    """C2 (MNIST) and C3 (Fashion-MNIST), on the pre-registered primary measures, each given as
+    ``{"rho", "p", "ci_low", "ci_high", "n"}`` against test accuracy (``p``: the decision
+    p-value, the permutation p). Central: weakness predicts test accuracy (rho > 0). Sides:
+    sharpness anticorrelates (rho < 0); simplicity predicts nothing on MNIST (equivalence test)
+    and is somewhat predictive (rho > 0) on Fashion-MNIST."""
+    claim = head_to_head_claim(dataset)
+
+    def ci(r):
+        return (r["ci_low"], r["ci_high"])
+
+    central = directional("weakness predicts test accuracy", weakness["rho"], weakness["p"], ci(weakness), +1, alpha)
+    sides = [directional("sharpness anticorrelates", sharpness["rho"], sharpness["p"], ci(sharpness), -1, alpha)]
+    if claim == "C2":
+        sides.append(negligible("simplicity predicts nothing", simplicity["rho"], simplicity["p"],
+                                int(simplicity["n"]), alpha))
+    else:
+        sides.append(directional("simplicity somewhat predictive", simplicity["rho"], simplicity["p"], ci(simplicity),
+                                 +1, alpha))
+    return Verdict(claim, _headline(central, sides), (central, *sides))
+
+
+def distinct_hypotheses(table, measures: list[str], targets: list[str]) -> int:
+    """The size of the Bonferroni family: measures times the number of targets that rank the
+    networks differently. Two targets whose rankings are equal or exactly reversed (test
+    accuracy and the train-test gap, when every network fits its training set) are one
+    hypothesis per measure, not two."""
+    from scipy.stats import rankdata
+
+    distinct: list[np.ndarray] = []
+    for target in targets:
+        ranks = rankdata(table[target].to_numpy(dtype=float))
+        if not any(np.array_equal(ranks, r) or np.array_equal(ranks, rankdata(-r)) for r in distinct):
+            distinct.append(ranks)
+    return len(measures) * len(distinct)
+
+
+# C4 ------------------------------------------------------------------------------------------
+
+def batch_sweep(gaps, margin: float = 0.0025, alpha: float = ALPHA) -> Verdict:
+    """C4, from ``gaps``: one row per training-set size ``n`` (the index) with the paired
+    small-minus-large test-accuracy difference ``difference``, its standard error ``se`` and
+    its Student-t interval ``ci_low``/``ci_high`` (``batchsize.regime_differences``).
+
+    * exists: the interval at the smallest n lies above 0 (below 0: contradicted);
+    * shrinks: the weighted regression of the gap on log n over every size (weights 1/se^2)
+      has a negative slope, one-sided p < ``alpha`` (a positive one: contradicted);
+    * vanishes: the interval at the largest n lies inside (-margin, +margin); it is
+      contradicted if the interval lies wholly outside.
+
+    Central: vanishes. Supported = exists and vanishes; partly supported = exists and shrinks
+    but has not vanished; contradicted = the gap grows, or a reversed gap at the smallest n."""
+    if len(gaps) < 2:
+        raise ValueError("the verdict needs at least two training-set sizes")
+    lo, hi = gaps.index.min(), gaps.index.max()
+    first, last = gaps.loc[lo], gaps.loc[hi]
+    exists = Check("gap exists at the smallest n",
+                   "supported" if first["ci_low"] > 0 else "contradicted" if first["ci_high"] < 0 else "inconclusive",
+                   {"n": int(lo), "gap": float(first["difference"]), "ci": [float(first["ci_low"]),
+                                                                             float(first["ci_high"])]})
+    trend = stats.weighted_trend(np.log(gaps.index.to_numpy(dtype=float)), gaps["difference"], gaps["se"])
+    shrinks = Check("gap shrinks with n",
+                    "supported" if trend.pvalue_decreasing < alpha else
+                    "contradicted" if trend.pvalue_increasing < alpha else "not supported",
+                    {"slope_per_log_n": trend.slope, "slope_se": trend.slope_se,
+                     "p_decreasing": trend.pvalue_decreasing, "sizes": int(trend.n)})
+    inside = -margin < last["ci_low"] and last["ci_high"] < margin
+    outside = last["ci_low"] >= margin or last["ci_high"] <= -margin
+    vanishes = Check("gap vanishes at the largest n",
+                     "supported" if inside else "contradicted" if outside else "inconclusive",
+                     {"n": int(hi), "gap": float(last["difference"]),
+                      "ci": [float(last["ci_low"]), float(last["ci_high"])], "margin": margin})
+    if exists.state == "contradicted":
+        verdict = "contradicted"
+    elif exists.state != "supported":
+        verdict = "not supported"  # no gap at the smallest n: nothing to vanish
+    elif vanishes.state == "supported":
+        verdict = "supported"
+    elif shrinks.state == "supported":
+        verdict = "partly supported"
+    elif shrinks.state == "contradicted" or vanishes.state == "contradicted":
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    return Verdict("C4", verdict, (exists, shrinks, vanishes), {"margin": margin})
+
+
+# C5 ------------------------------------------------------------------------------------------
+
+def saturated(values, tol: float = 1e-9) -> np.ndarray:
+    """A mask of bound values within ``tol`` of 1 (or above): a bound at 1 carries no
+    information about the network, so it is excluded from correlations and counted."""
+    return np.asarray(values, dtype=float) >= 1 - tol
+
+
+def pacbayes_link(bound: dict, bound_given_weakness: dict, weakness_given_bound: dict, saturated_count: int = 0,
+                  alpha: float = ALPHA) -> Verdict:
+    """C5, on the primary bound B and primary weakness W against test error, each correlation
+    given as ``{"rho", "p", "ci_low", "ci_high", "n"}`` over the networks whose bound is not
+    saturated. Signs: a bound that works rises with test error (rho > 0); weakness predicts
+    *lower* test error (rho < 0).
+
+    * B predicts test error (rho > 0, significant). If not, inconclusive: there is nothing for
+      weakness to explain.
+    * B is explained by W: given W, B's partial correlation is not significant and at most half
+      the raw one; contradicted if it stays significant with the raw sign.
+    * W survives B: given B, W's partial correlation is negative and significant.
+
+    Supported = both; partly supported = one; contradicted = neither and one contradicted;
+    not supported otherwise."""
+    def ci(r):
+        return (r["ci_low"], r["ci_high"])
+
+    predicts = directional("bound predicts test error", bound["rho"], bound["p"], ci(bound), +1, alpha)
+    raw, part = bound["rho"], bound_given_weakness["rho"]
+    if bound_given_weakness["p"] < alpha and np.sign(part) == np.sign(raw):
+        explained_state = "contradicted"
+    elif bound_given_weakness["p"] >= alpha and abs(part) <= 0.5 * abs(raw):
+        explained_state = "supported"
+    else:
+        explained_state = "not supported"
+    explained = Check("bound explained by weakness", explained_state,
+                      {"rho_raw": raw, "rho_given_weakness": part, "p": bound_given_weakness["p"]})
+    survives = directional("weakness survives the bound", weakness_given_bound["rho"], weakness_given_bound["p"],
+                           ci(weakness_given_bound), -1, alpha)
+    values = {"saturated": int(saturated_count), "networks_used": int(bound["n"])}
+    if predicts.state != "supported":
+        return Verdict("C5", "inconclusive", (predicts, explained, survives), values)
+    held = [c.state for c in (explained, survives)]
+    if held.count("supported") == 2:
+        verdict = "supported"
+    elif held.count("supported") == 1:
+        verdict = "partly supported"
+    elif "contradicted" in held:
+        verdict = "contradicted"
+    else:
+        verdict = "not supported"
+    return Verdict("C5", verdict, (predicts, explained, survives), values)

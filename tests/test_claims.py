@@ -1,0 +1,239 @@
+"""flatlib.claims: every verdict rule, each state of each sub-claim, on hand-built inputs whose
+answers are known; and the paper's figures as data."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from flatlib import batchsize, claims
+
+
+def corr(rho, p, low, high, n=100):
+    return {"rho": rho, "p": p, "ci_low": low, "ci_high": high, "n": n}
+
+
+# ----------------------------------------------------------------------------- the paper's figures
+
+def test_every_claim_has_a_statement_a_paper_figure_and_what_it_is_measured_against():
+    assert list(claims.CLAIMS) == [f"C{i}" for i in range(1, 9)]
+    for claim in claims.CLAIMS.values():
+        assert claim.statement and claim.paper and claim.against and claim.source
+
+
+def test_paper_figures_are_looked_up_by_name_and_an_unknown_one_lists_the_known():
+    assert claims.paper("C2", "weakness").value == 0.374
+    assert claims.paper("C4", "gap_2000").value == 1.6
+    with pytest.raises(KeyError, match="weakness"):
+        claims.paper("C2", "weaknes")
+
+
+def test_head_to_head_claim_names_the_dataset():
+    assert claims.head_to_head_claim("mnist") == "C2"
+    assert claims.head_to_head_claim("fashion_mnist") == "C3"
+    with pytest.raises(ValueError, match="cifar"):
+        claims.head_to_head_claim("cifar10")
+
+
+# ----------------------------------------------------------------------------- sub-claim states
+
+@pytest.mark.parametrize("rho,p,ci,sign,state", [
+    (0.40, 0.001, (0.2, 0.6), +1, "supported"),
+    (-0.40, 0.001, (-0.6, -0.2), +1, "contradicted"),
+    (0.02, 0.80, (-0.15, 0.18), +1, "not supported"),  # the data exclude rho >= 0.2
+    (0.10, 0.30, (-0.10, 0.30), +1, "inconclusive"),
+    (-0.30, 0.01, (-0.5, -0.1), -1, "supported"),
+    (0.30, 0.01, (0.1, 0.5), -1, "contradicted"),
+    (0.05, 0.60, (-0.12, 0.25), -1, "not supported"),  # the data exclude rho <= -0.2
+    (-0.10, 0.30, (-0.30, 0.10), -1, "inconclusive"),
+    (float("nan"), 0.01, (0.1, 0.5), +1, "inconclusive"),
+])
+def test_directional_has_each_state(rho, p, ci, sign, state):
+    assert claims.directional("x", rho, p, ci, sign).state == state
+
+
+def test_directional_rejects_a_sign_that_is_not_plus_or_minus_one():
+    with pytest.raises(ValueError, match="sign"):
+        claims.directional("x", 0.1, 0.5, (0, 0.2), 0)
+
+
+@pytest.mark.parametrize("rho,p,n,state", [
+    (0.01, 0.9, 1000, "supported"),  # tight around zero: equivalent within 0.2
+    (0.30, 0.001, 100, "contradicted"),
+    (-0.30, 0.001, 100, "contradicted"),
+    (0.02, 0.85, 30, "inconclusive"),  # p = 0.85 at n = 30 is absence of evidence
+])
+def test_negligible_needs_an_equivalence_test_not_a_large_p(rho, p, n, state):
+    check = claims.negligible("x", rho, p, n)
+    assert check.state == state
+    assert 0 <= check.values["equivalence_power"] <= 1
+
+
+def test_negligible_reports_low_power_at_small_n():
+    assert claims.negligible("x", 0.0, 1.0, 20).values["equivalence_power"] < 0.2
+    assert claims.negligible("x", 0.0, 1.0, 1000).values["equivalence_power"] > 0.99
+
+
+def test_a_state_outside_the_list_is_an_error():
+    with pytest.raises(ValueError, match="state"):
+        claims.Check("x", "true")
+    with pytest.raises(ValueError, match="verdict"):
+        claims.Verdict("C1", "yes", ())
+
+
+# ----------------------------------------------------------------------------- C1
+
+ALPHAS = [1, 3, 10, 30]
+
+
+@pytest.mark.parametrize("eig,trace,changed,loss,verdict", [
+    ([1, 9, 100, 900], [1, 9, 100, 900], 0, 1e-7, "supported"),
+    ([1, 9, 50, 90], [1, 9, 100, 900], 0, 1e-7, "partly supported"),
+    ([1, 1, 2, 3], [1, 1, 2, 3], 0, 1e-7, "not supported"),
+    ([1, 9, 100, 900], [1, 9, 100, 900], 3, 1e-7, "contradicted"),
+    ([1, 9, 100, 900], [1, 9, 100, 900], 0, 1e-3, "contradicted"),
+])
+def test_reparameterisation_states(eig, trace, changed, loss, verdict):
+    out = claims.reparameterisation(ALPHAS, eig, trace, changed, loss)
+    assert out.verdict == verdict
+    assert out.check("function preserved").state == ("supported" if changed == 0 and loss < 1e-5 else "contradicted")
+
+
+def test_reparameterisation_reports_the_first_alpha_reaching_the_target():
+    out = claims.reparameterisation(ALPHAS, [1, 9, 99, 900], [1, 9, 100, 900], 0, 0.0)
+    assert out.values["first_alpha_eigenvalue"] == 30
+    assert out.values["first_alpha_trace"] == 10
+    assert claims.first_reaching([3, 1], [5, 200], 100) == 1
+    assert claims.first_reaching([1, 2], [1, 2], 100) is None
+    with pytest.raises(ValueError, match="per alpha"):
+        claims.reparameterisation(ALPHAS, [1, 2], [1, 2, 3, 4], 0, 0.0)
+
+
+# ----------------------------------------------------------------------------- C2, C3
+
+STRONG_POS, STRONG_NEG = corr(0.40, 0.0001, 0.2, 0.55), corr(-0.35, 0.001, -0.5, -0.15)
+NULL_WIDE, FLAT = corr(0.05, 0.6, -0.15, 0.25), corr(0.005, 0.96, -0.05, 0.06, n=2000)
+
+
+@pytest.mark.parametrize("weakness,sharpness,simplicity,verdict", [
+    (STRONG_POS, STRONG_NEG, FLAT, "supported"),
+    (STRONG_POS, STRONG_NEG, NULL_WIDE, "partly supported"),  # simplicity: inconclusive at n = 100
+    (STRONG_POS, STRONG_POS, FLAT, "partly supported"),
+    # the review's case: weakness significant with the wrong sign is a contradiction, whatever the sides
+    (corr(-0.40, 0.0001, -0.55, -0.2), STRONG_NEG, FLAT, "contradicted"),
+    (corr(0.01, 0.9, -0.1, 0.12), STRONG_NEG, FLAT, "not supported"),
+    (corr(0.10, 0.3, -0.1, 0.3), STRONG_NEG, FLAT, "inconclusive"),
+])
+def test_head_to_head_mnist_headline_follows_the_central_claim(weakness, sharpness, simplicity, verdict):
+    out = claims.head_to_head("mnist", weakness, sharpness, simplicity)
+    assert out.claim == "C2"
+    assert out.verdict == verdict, out.describe()
+
+
+def test_head_to_head_simplicity_contradicted_when_significant_on_mnist():
+    out = claims.head_to_head("mnist", STRONG_POS, STRONG_NEG, corr(0.3, 0.002, 0.1, 0.5))
+    assert out.check("simplicity predicts nothing").state == "contradicted"
+    assert out.verdict == "partly supported"
+
+
+def test_head_to_head_fashion_mnist_wants_simplicity_somewhat_predictive():
+    out = claims.head_to_head("fashion_mnist", STRONG_POS, STRONG_NEG, corr(0.3, 0.002, 0.1, 0.5))
+    assert (out.claim, out.verdict) == ("C3", "supported")
+    assert out.check("simplicity somewhat predictive").state == "supported"
+    assert claims.head_to_head("fashion_mnist", STRONG_POS, STRONG_NEG, FLAT).verdict == "partly supported"
+
+
+def test_distinct_hypotheses_counts_a_reversed_ranking_once():
+    table = pd.DataFrame({"test_acc": [0.90, 0.95, 0.92, 0.97], "train_acc": [1.0] * 4})
+    table["gap"] = table["train_acc"] - table["test_acc"]  # the same ranking reversed
+    table["test_loss"] = [0.3, 0.1, 0.4, 0.2]  # a different ranking
+    assert claims.distinct_hypotheses(table, ["a", "b", "c"], ["test_acc", "gap"]) == 3
+    assert claims.distinct_hypotheses(table, ["a", "b", "c"], ["test_acc", "gap", "test_loss"]) == 6
+
+
+# ----------------------------------------------------------------------------- C4
+
+def _table(gaps: dict[int, list[float]], base: float = 0.9) -> pd.DataFrame:
+    """Networks whose small-batch accuracy exceeds the large-batch one by the given per-seed gaps."""
+    rows = []
+    for n, per_seed in gaps.items():
+        for seed, gap in enumerate(per_seed):
+            rows.append({"n": n, "seed": seed, "regime": "large", "test_acc": base + 0.001 * seed})
+            rows.append({"n": n, "seed": seed, "regime": "small", "test_acc": base + 0.001 * seed + gap})
+    return pd.DataFrame(rows)
+
+
+BIG = [0.010, 0.014, 0.018, 0.012, 0.016]
+
+
+@pytest.mark.parametrize("gaps,verdict,states", [
+    ({2000: BIG, 60000: [0.001, -0.001, 0.0, 0.002, -0.002]}, "supported",
+     ("supported", "supported", "supported")),
+    # shrinks from 1.4 to 0.8 points but stays clear of the 0.25-point margin
+    ({2000: BIG, 60000: [0.007, 0.009, 0.008, 0.0085, 0.0075]}, "partly supported",
+     ("supported", "supported", "contradicted")),
+    # no gap at the smallest n
+    ({2000: [0.01, -0.01, 0.005, -0.004, 0.0], 60000: [0.0, 0.0, 0.001, -0.001, 0.0]}, "not supported",
+     ("inconclusive", "not supported", "supported")),
+    # a reversed gap at the smallest n
+    ({2000: [-x for x in BIG], 60000: [0.0, 0.001, -0.001, 0.0005, -0.0005]}, "contradicted",
+     ("contradicted", "contradicted", "supported")),
+    # a gap that neither shrinks nor vanishes
+    ({2000: BIG, 60000: [0.012, 0.016, 0.014, 0.010, 0.018]}, "contradicted",
+     ("supported", "not supported", "contradicted")),
+    # a gap that does not shrink and whose last interval straddles the margin
+    ({2000: BIG, 60000: [0.02, -0.01, 0.03, -0.02, 0.0]}, "inconclusive",
+     ("supported", "not supported", "inconclusive")),
+])
+def test_batch_sweep_states(gaps, verdict, states):
+    out = claims.batch_sweep(batchsize.regime_differences(_table(gaps), "test_acc"))
+    assert out.verdict == verdict, out.describe()
+    assert tuple(c.state for c in out.checks) == states, out.describe()
+
+
+def test_batch_sweep_trend_uses_every_size_not_just_the_ends():
+    # equal ends, but the middle sizes rise: the two-point rule would see no change; the regression sees a rise
+    gaps = {2000: BIG, 10000: [x + 0.02 for x in BIG], 20000: [x + 0.02 for x in BIG], 60000: BIG}
+    out = claims.batch_sweep(batchsize.regime_differences(_table(gaps), "test_acc"))
+    assert out.check("gap shrinks with n").values["sizes"] == 4
+    assert out.check("gap shrinks with n").values["slope_per_log_n"] > 0
+
+
+def test_batch_sweep_needs_two_sizes():
+    with pytest.raises(ValueError, match="two"):
+        claims.batch_sweep(batchsize.regime_differences(_table({2000: BIG}), "test_acc"))
+
+
+# ----------------------------------------------------------------------------- C5
+
+B_POS = corr(0.5, 0.0001, 0.3, 0.65)
+
+
+@pytest.mark.parametrize("bound,given_w,w_given_b,verdict", [
+    (B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), "supported"),
+    (B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.05, 0.6, -0.25, 0.15), "partly supported"),
+    (B_POS, corr(0.45, 0.0001, 0.3, 0.6), corr(-0.05, 0.6, -0.25, 0.15), "contradicted"),
+    (B_POS, corr(0.35, 0.07, -0.02, 0.6), corr(-0.05, 0.6, -0.25, 0.15), "not supported"),
+    (corr(0.05, 0.6, -0.15, 0.25), corr(0.0, 0.9, -0.2, 0.2), corr(-0.3, 0.003, -0.5, -0.1), "inconclusive"),
+])
+def test_pacbayes_link_states(bound, given_w, w_given_b, verdict):
+    assert claims.pacbayes_link(bound, given_w, w_given_b).verdict == verdict
+
+
+def test_pacbayes_link_weakness_of_the_wrong_sign_does_not_survive():
+    # the review's case: a significant *positive* partial correlation of weakness with test error
+    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(0.3, 0.003, 0.1, 0.5))
+    assert out.check("weakness survives the bound").state == "contradicted"
+    assert out.verdict == "partly supported"
+
+
+def test_saturated_bounds_are_masked():
+    mask = claims.saturated([0.5, 1.0, 1 - 1e-12, 0.999, 1.3])
+    assert mask.tolist() == [False, True, True, False, True]
+
+
+def test_verdict_as_dict_carries_every_check():
+    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), saturated_count=4)
+    d = out.as_dict()
+    assert d["verdict"] == "supported" and d["saturated"] == 4
+    assert set(d["checks"]) == {"bound predicts test error", "bound explained by weakness",
+                                "weakness survives the bound"}
+    assert "bound predicts test error: supported" in out.describe()
