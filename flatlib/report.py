@@ -16,7 +16,7 @@ from pathlib import Path
 
 import flatlib
 from flatlib._io import atomic_write
-from flatlib.claims import VERDICTS
+from flatlib.claims import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_NAME = "summary.json"
@@ -71,11 +71,12 @@ def _atomic_write_json(path: Path, payload: dict) -> None:
     atomic_write(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
 
 
-def scoreboard_row(claim: str, ours: str, verdict: str) -> dict:
-    """One row of the introduction's scoreboard; ``verdict`` is one of ``VERDICTS``."""
-    if verdict not in VERDICTS:
-        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
-    return {"claim": claim, "ours": ours, "verdict": verdict}
+def scoreboard_row(verdict: Verdict, ours: str) -> dict:
+    """One row of the introduction's scoreboard: the claim and verdict decided by its rule in
+    ``flatlib.claims``, the sub-claims behind it, and ``ours``, our figure as the reader sees it."""
+    if not isinstance(verdict, Verdict):
+        raise TypeError("scoreboard_row takes the Verdict a rule in flatlib.claims returned, not a typed verdict")
+    return {"claim": verdict.claim, "ours": ours, "verdict": verdict.verdict, "checks": verdict.describe()}
 
 
 def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scoreboard: list[dict] = (),

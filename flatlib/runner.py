@@ -1,12 +1,14 @@
 """The chapter runner: validated parameters in, executed notebook and summary.json out.
 
-``python -m flatlib run <chapter> [-p key value ...] [--out DIR]`` wraps papermill. A chapter
-is the notebook ``book/<chapter>/<chapter>.ipynb``; its cell tagged ``parameters`` holds one
+``python -m flatlib run <chapter> [-p key value ...] [--out DIR]`` wraps papermill. Chapters
+are registered once, in the manifest ``chapters.yml`` (:func:`manifest`): each names its source,
+a MyST Markdown notebook (jupytext) such as ``book/<chapter>/<chapter>.md``, its smoke
+parameters and its published runs. The source's cell tagged ``parameters`` holds one
 ``name = literal`` line per parameter, and those literals are the defaults and the types.
 Unknown names and values of the wrong type are rejected before anything executes. The run
 happens in a scratch folder beside the output and is moved into place only when it
 succeeded, so a failed run never leaves a half-written chapter behind (its executed notebook
-is kept in ``<out>.failed/`` for diagnosis).
+is kept in ``<out>.failed/`` for diagnosis). The executed ``.ipynb`` is what the site renders.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,9 @@ from flatlib import report
 
 BOOK = report.ROOT / "book"
 RUNS = report.ROOT / "runs"
+MANIFEST = report.ROOT / "chapters.yml"
+# Tags the site reads (Jupyter Book 1): the parameter cells fold away, the summary cell vanishes.
+HIDE_INPUT = ("parameters", "injected-parameters")
 
 
 class ChapterError(ValueError):
@@ -37,40 +43,83 @@ class PublishedRun:
     """A run whose executed notebook is part of the published book."""
 
     chapter: str
+    folder: str
     params: dict = field(default_factory=dict)
-    folder: str | None = None  # under book/; defaults to the chapter's own folder
+    claims: tuple[str, ...] = ()
 
     @property
     def out_dir(self) -> Path:
-        return BOOK / (self.folder or self.chapter)
+        return BOOK / self.folder
+
+    @property
+    def notebook(self) -> Path:
+        return self.out_dir / f"{self.chapter}.ipynb"
 
 
-# What `make reproduce` re-runs, in order. A chapter lands here when it is published.
-PUBLISHED: list[PublishedRun] = [
-    PublishedRun("reparameterisation"),
-    PublishedRun("head_to_head"),
-    PublishedRun("head_to_head", {"dataset": "fashion_mnist"}, folder="head_to_head_fashion_mnist"),
-    PublishedRun("batch_sweep"),
-    PublishedRun("pacbayes_link"),
-    PublishedRun("pacbayes_link", {"dataset": "fashion_mnist"}, folder="pacbayes_link_fashion_mnist"),
-]
+@dataclass(frozen=True)
+class Chapter:
+    name: str
+    source: Path
+    smoke: dict
+    published: tuple[PublishedRun, ...]
+
+
+def manifest(path: Path | None = None) -> dict[str, Chapter]:
+    """The chapters registered in ``chapters.yml``, in order; a malformed entry is one clear error."""
+    import yaml
+
+    from flatlib import claims
+
+    path = Path(path or MANIFEST)
+    raw = yaml.safe_load(path.read_text()) or {}
+    found = {}
+    for name, entry in (raw.get("chapters") or {}).items():
+        where = f"{path.name}: chapter {name!r}"
+        unknown = sorted(set(entry) - {"source", "smoke", "published"})
+        if unknown or "source" not in entry:
+            raise ChapterError(f"{where} needs 'source' and takes only source, smoke, published; got {sorted(entry)}")
+        runs = []
+        for run in entry.get("published") or []:
+            ids = tuple(run.get("claims") or ())
+            bad = sorted(set(ids) - set(claims.CLAIMS))
+            if bad or "folder" not in run:
+                raise ChapterError(f"{where}: a published run needs a folder and known claim ids; got {run}")
+            runs.append(PublishedRun(name, run["folder"], dict(run.get("params") or {}), ids))
+        found[name] = Chapter(name, path.parent / entry["source"], dict(entry.get("smoke") or {}), tuple(runs))
+    return found
+
+
+def published() -> list[PublishedRun]:
+    """What ``make reproduce`` re-runs, in the manifest's order."""
+    return [run for chapter in manifest().values() for run in chapter.published]
 
 
 def chapters() -> dict[str, Path]:
-    """Every chapter source: ``book/<name>/<name>.ipynb``."""
-    return {p.parent.name: p for p in sorted(BOOK.glob("*/*.ipynb")) if p.stem == p.parent.name}
+    """Every chapter's source, by name."""
+    return {name: chapter.source for name, chapter in manifest().items()}
 
 
 def chapter_path(name: str) -> Path:
     found = chapters()
     if name not in found:
         raise ChapterError(f"Unknown chapter {name!r}. Chapters: {', '.join(found) or '(none yet)'}.")
+    if not found[name].is_file():
+        raise ChapterError(f"Chapter {name!r} is registered in {MANIFEST.name} but its source {found[name]} is missing.")
     return found[name]
 
 
+def read_notebook(path: Path):
+    """A chapter source as a notebook: MyST Markdown through jupytext, ``.ipynb`` as it is."""
+    if Path(path).suffix == ".md":
+        import jupytext
+
+        return jupytext.read(path)
+    return nbformat.read(path, as_version=4)
+
+
 def parameters(notebook: Path) -> dict:
-    """The defaults in the notebook's ``parameters`` cell, as Python values, in order."""
-    nb = nbformat.read(notebook, as_version=4)
+    """The defaults in the source's ``parameters`` cell, as Python values, in order."""
+    nb = read_notebook(notebook)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ChapterError(f"{notebook} must have exactly one cell tagged 'parameters', found {len(cells)}.")
@@ -136,6 +185,7 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
 
     overrides = dict(overrides or {})
     params = validate(chapter, overrides)
+    source = chapter_path(chapter)
     out_dir = Path(out) if out is not None else default_out_dir(chapter, {k: params[k] for k in overrides})
     out_dir = out_dir.resolve()
     scratch = out_dir.parent / f".{out_dir.name}.partial"
@@ -145,20 +195,29 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
     if "out_dir" in params:
         params["out_dir"] = "."  # the kernel runs in the scratch folder, which becomes ``out``
     executed = scratch / f"{chapter}.ipynb"
-    # The kernel must be this interpreter, not whatever `python` is first on PATH.
-    env_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env_path
+    # The kernel must be this interpreter, not whatever `python` is first on PATH, and it draws
+    # no progress bars: they belong in a terminal, never in a published page.
+    saved = {k: os.environ.get(k) for k in ("PATH", "TQDM_DISABLE")}
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + (saved["PATH"] or "")
+    os.environ["TQDM_DISABLE"] = "1"
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(str(chapter_path(chapter)), str(executed), parameters=params,
-                                   kernel_name="python3", cwd=str(scratch), progress_bar=progress)
-    except BaseException:
-        shutil.rmtree(failed, ignore_errors=True)
-        scratch.rename(failed)
-        print(f"Chapter {chapter!r} failed; its executed notebook is in {failed}", file=sys.stderr)
-        raise
-    finally:
-        os.environ["PATH"] = env_path
+    with tempfile.TemporaryDirectory() as tmp:
+        as_ipynb = Path(tmp) / f"{chapter}.ipynb"
+        nbformat.write(read_notebook(source), as_ipynb)
+        try:
+            papermill.execute_notebook(str(as_ipynb), str(executed), parameters=params,
+                                       kernel_name="python3", cwd=str(scratch), progress_bar=progress)
+        except BaseException:
+            shutil.rmtree(failed, ignore_errors=True)
+            scratch.rename(failed)
+            print(f"Chapter {chapter!r} failed; its executed notebook is in {failed}", file=sys.stderr)
+            raise
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     wall = time.perf_counter() - start
     summary_path = scratch / report.SUMMARY_NAME
     if not summary_path.is_file():
@@ -167,7 +226,7 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         raise ChapterError(f"Chapter {chapter!r} ran but wrote no {report.SUMMARY_NAME} into out_dir; see {failed}.")
     recorded = {k: v for k, v in params.items() if k != "out_dir"}
     summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
-    _record_paths(executed, chapter_path(chapter), out_dir / executed.name)
+    tidy(executed, source, out_dir / executed.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     for item in scratch.iterdir():
         target = out_dir / item.name
@@ -179,17 +238,29 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
     return summary
 
 
-def _record_paths(notebook: Path, source: Path, final: Path) -> None:
-    """Papermill records where it read and wrote; name the source and the final location
-    (relative to the repository when inside it) instead of the scratch folder."""
+def tidy(notebook: Path, source: Path, final: Path) -> None:
+    """Make the executed notebook a stable document: name the source and the final location
+    (relative to the repository when inside it) instead of the scratch folder; drop per-cell
+    timings and give cells ids from their position, so a re-run with unchanged numbers changes
+    no line; fold the parameter cells away on the site."""
     def shown(path: Path) -> str:
         return os.path.relpath(path, report.ROOT) if path.is_relative_to(report.ROOT) else str(path)
 
     nb = nbformat.read(notebook, as_version=4)
-    nb.metadata.setdefault("papermill", {}).update(input_path=shown(source), output_path=shown(final))
+    meta = nb.metadata.setdefault("papermill", {})
+    meta.update(input_path=shown(source), output_path=shown(final))
+    for key in ("start_time", "end_time", "duration"):
+        meta.pop(key, None)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        tags = cell.metadata.get("tags", [])
+        if any(t in tags for t in HIDE_INPUT) and "hide-input" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-input"]
     nbformat.write(nb, notebook)
 
 
 def reproduce(progress: bool = True) -> list[dict]:
     """Re-run every published chapter at its published parameters, in place."""
-    return [run(r.chapter, r.params, r.out_dir, progress) for r in PUBLISHED]
+    return [run(r.chapter, r.params, r.out_dir, progress) for r in published()]

@@ -1,5 +1,6 @@
 """The book as published: chapters smoke-run with tiny parameters, the scoreboard matches the
 committed summaries, and the site builds with warnings as errors."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,50 +8,54 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flatlib import report, runner, scoreboard
+from flatlib import claims, report, runner, scoreboard
 
-# Tiny parameters for each chapter's smoke run; every chapter must have an entry.
-SMOKE: dict[str, dict] = {
-    "reparameterisation": {"n": "300", "widths": "[32, 32]", "alphas": "[1.0, 10.0]",
-                           "neuron_log_ranges": "[1.0]", "tau_sensitivity": "[0.2]"},
-    "head_to_head": {"networks": "8", "n": "200", "widths": "[16, 16]", "max_epochs": "40", "resamples": "200"},
-    "batch_sweep": {"sizes": "[300, 1000]", "seeds": "3", "widths": "[16]", "large_floor": "100",
-                    "max_epochs": "40", "target_train_loss": "0.3", "sharpness_subsample": "200", "probe_n": "200"},
-    "pacbayes_link": {"networks": "8", "n": "200", "widths": "[16, 16]", "max_epochs": "40", "resamples": "200"},
-}
+CHAPTERS = runner.manifest()
+PUBLISHED = runner.published()
 
 
-def _toc_files() -> set[str]:
+def _toc_order() -> list[str]:
     toc = yaml.safe_load((report.ROOT / "_toc.yml").read_text())
-    files = {toc["root"]}
-    stack = list(toc.get("chapters", [])) + [c for p in toc.get("parts", []) for c in p.get("chapters", [])]
-    while stack:
-        entry = stack.pop()
-        files.add(entry["file"])
-        stack.extend(entry.get("sections", []))
-    return files
+    entries = list(toc.get("chapters", [])) + [c for p in toc.get("parts", []) for c in p.get("chapters", [])]
+    return [e["file"] for e in entries]
 
 
-def test_every_chapter_has_smoke_parameters_and_is_published():
-    assert set(runner.chapters()) == set(SMOKE)
-    published = {r.chapter for r in runner.PUBLISHED}
-    assert set(runner.chapters()) <= published
+def test_the_toc_lists_exactly_the_published_runs_of_the_manifest_in_its_order():
+    chapter_entries = [f for f in _toc_order() if "/" in f]
+    assert chapter_entries == [f"{r.folder}/{r.chapter}" for r in PUBLISHED], \
+        "_toc.yml and chapters.yml disagree: list each published run in both, in the same order"
 
 
-@pytest.mark.parametrize("chapter", sorted(SMOKE))
+def test_every_chapter_has_a_source_smoke_parameters_and_a_published_run():
+    for name, chapter in CHAPTERS.items():
+        assert chapter.source.is_file(), chapter.source
+        assert chapter.source.suffix == ".md", "chapter sources are MyST Markdown notebooks"
+        assert chapter.smoke, f"{name} needs smoke parameters in chapters.yml"
+        assert chapter.published, f"{name} has no published run"
+        runner.validate(name, chapter.smoke)  # smoke parameters are real parameters of the source
+
+
+def test_no_stray_notebooks_outside_the_manifest():
+    on_disk = {p.relative_to(runner.BOOK).as_posix() for p in runner.BOOK.glob("*/*.ipynb")}
+    assert on_disk == {r.notebook.relative_to(runner.BOOK).as_posix() for r in PUBLISHED}
+
+
+@pytest.mark.parametrize("chapter", sorted(CHAPTERS))
 def test_chapter_smoke_run(chapter, tmp_path):
-    summary = runner.run(chapter, SMOKE[chapter], out=tmp_path / chapter, progress=False)
-    assert (tmp_path / chapter / f"{chapter}.ipynb").is_file()
+    summary = runner.run(chapter, CHAPTERS[chapter].smoke, out=tmp_path / chapter, progress=False)
+    notebook = (tmp_path / chapter / f"{chapter}.ipynb").read_text()
     assert summary["headline"], "a chapter must report headline numbers"
     for row in summary["scoreboard"]:
-        assert row["verdict"] in report.VERDICTS
+        assert row["verdict"] in claims.VERDICTS
+    assert "it/s]" not in notebook and "s/it]" not in notebook, "a progress bar reached the published page"
 
 
-@pytest.mark.parametrize("run", runner.PUBLISHED, ids=lambda r: r.folder or r.chapter)
-def test_published_run_has_executed_notebook_summary_and_toc_entry(run):
-    notebook = run.out_dir / f"{run.chapter}.ipynb"
-    assert notebook.is_file() and (run.out_dir / report.SUMMARY_NAME).is_file()
-    assert str(notebook.relative_to(runner.BOOK).with_suffix("")) in _toc_files()
+@pytest.mark.parametrize("run", PUBLISHED, ids=lambda r: r.folder)
+def test_published_run_has_executed_notebook_and_a_summary_judging_its_claims(run):
+    assert run.notebook.is_file() and (run.out_dir / report.SUMMARY_NAME).is_file()
+    summary = json.loads((run.out_dir / report.SUMMARY_NAME).read_text())
+    assert [row["claim"] for row in summary["scoreboard"]] == list(run.claims)
+    assert {k: summary["parameters"][k] for k in run.params} == run.params
 
 
 def test_toc_symlink_points_at_the_root_toc():

@@ -1,17 +1,18 @@
 import json
 
+import jupytext
 import nbformat
 import pytest
 
-from flatlib import runner, scoreboard
+from flatlib import claims, runner, scoreboard
 from flatlib.__main__ import main
 
 ECHO_PARAMETERS = 'n = 3\nscale = 1.5\nlabel = "x"\nflag = False\nwidths = [4, 8]\nout_dir = "."\nfail = False\n'
 ECHO_BODY = (
     "if fail:\n    raise RuntimeError('asked to fail')\n"
-    "from flatlib import report\n"
+    "from flatlib import claims, report\n"
     "report.write_summary(out_dir, 'echo', {'total': n * scale, 'label': label, 'widths': widths},\n"
-    "    scoreboard=[report.scoreboard_row('C1', f'{n * scale:g}x', 'inconclusive')], datasets=['mnist'])\n"
+    "    scoreboard=[report.scoreboard_row(claims.Verdict('C1', 'inconclusive', ()), f'{n * scale:g}x')], datasets=['mnist'])\n"
 )
 
 
@@ -24,14 +25,18 @@ def book(tmp_path, monkeypatch):
                 nbformat.v4.new_code_cell(ECHO_BODY)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (tmp_path / "book" / "echo").mkdir(parents=True)
-    nbformat.write(nb, tmp_path / "book" / "echo" / "echo.ipynb")
+    jupytext.write(nb, tmp_path / "book" / "echo" / "echo.md", fmt="md:myst")
+    (tmp_path / "chapters.yml").write_text(
+        "chapters:\n  echo:\n    source: book/echo/echo.md\n    smoke: {n: 1}\n"
+        "    published:\n      - {folder: echo, claims: [C1]}\n")
     monkeypatch.setattr(runner, "BOOK", tmp_path / "book")
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(runner, "MANIFEST", tmp_path / "chapters.yml")
     return tmp_path / "book"
 
 
 def test_parameters_are_read_with_their_types(book):
-    assert runner.parameters(book / "echo" / "echo.ipynb") == {
+    assert runner.parameters(book / "echo" / "echo.md") == {
         "n": 3, "scale": 1.5, "label": "x", "flag": False, "widths": [4, 8], "out_dir": ".", "fail": False}
 
 
@@ -89,4 +94,45 @@ def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_p
     runner.run("echo", {"n": "2"}, out=book / "echo", progress=False)
     table = scoreboard.render(book)
     assert "| [C1](echo/echo) |" in table and "| 3x | **inconclusive** |" in table
-    assert table.count("| pending |") == len(scoreboard.CLAIMS) - 1
+    assert table.count("| pending |") == len(claims.CLAIMS) - 1
+
+
+def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path):
+    runner.run("echo", {"n": "2"}, out=tmp_path / "a", progress=False)
+    a = (tmp_path / "a" / "echo.ipynb").read_text()
+    runner.run("echo", {"n": "2"}, out=tmp_path / "a", progress=False)
+    b = (tmp_path / "a" / "echo.ipynb").read_text()
+    assert a == b, "a re-run with unchanged numbers must change no line of the notebook"
+    nb = nbformat.reads(a, as_version=4)
+    for cell in nb.cells:
+        assert "papermill" not in cell.metadata and "execution" not in cell.metadata
+        if {"parameters", "injected-parameters"} & set(cell.metadata.get("tags", [])):
+            assert "hide-input" in cell.metadata["tags"]
+    assert nb.metadata["papermill"]["input_path"].endswith("echo.md")
+
+
+def test_the_kernel_draws_no_progress_bars(book, tmp_path, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    source = book / "echo" / "echo.md"
+    source.write_text(source.read_text().replace(
+        "if fail:", "import os\nassert os.environ.get('TQDM_DISABLE') == '1'\nif fail:"))
+    runner.run("echo", {}, out=tmp_path / "out", progress=False)
+    import os
+    assert "TQDM_DISABLE" not in os.environ
+
+
+@pytest.mark.parametrize("text,match", [
+    ("chapters:\n  echo:\n    smoke: {n: 1}\n", "needs 'source'"),
+    ("chapters:\n  echo:\n    source: book/echo/echo.md\n    published:\n      - {folder: echo, claims: [C99]}\n",
+     "known claim ids"),
+])
+def test_a_malformed_manifest_is_one_clear_error(book, tmp_path, text, match):
+    (tmp_path / "chapters.yml").write_text(text)
+    with pytest.raises(runner.ChapterError, match=match):
+        runner.manifest()
+
+
+def test_a_registered_chapter_without_its_source_says_so(book):
+    (book / "echo" / "echo.md").unlink()
+    with pytest.raises(runner.ChapterError, match="source .* is missing"):
+        runner.validate("echo", {})
