@@ -322,8 +322,12 @@ def saturated(values, tol: float = 1e-9) -> np.ndarray:
     return np.asarray(values, dtype=float) >= 1 - tol
 
 
-def pacbayes_link(bound: dict, bound_given_weakness: dict, weakness_given_bound: dict, saturated_count: int = 0,
-                  alpha: float = ALPHA) -> Verdict:
+# Fewer networks than this with an unsaturated bound leave nothing to correlate.
+MIN_NETWORKS = 10
+
+
+def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weakness_given_bound: dict | None,
+                  saturated_count: int = 0, alpha: float = ALPHA) -> Verdict:
     """C5, on the primary bound B and primary weakness W against test error, each correlation
     given as ``{"rho", "p", "ci_low", "ci_high", "n"}`` over the networks whose bound is not
     saturated. Signs: a bound that works rises with test error (rho > 0); weakness predicts
@@ -336,7 +340,13 @@ def pacbayes_link(bound: dict, bound_given_weakness: dict, weakness_given_bound:
     * W survives B: given B, W's partial correlation is negative and significant.
 
     Supported = both; partly supported = one; contradicted = neither and one contradicted;
-    not supported otherwise."""
+    not supported otherwise. With fewer than ``MIN_NETWORKS`` unsaturated bounds, pass None for
+    the correlations: the verdict is inconclusive, for want of an informative bound."""
+    if bound is None:
+        reason = f"fewer than {MIN_NETWORKS} networks have an unsaturated bound ({saturated_count} saturated)"
+        return Verdict("C5", "inconclusive", (Check("bound predicts test error", "inconclusive", {"reason": reason}),),
+                       {"saturated": int(saturated_count), "networks_used": 0})
+
     def ci(r):
         return (r["ci_low"], r["ci_high"])
 
@@ -365,3 +375,10 @@ def pacbayes_link(bound: dict, bound_given_weakness: dict, weakness_given_bound:
     else:
         verdict = "not supported"
     return Verdict("C5", verdict, (predicts, explained, survives), values)
+
+
+def correlation(row, n: int, p: str = "p_perm") -> dict:
+    """A row of ``stats.correlation_table`` as a rule's input: rho, the decision p-value
+    (column ``p``, by default the permutation p), the interval and the number of networks."""
+    return {"rho": float(row["rho"]), "p": float(row[p]), "ci_low": float(row["ci_low"]),
+            "ci_high": float(row["ci_high"]), "n": int(n)}

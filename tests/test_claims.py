@@ -237,3 +237,15 @@ def test_verdict_as_dict_carries_every_check():
     assert set(d["checks"]) == {"bound predicts test error", "bound explained by weakness",
                                 "weakness survives the bound"}
     assert "bound predicts test error: supported" in out.describe()
+
+
+def test_correlation_reads_a_correlation_table_row():
+    row = pd.Series({"rho": 0.3, "p": 0.01, "p_perm": 0.02, "ci_low": 0.1, "ci_high": 0.5})
+    assert claims.correlation(row, 40) == {"rho": 0.3, "p": 0.02, "ci_low": 0.1, "ci_high": 0.5, "n": 40}
+    assert claims.correlation(row, 40, p="p")["p"] == 0.01
+
+
+def test_pacbayes_link_with_saturated_bounds_is_inconclusive_and_says_why():
+    out = claims.pacbayes_link(None, None, None, saturated_count=99)
+    assert out.verdict == "inconclusive" and out.values["saturated"] == 99
+    assert "99 saturated" in out.checks[0].values["reason"]
