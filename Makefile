@@ -40,6 +40,7 @@ book: data
 	$(BIN)/jupyter-book build $(JB_FLAGS) book/
 
 test: data
+	$(BIN)/ruff check flatlib tests benchmarks
 	$(BIN)/python -m pytest tests
 
 reproduce: data
