@@ -1,11 +1,11 @@
 """flatlib.batchsize: the large batch, and the paired differences, on
 hand-built tables whose answers are known."""
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats as sps
 
 from flatlib import batchsize
+from oracles import paired_table
 
 
 @pytest.mark.parametrize("n,expected", [(2000, 500), (5000, 500), (10000, 1000), (20000, 2000),
@@ -21,19 +21,9 @@ def test_large_batch_rejects_impossible_settings():
         batchsize.large_batch_size(1000, floor=0)
 
 
-def _table(gaps: dict[int, list[float]], base: float = 0.9) -> pd.DataFrame:
-    """Networks whose small-batch accuracy exceeds the large-batch one by the given per-seed gaps."""
-    rows = []
-    for n, per_seed in gaps.items():
-        for seed, gap in enumerate(per_seed):
-            rows.append({"n": n, "seed": seed, "regime": "large", "test_acc": base + 0.001 * seed})
-            rows.append({"n": n, "seed": seed, "regime": "small", "test_acc": base + 0.001 * seed + gap})
-    return pd.DataFrame(rows)
-
-
 def test_regime_differences_are_paired_by_seed():
     gaps = {2000: [0.010, 0.014, 0.018, 0.012, 0.016], 60000: [0.001, -0.001, 0.0, 0.002, -0.002]}
-    table = _table(gaps)
+    table = paired_table(gaps)
     out = batchsize.regime_differences(table, "test_acc")
     for n, per_seed in gaps.items():
         ref = sps.ttest_1samp(per_seed, 0.0)
@@ -45,6 +35,6 @@ def test_regime_differences_are_paired_by_seed():
 
 
 def test_a_network_missing_from_one_regime_is_an_error():
-    table = _table({2000: [0.01, 0.02, 0.03]})
+    table = paired_table({2000: [0.01, 0.02, 0.03]})
     with pytest.raises(ValueError, match="lack a network"):
         batchsize.regime_differences(table.iloc[:-1], "test_acc")

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from flatlib import batchsize, claims
+from oracles import paired_table
 
 
 def corr(rho, p, low, high, n=100):
@@ -151,16 +152,6 @@ def test_distinct_hypotheses_counts_a_reversed_ranking_once():
 
 # ----------------------------------------------------------------------------- C4
 
-def _table(gaps: dict[int, list[float]], base: float = 0.9) -> pd.DataFrame:
-    """Networks whose small-batch accuracy exceeds the large-batch one by the given per-seed gaps."""
-    rows = []
-    for n, per_seed in gaps.items():
-        for seed, gap in enumerate(per_seed):
-            rows.append({"n": n, "seed": seed, "regime": "large", "test_acc": base + 0.001 * seed})
-            rows.append({"n": n, "seed": seed, "regime": "small", "test_acc": base + 0.001 * seed + gap})
-    return pd.DataFrame(rows)
-
-
 BIG = [0.010, 0.014, 0.018, 0.012, 0.016]
 
 
@@ -184,7 +175,7 @@ BIG = [0.010, 0.014, 0.018, 0.012, 0.016]
      ("supported", "not supported", "inconclusive")),
 ])
 def test_batch_sweep_states(gaps, verdict, states):
-    out = claims.batch_sweep(batchsize.regime_differences(_table(gaps), "test_acc"))
+    out = claims.batch_sweep(batchsize.regime_differences(paired_table(gaps), "test_acc"))
     assert out.verdict == verdict, out.describe()
     assert tuple(c.state for c in out.checks) == states, out.describe()
 
@@ -192,14 +183,14 @@ def test_batch_sweep_states(gaps, verdict, states):
 def test_batch_sweep_trend_uses_every_size_not_just_the_ends():
     # equal ends, but the middle sizes rise: the two-point rule would see no change; the regression sees a rise
     gaps = {2000: BIG, 10000: [x + 0.02 for x in BIG], 20000: [x + 0.02 for x in BIG], 60000: BIG}
-    out = claims.batch_sweep(batchsize.regime_differences(_table(gaps), "test_acc"))
+    out = claims.batch_sweep(batchsize.regime_differences(paired_table(gaps), "test_acc"))
     assert out.check("gap shrinks with n").values["sizes"] == 4
     assert out.check("gap shrinks with n").values["slope_per_log_n"] > 0
 
 
 def test_batch_sweep_needs_two_sizes():
     with pytest.raises(ValueError, match="two"):
-        claims.batch_sweep(batchsize.regime_differences(_table({2000: BIG}), "test_acc"))
+        claims.batch_sweep(batchsize.regime_differences(paired_table({2000: BIG}), "test_acc"))
 
 
 # ----------------------------------------------------------------------------- C5

@@ -2,35 +2,16 @@
 from torch.linalg.eigvalsh and the exact trace."""
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
-from flatlib import hessian, models
-
-
-def _dense_hessian(model, x, y):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss_of(w):
-        chunks, i = {}, 0
-        for name, shape in zip(names, shapes):
-            chunks[name] = w[i:i + shape.numel()].reshape(shape)
-            i += shape.numel()
-        return F.cross_entropy(functional_call(model, chunks, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss_of, flat)
+from flatlib import hessian
+from oracles import dense_hessian, tiny_cnn, tiny_mlp
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A 6-5-4-3 ReLU MLP in float64 on 40 random points, and its dense Hessian."""
-    torch.manual_seed(0)
-    model = models.mlp((5, 4), in_features=6, num_classes=3).double()
-    x = torch.randn(40, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (40,))
-    return model, (x, y), _dense_hessian(model, x, y)
+    """The 6-5-4-3 float64 MLP on 40 random points, and its dense Hessian."""
+    model, data = tiny_mlp(n=40)
+    return model, data, dense_hessian(model, data)
 
 
 def test_hvp_matches_the_dense_hessian(tiny):
@@ -170,12 +151,9 @@ def test_diagonal_is_the_dense_hessian_diagonal_for_an_mlp(tiny):
 
 
 def test_diagonal_is_the_dense_hessian_diagonal_for_a_cnn():
-    torch.manual_seed(0)
-    model = models.cnn((2, 3), hidden=4).double()
-    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
-    y = torch.randint(0, 10, (6,))
-    dense = _dense_hessian(model, x, y)
-    diag = hessian.diagonal(model, (x, y))
+    model, data = tiny_cnn()
+    dense = dense_hessian(model, data)
+    diag = hessian.diagonal(model, data)
     assert torch.allclose(diag, torch.diagonal(dense), rtol=1e-9, atol=1e-12)
 
 

@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from flatlib import data, hessian, measures, models, reparam
 from flatlib.measures import MEASURES
-from flatlib.train import TrainConfig, train
+from flatlib.train import TrainConfig
+from oracles import dense_hessian, tiny_cnn, tiny_mlp, trained_float64
 
 FAST = {"top_eigenvalue": {"tol": 1e-6}, "pacbayes_mag_bound": {"samples": 5},
         "weakness_open_labels": {"probe_n": 500}, "weakness_input_volume": {"n": 50, "directions": 4}}
@@ -20,19 +19,15 @@ FAST = {"top_eigenvalue": {"tol": 1e-6}, "pacbayes_mag_bound": {"samples": 5},
 def network():
     """A small trained MLP in float64 (so invariance is tested, not float32 rounding) and its
     training subset."""
-    result = train(TrainConfig(n=256, widths=(32, 16), batch_size=32, epochs=4, target_train_acc=None))
-    ds = data.load("mnist", "train", n=256, seed=0)
-    model = result.model.double()
-    return model, ds, {k: v.double() for k, v in result.initial_state.items()}
+    return trained_float64(TrainConfig(n=256, widths=(32, 16), batch_size=32, epochs=4, target_train_acc=None))
 
 
 @pytest.fixture(scope="module")
 def informative():
     """Few parameters and 4,000 images, so that PAC-Bayes bounds are not saturated at 1 and a
     bound that moves under reparameterisation can be seen to move."""
-    result = train(TrainConfig(n=4000, widths=(16, 8), epochs=3, target_train_acc=None, optimizer="adam", lr=3e-3))
-    ds = data.load("mnist", "train", n=4000, seed=0)
-    return result.model.double(), ds, {k: v.double() for k, v in result.initial_state.items()}
+    return trained_float64(TrainConfig(n=4000, widths=(16, 8), epochs=3, target_train_acc=None, optimizer="adam",
+                                       lr=3e-3))
 
 
 def _transformations(model):
@@ -109,18 +104,9 @@ def test_input_volume_matches_the_distance_to_a_linear_boundary():
 
 
 def test_relative_flatness_and_trace_match_the_dense_hessian():
-    torch.manual_seed(0)
-    model = models.mlp((5, 4), in_features=6, num_classes=3).double()
-    x, y = torch.randn(30, 6, dtype=torch.float64), torch.randint(0, 3, (30,))
-    names = [n for n, _ in model.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    shapes = [p.shape for p in model.parameters()]
-
-    def loss_of(w):
-        return F.cross_entropy(functional_call(model, measures._unflatten(names, shapes, w), (x,)), y)
-
-    dense = torch.autograd.functional.hessian(loss_of, flat)
-    offset = flat.numel() - 3 * 4 - 3
+    model, (x, y) = tiny_mlp(n=30)
+    dense = dense_hessian(model, (x, y))
+    offset = dense.shape[0] - 3 * 4 - 3
     block = dense[offset:offset + 12, offset:offset + 12].reshape(3, 4, 3, 4)
     traces = torch.einsum("akbk->ab", block)
     weight = model[-1].weight.detach()
@@ -158,17 +144,6 @@ def test_l2_simplicity_is_minus_the_weight_norm():
     assert measures.simplicity_l2(model, None) == pytest.approx(-5.0)
 
 
-def _dense_trace(model, x, y):
-    names = [n for n, _ in model.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    shapes = [p.shape for p in model.parameters()]
-
-    def loss_of(w):
-        return F.cross_entropy(functional_call(model, measures._unflatten(names, shapes, w), (x,)), y)
-
-    return torch.trace(torch.autograd.functional.hessian(loss_of, flat)).item()
-
-
 def _rescaled(model, log_scales):
     for layer, u in enumerate(log_scales):
         model = reparam.neuron_scale(model, layer, torch.exp(u))
@@ -177,23 +152,21 @@ def _rescaled(model, log_scales):
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_min_trace_over_rescaling_is_attained_and_locally_minimal_on_the_dense_hessian(arch):
-    torch.manual_seed(0)
-    if arch == "mlp":
-        model = models.mlp((5, 4), in_features=6, num_classes=3).double()
-        x, y = torch.randn(30, 6, dtype=torch.float64), torch.randint(0, 3, (30,))
-    else:
-        model = models.cnn((2, 3), hidden=4).double()
-        x, y = torch.rand(6, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (6,))
-    result = measures.min_trace_over_rescaling(model, (x, y))
-    assert result.trace == pytest.approx(_dense_trace(model, x, y), rel=1e-9)
+    model, batch = tiny_mlp(n=30) if arch == "mlp" else tiny_cnn()
+
+    def dense_trace(network):
+        return torch.trace(dense_hessian(network, batch)).item()
+
+    result = measures.min_trace_over_rescaling(model, batch)
+    assert result.trace == pytest.approx(dense_trace(model), rel=1e-9)
     # The value is the dense trace of the network rescaled by the returned scales ...
-    assert result.value == pytest.approx(_dense_trace(_rescaled(model, result.log_scales), x, y), rel=1e-8)
+    assert result.value == pytest.approx(dense_trace(_rescaled(model, result.log_scales)), rel=1e-8)
     assert result.value < result.trace
     # ... and no nearby rescaling is flatter (T is convex in the log-scales, so local = global).
     gen = torch.Generator().manual_seed(3)
     for _ in range(5):
         nearby = [u + 0.05 * torch.randn(u.shape, generator=gen, dtype=torch.float64) for u in result.log_scales]
-        assert _dense_trace(_rescaled(model, nearby), x, y) >= result.value * (1 - 1e-9)
+        assert dense_trace(_rescaled(model, nearby)) >= result.value * (1 - 1e-9)
 
 
 def test_min_trace_balances_each_units_incoming_and_outgoing_curvature():
@@ -227,18 +200,7 @@ def test_top_eigenvalue_on_a_subsample_is_the_subsamples_dense_top_eigenvalue():
     model = models.mlp((6,)).double()
     ds = data.load("mnist", "train", n=300, seed=0)
     part = data.subsample(ds, 40)
-    x, y = part.images.double(), part.labels
-    params = dict(model.named_parameters())
-    names = list(params)
-    shapes = [params[k].shape for k in names]
-    flat0 = torch.cat([params[k].detach().flatten() for k in names])
-
-    def loss(flat):
-        pieces = torch.split(flat, [math.prod(s) for s in shapes])
-        state = {k: p.view(s) for k, p, s in zip(names, pieces, shapes)}
-        return F.cross_entropy(functional_call(model, state, (x,)), y)
-
-    dense = torch.autograd.functional.hessian(loss, flat0)
+    dense = dense_hessian(model, (part.images.double(), part.labels))
     expected = torch.linalg.eigvalsh(dense)[-1].item()
     ds64 = data.Dataset(images=ds.images.double(), labels=ds.labels, name=ds.name, split=ds.split, indices=ds.indices)
     got = measures.top_eigenvalue(model, ds64, tol=1e-9, subsample=40)

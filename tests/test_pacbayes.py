@@ -5,8 +5,9 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from flatlib import data, models, pacbayes
-from flatlib.train import TrainConfig, train
+from flatlib import pacbayes
+from flatlib.train import TrainConfig
+from oracles import trained_float64
 
 
 def test_binary_kl_matches_hand_computed_values():
@@ -48,9 +49,7 @@ def test_gaussian_kl_matches_torch_distributions():
 @pytest.fixture(scope="module")
 def small():
     """A 784-8-10 MLP trained briefly on 4,000 images: few parameters, so the bound is not vacuous by far."""
-    result = train(TrainConfig(n=4000, widths=(8,), epochs=3, target_train_acc=None, optimizer="adam", lr=3e-3))
-    init = {k: v.double() for k, v in result.initial_state.items()}
-    return result.model.double(), data.load("mnist", "train", n=4000, seed=0), init
+    return trained_float64(TrainConfig(n=4000, widths=(8,), epochs=3, target_train_acc=None, optimizer="adam", lr=3e-3))
 
 
 @pytest.mark.parametrize("kind", ["isotropic", "magnitude"])
