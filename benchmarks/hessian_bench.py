@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flatlib import cache, data, hessian, report
+from flatlib import data, hessian, report, study
 from flatlib.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hessian.json"
@@ -45,7 +45,7 @@ def timed(fn, device, repeats):
 
 def setup(device):
     config = TrainConfig(dataset="mnist", n=5000, widths=(512, 512), epochs=1, target_train_acc=None, lr=0.05)
-    model = cache.trained(config).model.to(device).eval()
+    model = study.trained(config).model.to(device).eval()
     ds = data.load("mnist", "train", n=1000, seed=1)
     return model, ds.images.to(device), ds.labels.to(device)
 
@@ -105,6 +105,7 @@ def bench_products(model, x, y, device, repeats):
 def _pyhessian_module():
     """The module ``pyhessian.hessian`` (the package rebinds that name to the class)."""
     import sys
+
     import pyhessian  # noqa: F401
 
     return sys.modules["pyhessian.hessian"]

@@ -18,3 +18,12 @@ def atomic_write(path: str | os.PathLike, raw: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def progress(iterable, desc: str, enabled: bool = True, **kwargs):
+    """A terminal progress bar over ``iterable``, off when ``enabled`` is false or the
+    environment sets ``TQDM_DISABLE`` (the chapter runner does, for the kernels it starts:
+    progress bars belong in a terminal, never in a published page)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=not enabled or bool(os.environ.get("TQDM_DISABLE")), **kwargs)

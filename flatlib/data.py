@@ -167,7 +167,8 @@ def _from_npm(problems: list[str]) -> bool:
 def _from_debian(problems: list[str]) -> bool:
     if DEBIAN_FASHION_DIR.is_dir():
         return _import_folder("fashion_mnist", DEBIAN_FASHION_DIR, problems, "Debian mirror")
-    problems.append(f"Debian mirror: {DEBIAN_FASHION_DIR} does not exist (package {DEBIAN_FASHION_PACKAGE} not installed)")
+    problems.append(f"Debian mirror: {DEBIAN_FASHION_DIR} does not exist "
+                    f"(package {DEBIAN_FASHION_PACKAGE} not installed)")
     return False
 
 

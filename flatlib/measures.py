@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import lzma
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +22,6 @@ from torch.func import functional_call
 
 from flatlib import data as fdata
 from flatlib import hessian, models, pacbayes, reparam
-from flatlib.train import logit_metrics
 
 FAMILIES = ("sharpness", "weakness", "simplicity", "bound")
 
@@ -73,6 +73,40 @@ def top_eigenvalue(model, data, tol: float = 1e-3, seed: int = 0, batch_size: in
     return hessian.top_eigenvalues(model, data, k=1, tol=tol, seed=seed, batch_size=batch_size).eigenvalues[0].item()
 
 
+# hessian_trace (exact) and hessian_trace_min_rescaling both need the exact diagonal; a table
+# computes them one after the other on the same network and data, so it is computed once.
+# model -> (stamp of what it was computed from, diagonal); weak, so it goes with the model.
+_DIAGONALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stamp(tensors, batch_size):
+    """What a diagonal depends on: the very tensors (weakly referenced, so a freed tensor whose
+    memory is reused never matches), their storage, shape and in-place version counter."""
+    return batch_size, [(weakref.ref(t), t.data_ptr(), t.shape, t.dtype, t.device, t._version) for t in tensors]
+
+
+def _same(stamp, tensors, batch_size) -> bool:
+    size, entries = stamp
+    return size == batch_size and len(entries) == len(tensors) and all(
+        ref() is t and (ptr, shape, dtype, device, version) == (t.data_ptr(), t.shape, t.dtype, t.device, t._version)
+        for (ref, ptr, shape, dtype, device, version), t in zip(entries, tensors))
+
+
+def exact_diagonal(model, data, batch_size: int | None = 1000) -> torch.Tensor:
+    """``hessian.diagonal(model, data, batch_size)``, computed once per network and data: the
+    result is reused while the model's parameters and the data are the same tensors, unmodified
+    (an in-place update such as an optimiser step or ``load_state_dict`` bumps a tensor's
+    version and forces a recomputation). Treat the returned tensor as read-only."""
+    inputs, targets = data
+    tensors = [*model.parameters(), inputs, targets]
+    cached = _DIAGONALS.get(model)
+    if cached is not None and _same(cached[0], tensors, batch_size):
+        return cached[1]
+    diag = hessian.diagonal(model, data, batch_size=batch_size)
+    _DIAGONALS[model] = (_stamp(tensors, batch_size), diag)
+    return diag
+
+
 @register("hessian_trace", "sharpness", invariant=False)
 def hessian_trace(model, data, method: str = "exact", probes: int = 100, seed: int = 0,
                   batch_size: int | None = 1000) -> float:
@@ -81,7 +115,7 @@ def hessian_trace(model, data, method: str = "exact", probes: int = 100, seed: i
     ``"hutchinson"`` estimates it with ``probes`` Rademacher probes for any network (see
     benchmarks/README.md for why not Hutch++). Larger = sharper."""
     if method == "exact":
-        return hessian.diagonal(model, data, batch_size=batch_size).sum().item()
+        return exact_diagonal(model, data, batch_size=batch_size).sum().item()
     if method == "hutchinson":
         return hessian.trace(model, data, probes=probes, method="hutchinson", seed=seed, batch_size=batch_size).value
     raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
@@ -136,7 +170,7 @@ def min_trace_over_rescaling(model, data, max_log_scale: float = 15.0, rtol: flo
     descent over layers converges to the minimum; each u is kept in [-max_log_scale,
     max_log_scale], which only binds for units whose incoming or outgoing mass is zero
     (their contribution is then below exp(-2 max_log_scale) of its size)."""
-    blocks, biases = _unit_blocks(model, hessian.diagonal(model, data, batch_size=batch_size).detach().cpu())
+    blocks, biases = _unit_blocks(model, exact_diagonal(model, data, batch_size=batch_size).detach().cpu())
     hidden = len(blocks) - 1
     u = [torch.zeros(b.shape[0], dtype=torch.float64) for b in blocks[:-1]]
 
@@ -151,7 +185,8 @@ def min_trace_over_rescaling(model, data, max_log_scale: float = 15.0, rtol: flo
 
     trace = current = total()
     sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
+    while sweeps < max_sweeps:
+        sweeps += 1
         for h in range(hidden):
             incoming = blocks[h] @ scale_in(h) + biases[h]
             outgoing = blocks[h + 1].T @ scale_out(h + 1)
@@ -436,42 +471,3 @@ def pacbayes_mag_sharpness(model, data, drop: float = 0.1, samples: int = 10, se
     training accuracy drops by 0.1 ("pacbayes.mag.flatness"). Without the 1e-3 floor it would
     be rescaling-invariant; with it, it is not. Larger = sharper."""
     return pacbayes.sharpness_sigma(model, data, "magnitude", drop=drop, samples=samples, seed=seed) ** -2
-
-
-# ----------------------------------------------------------------------------- tables
-
-def measure_table(networks: dict, train_data, test_data, names: list[str] | None = None,
-                  options: dict | None = None, reference: str | None = None, progress: bool = True,
-                  init: dict | None = None):
-    """One row per network (``networks``: label -> model), one column per measure in ``names``
-    (default: all), plus train/test loss and accuracy and, against the ``reference`` network,
-    the number of changed test predictions and the largest logit difference. ``init`` (the
-    initial state dict the networks were trained from) is passed to the measures that need it."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    names = list(MEASURES) if names is None else names
-    unknown = sorted(set(names) - set(MEASURES))
-    if unknown:
-        raise ValueError(f"unknown measure(s) {unknown}; registered: {sorted(MEASURES)}")
-    options = options or {}
-    needing = [n for n in names if MEASURES[n].needs_init]
-    if needing and init is None:
-        raise ValueError(f"measure(s) {needing} need init=<the networks' initial state dict>")
-    train_x, train_y = train_data
-    test_x, test_y = test_data
-    ref_logits = None if reference is None else models.predict(networks[reference], test_x)
-    rows = []
-    for label, model in tqdm(networks.items(), desc="networks", disable=not progress):
-        row = {"network": label}
-        row.update({f"train_{k}": v for k, v in logit_metrics(models.predict(model, train_x), train_y).items()})
-        test_logits = models.predict(model, test_x)
-        row.update({f"test_{k}": v for k, v in logit_metrics(test_logits, test_y).items()})
-        if ref_logits is not None:
-            row["predictions_changed"] = int((test_logits.argmax(1) != ref_logits.argmax(1)).sum())
-            row["max_logit_change"] = (test_logits - ref_logits).abs().max().item()
-        for name in names:
-            extra = {"init": init} if MEASURES[name].needs_init else {}
-            row[name] = MEASURES[name](model, train_data, **options.get(name, {}), **extra)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("network")

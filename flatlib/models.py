@@ -79,7 +79,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2048) -> t
     first = next(model.parameters())
     try:
         with torch.no_grad():
-            out = [model(images[i:i + batch_size].to(first.device, first.dtype)) for i in range(0, len(images), batch_size)]
+            out = [model(images[i:i + batch_size].to(first.device, first.dtype))
+                   for i in range(0, len(images), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out)

@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import flatlib
@@ -51,7 +50,8 @@ def device_description(device: str = "cpu") -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def _jsonable(value):
@@ -82,8 +82,9 @@ def scoreboard_row(verdict: Verdict, ours: str) -> dict:
 def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scoreboard: list[dict] = (),
                   datasets: list[str] = (), device: str = "cpu") -> Path:
     """Write ``out_dir/summary.json`` from a chapter's own numbers (called by the chapter)."""
-    from flatlib import data as fdata
     import torch
+
+    from flatlib import data as fdata
 
     payload = {
         "chapter": chapter,

@@ -104,7 +104,8 @@ def chapter_path(name: str) -> Path:
     if name not in found:
         raise ChapterError(f"Unknown chapter {name!r}. Chapters: {', '.join(found) or '(none yet)'}.")
     if not found[name].is_file():
-        raise ChapterError(f"Chapter {name!r} is registered in {MANIFEST.name} but its source {found[name]} is missing.")
+        raise ChapterError(f"Chapter {name!r} is registered in {MANIFEST.name} "
+                           f"but its source {found[name]} is missing.")
     return found[name]
 
 

@@ -1,9 +1,10 @@
 """Seeded, deterministic training from a frozen config.
 
 One config, one network: the seed fixes the initialisation, the data order and any
-augmentation, so the same config gives bit-identical weights on the same CPU. A non-finite
-loss stops that run and is recorded in its history (``status == "diverged"``) instead of
-raising, so one bad network does not kill a sweep of a hundred.
+augmentation, and CPU training runs on one thread, so the same config gives bit-identical
+weights whatever the machine's core count. A non-finite loss stops that run and is recorded
+in its history (``status == "diverged"``) instead of raising, so one bad network does not
+kill a sweep of a hundred.
 """
 from __future__ import annotations
 
@@ -20,13 +21,10 @@ from torch import nn
 
 from flatlib import data as fdata
 from flatlib import models
-
-# Bump whenever a change to this module would change the weights a config produces; it is
-# part of every cache key, so stale networks are never served.
-TRAIN_VERSION = "1"
+from flatlib._io import progress as progress_bar
+from flatlib._version import code_version
 
 OPTIMIZERS = ("sgd", "adam")
-_ADDED_FIELDS = ("target_train_loss", "patience")
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,6 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     device: str = "cpu"
-    # Added after TRAIN_VERSION 1; they enter the cache key only when set (see ``key``).
     target_train_loss: float | None = None
     patience: int | None = None
 
@@ -91,14 +88,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """A stable content hash of the config and the training code's version. Fields added
-        after version 1 are left out while at their default (None), so networks trained
-        before they existed keep their keys."""
-        config = self.to_dict()
-        for name in _ADDED_FIELDS:
-            if config[name] is None:
-                del config[name]
-        payload = json.dumps({"config": config, "train_version": TRAIN_VERSION}, sort_keys=True)
+        """A stable content hash of the config and of the training code: the sources of this
+        module and every flatlib module it imports (``flatlib._version.code_version``), so
+        any change to code that could change the weights gives new keys and a stale network
+        is never served."""
+        payload = json.dumps({"config": self.to_dict(), "code": code_version(__name__)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -183,7 +177,25 @@ def _sam_step(model, loss_fn, opt, rho):
 
 
 def train(config: TrainConfig, progress: bool = False) -> TrainResult:
-    """Train the network ``config`` describes; never raises on divergence."""
+    """Train the network ``config`` describes; never raises on divergence.
+
+    On CPU the loop runs with ``torch.set_num_threads(1)`` and the process's thread count is
+    restored afterwards: how a matrix product is split across threads changes the order of
+    its floating-point sums, so without this the weights would depend on the machine's core
+    count while the cache key (``TrainConfig.key``) does not. One thread makes the same config
+    give bit-identical weights whatever the thread count; a different CPU instruction set or
+    torch version may still change the last bits."""
+    if torch.device(config.device).type != "cpu":
+        return _train(config, progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(config, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, progress: bool) -> TrainResult:
     start = time.perf_counter()
     device = torch.device(config.device)
     ds = fdata.load(config.dataset, "train", n=config.n, seed=config.data_seed)
@@ -199,8 +211,7 @@ def train(config: TrainConfig, progress: bool = False) -> TrainResult:
     result = TrainResult(config=config, model=model, initial_state=initial_state)
     epochs = range(1, config.epochs + 1)
     if progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=f"train seed={config.seed}", leave=False)
+        epochs = progress_bar(epochs, f"train seed={config.seed}", leave=False)
     best_loss, since_best = math.inf, 0
     for epoch in epochs:
         model.train()
@@ -212,7 +223,7 @@ def train(config: TrainConfig, progress: bool = False) -> TrainResult:
             if config.augment:
                 xb = _shift(xb.cpu(), gen).to(device)
 
-            def loss_fn():
+            def loss_fn(xb=xb, yb=yb):
                 return F.cross_entropy(model(xb), yb)
 
             opt.zero_grad()

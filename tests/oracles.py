@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from flatlib import data as fdata, models
+from flatlib import data as fdata
+from flatlib import models
 from flatlib.train import TrainConfig, train
 
 

@@ -1,6 +1,5 @@
 """flatlib.claims: every verdict rule, each state of each sub-claim, on hand-built inputs whose
 answers are known; and the paper's figures as data."""
-import numpy as np
 import pandas as pd
 import pytest
 

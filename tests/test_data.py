@@ -73,7 +73,8 @@ def test_corrupt_cached_file_is_detected_and_refetched(private_data_dir, monkeyp
 
 
 def test_no_source_names_every_attempt_and_the_fix(private_data_dir, monkeypatch):
-    monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: problems.append("torchvision: offline") or False)
+    monkeypatch.setattr(data, "_from_torchvision",
+                        lambda name, problems: problems.append("torchvision: offline") or False)
     monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", private_data_dir / "nowhere")
     with pytest.raises(data.DataError) as err:
         data.fetch("fashion_mnist")

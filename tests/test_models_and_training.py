@@ -73,17 +73,16 @@ def test_config_key_is_stable_and_covers_every_field():
     assert len(keys) == len(changed) and TrainConfig(**TINY).key() not in keys
 
 
-def test_fields_added_later_leave_old_keys_unchanged():
-    """Networks cached before target_train_loss and patience existed keep their keys: the
-    key of a config with both unset is the version-1 hash, computed here by hand."""
+def test_config_key_hashes_the_config_and_the_training_code():
+    """The key, computed here by hand: every field, and the version of train.py with every
+    flatlib module it imports (tests/test_study.py checks that an edit to any of them changes it)."""
     import hashlib
     import json
 
-    from flatlib.train import TRAIN_VERSION
+    from flatlib._version import code_version
 
     config = TrainConfig(**TINY)
-    old = {k: v for k, v in config.to_dict().items() if k not in ("target_train_loss", "patience")}
-    payload = json.dumps({"config": old, "train_version": TRAIN_VERSION}, sort_keys=True)
+    payload = json.dumps({"config": config.to_dict(), "code": code_version("flatlib.train")}, sort_keys=True)
     assert config.key() == hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 

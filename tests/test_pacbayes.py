@@ -25,7 +25,7 @@ def test_kl_inverse_against_closed_form_and_an_independent_root_finder():
     for c in (1e-4, 0.01, 0.5, 3.0):
         assert pacbayes.kl_inverse(0.0, c) == pytest.approx(1 - math.exp(-c), abs=1e-11)
     for q, c in ((0.05, 0.01), (0.3, 0.2), (0.5, 0.05), (0.9, 0.01)):
-        expected = brentq(lambda p: pacbayes.kl_bernoulli(q, p) - c, q, 1 - 1e-15, xtol=1e-14)
+        expected = brentq(lambda p, q=q, c=c: pacbayes.kl_bernoulli(q, p) - c, q, 1 - 1e-15, xtol=1e-14)
         got = pacbayes.kl_inverse(q, c)
         assert got == pytest.approx(expected, abs=1e-11)
         assert got <= q + math.sqrt(c / 2) + 1e-12  # Pinsker: never looser than McAllester's form
@@ -40,9 +40,10 @@ def test_mcallester_is_the_hand_computed_square_root_bound():
 
 def test_gaussian_kl_matches_torch_distributions():
     gen = torch.Generator().manual_seed(0)
-    mq, mp = torch.randn(50, generator=gen, dtype=torch.float64), torch.randn(50, generator=gen, dtype=torch.float64)
-    sq, sp = torch.rand(50, generator=gen, dtype=torch.float64) + 0.1, torch.rand(50, generator=gen, dtype=torch.float64) + 0.1
-    oracle = torch.distributions.kl_divergence(torch.distributions.Normal(mq, sq), torch.distributions.Normal(mp, sp)).sum()
+    mq, mp = (torch.randn(50, generator=gen, dtype=torch.float64) for _ in range(2))
+    sq, sp = (torch.rand(50, generator=gen, dtype=torch.float64) + 0.1 for _ in range(2))
+    normal = torch.distributions.Normal
+    oracle = torch.distributions.kl_divergence(normal(mq, sq), normal(mp, sp)).sum()
     assert pacbayes._gaussian_kl(mq, sq, mp, sp) == pytest.approx(oracle.item(), rel=1e-12)
 
 
@@ -61,7 +62,8 @@ def test_gaussian_bound_is_assembled_from_its_parts(small, kind):
     kls = [row[1] for row in r.per_sigma]
     assert kls == sorted(kls, reverse=True)  # more noise, closer to the prior
     assert r.error_upper == pytest.approx(pacbayes.kl_inverse(r.error_mc, math.log(k / 0.01) / 20))
-    assert r.bound == pytest.approx(pacbayes.kl_inverse(r.error_upper, (r.kl + math.log(2 * math.sqrt(n) * k / 0.05)) / n))
+    complexity = (r.kl + math.log(2 * math.sqrt(n) * k / 0.05)) / n
+    assert r.bound == pytest.approx(pacbayes.kl_inverse(r.error_upper, complexity))
     assert r.bound == min(row[4] for row in r.per_sigma)
     assert r.error_mc <= r.error_upper <= r.bound <= r.mcallester
     assert 0 < r.bound < 1
@@ -80,6 +82,9 @@ def test_sharpness_sigma_drops_training_accuracy_by_the_requested_amount(small):
     sigma = pacbayes.sharpness_sigma(model, ds, drop=0.1, samples=10)
     sampler = pacbayes._Sampler(model, ds, 10, 0)
     clean = 1 - sampler.error_at(sampler.w)
-    drop_at = lambda s: clean - (1 - sampler.errors(torch.full_like(sampler.w, s)).mean().item())
+
+    def drop_at(s):
+        return clean - (1 - sampler.errors(torch.full_like(sampler.w, s)).mean().item())
+
     assert drop_at(sigma * 1.01) >= 0.1 > drop_at(sigma * 0.99)
     assert pacbayes.sharpness_sigma(model, ds, drop=0.3, samples=10) > sigma

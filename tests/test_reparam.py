@@ -43,7 +43,8 @@ def test_random_neuron_scaling_preserves_predictions(trained_mlp, test_images):
     scaled = reparam.random_neuron_scale(trained_mlp, seed=3, log_range=3.0)
     changed, rel = _agree(trained_mlp, scaled, test_images)
     assert changed == 0 and rel < 1e-5
-    ratio = reparam.weight_layers(scaled)[0].weight.norm(dim=1) / reparam.weight_layers(trained_mlp)[0].weight.norm(dim=1)
+    norms = [reparam.weight_layers(m)[0].weight.norm(dim=1) for m in (scaled, trained_mlp)]
+    ratio = norms[0] / norms[1]
     assert ratio.max() / ratio.min() > 10  # the scales really differ per unit
 
 

@@ -12,7 +12,8 @@ ECHO_BODY = (
     "if fail:\n    raise RuntimeError('asked to fail')\n"
     "from flatlib import claims, report\n"
     "report.write_summary(out_dir, 'echo', {'total': n * scale, 'label': label, 'widths': widths},\n"
-    "    scoreboard=[report.scoreboard_row(claims.Verdict('C1', 'inconclusive', ()), f'{n * scale:g}x')], datasets=['mnist'])\n"
+    "    scoreboard=[report.scoreboard_row(claims.Verdict('C1', 'inconclusive', ()), f'{n * scale:g}x')],\n"
+    "    datasets=['mnist'])\n"
 )
 
 
