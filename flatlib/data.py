@@ -141,7 +141,9 @@ def _from_torchvision(name: str, problems: list[str]) -> bool:
                 cls(tmp, train=train, download=True)
             return _import_folder(name, Path(tmp) / cls.__name__ / "raw", problems, "torchvision download")
     except Exception as exc:  # any network failure means: try the next source
-        problems.append(f"torchvision download: {type(exc).__name__}: {str(exc)[:120]}")
+        # urllib's URLError hides its cause in ``reason``; show it whole, on one line
+        reason = " ".join(str(getattr(exc, "reason", exc) or exc).split())
+        problems.append(f"torchvision download: {type(exc).__name__}: {reason[:300]}")
         return False
     finally:
         socket.setdefaulttimeout(old_timeout)
@@ -275,7 +277,7 @@ def load(name: str, split: str, n: int | None = None, seed: int = 0) -> Dataset:
     if n is None:
         idx = torch.arange(len(y))
     else:
-        if not isinstance(n, int) or not 1 <= n <= len(y):
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(y):
             raise DataError(f"n must be an integer between 1 and {len(y)} for {name}/{split}, got {n!r}.")
         idx = stratified_indices(y, n, seed)
     return Dataset(images=x[idx], labels=y[idx], name=name, split=split, indices=idx)
@@ -284,7 +286,7 @@ def load(name: str, split: str, n: int | None = None, seed: int = 0) -> Dataset:
 def subsample(data: Dataset, n: int, seed: int = 0) -> Dataset:
     """A class-stratified subset of ``n`` of ``data``'s own examples chosen by ``seed`` (all of
     ``data`` when it has at most ``n``), keeping their positions in the full split."""
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DataError(f"subsample size must be a positive integer, got {n!r}.")
     if n >= len(data):
         return data

@@ -35,7 +35,15 @@ class Measure:
     needs_init: bool = False  # takes init=<the network's initial state dict>
 
     def __call__(self, model: nn.Module, data, **options) -> float:
-        return float(self.fn(model, data, **options))
+        """The measure of ``model`` on ``data``. A network without parameters, with a
+        non-finite weight, or whose outputs on ``data`` are not all finite (a diverged network)
+        is refused with one error before any work, and so is a NaN result: a measure never
+        reports a plausible number for a broken network."""
+        check_network(model, data, self.name)
+        value = float(self.fn(model, data, **options))
+        if math.isnan(value):
+            raise MeasureError(f"measure {self.name!r} came out NaN on this network; it is not reported.")
+        return value
 
     @property
     def doc(self) -> str:
@@ -43,6 +51,25 @@ class Measure:
 
 
 MEASURES: dict[str, Measure] = {}
+
+
+class MeasureError(ValueError):
+    """A network a measure cannot honestly be computed on."""
+
+
+def check_network(model: nn.Module, data, name: str = "this measure") -> None:
+    """Refuse a network that has no parameters, a non-finite weight, or non-finite outputs on
+    ``data`` (inputs as the first element of ``data``), with one error that says what to do."""
+    params = list(model.parameters())
+    if not params:
+        raise MeasureError(f"{name}: the network has no parameters; measures need a trained network.")
+    if not all(torch.isfinite(p).all() for p in params):
+        raise MeasureError(f"{name}: the network has non-finite weights (it diverged); "
+                           "train it with a smaller learning rate, or leave it out of the study.")
+    inputs, _ = data
+    if not torch.isfinite(models.predict(model, inputs)).all():
+        raise MeasureError(f"{name}: the network's outputs on the data are not all finite (it diverged); "
+                           "train it with a smaller learning rate, or leave it out of the study.")
 
 
 def register(name: str, family: str, invariant: bool, needs_init: bool = False):

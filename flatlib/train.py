@@ -25,6 +25,9 @@ from flatlib._io import progress as progress_bar
 from flatlib._version import code_version
 
 OPTIMIZERS = ("sgd", "adam")
+# A training loss this many times the loss at initialisation has exploded: the run is marked
+# diverged, as a non-finite loss is, and its measures are never computed.
+EXPLODED_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,9 @@ def _sam_step(model, loss_fn, opt, rho):
 
 
 def train(config: TrainConfig, progress: bool = False) -> TrainResult:
-    """Train the network ``config`` describes; never raises on divergence.
+    """Train the network ``config`` describes; never raises on divergence. A run whose loss
+    becomes non-finite, or whose training loss at the end of an epoch exceeds
+    ``EXPLODED_FACTOR`` times its loss at initialisation, stops and is marked diverged.
 
     On CPU the loop runs with ``torch.set_num_threads(1)`` and the process's thread count is
     restored afterwards: how a matrix product is split across threads changes the order of
@@ -213,6 +218,7 @@ def _train(config: TrainConfig, progress: bool) -> TrainResult:
     if progress:
         epochs = progress_bar(epochs, f"train seed={config.seed}", leave=False)
     best_loss, since_best = math.inf, 0
+    initial_loss = evaluate(model, x_all, y_all)["loss"]
     for epoch in epochs:
         model.train()
         order = torch.randperm(len(y_all), generator=gen)
@@ -247,6 +253,10 @@ def _train(config: TrainConfig, progress: bool) -> TrainResult:
         if not math.isfinite(metrics["loss"]):
             result.status = "diverged"
             result.history[-1]["event"] = "non-finite loss"
+            break
+        if metrics["loss"] > EXPLODED_FACTOR * initial_loss:
+            result.status = "diverged"
+            result.history[-1]["event"] = f"loss exploded (over {EXPLODED_FACTOR:g}x its initial {initial_loss:.3g})"
             break
         if config.target_train_acc is not None and metrics["acc"] >= config.target_train_acc:
             result.history[-1]["event"] = "reached target_train_acc"

@@ -111,3 +111,26 @@ def test_subsample_draws_a_stratified_part_of_the_subset_and_keeps_positions():
     assert data.subsample(sub, 5000) is sub
     with pytest.raises(data.DataError, match="positive integer"):
         data.subsample(sub, 0)
+
+
+def test_a_boolean_is_not_a_subset_size():
+    with pytest.raises(data.DataError, match="n must be an integer"):
+        data.load("mnist", "train", n=True)
+    with pytest.raises(data.DataError, match="subsample size"):
+        data.subsample(data.load("mnist", "test"), True)
+
+
+def test_a_failed_download_names_its_cause_whole(monkeypatch):
+    import urllib.error
+
+    from torchvision import datasets
+
+    cause = "[Errno -3] Temporary failure in name resolution while reaching ossci-datasets.s3.amazonaws.com"
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError(cause)
+
+    monkeypatch.setattr(datasets, "MNIST", refuse)
+    problems = []
+    assert not data._from_torchvision("mnist", problems)
+    assert cause in problems[0]

@@ -1,5 +1,7 @@
 """The measure registry: each measure against an oracle where one exists, and every invariance
 tag checked both ways by applying the transformations and measuring."""
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -221,3 +223,44 @@ def test_open_labels_falls_back_to_test_inputs_only_for_a_network_trained_on_eve
                                         probe_n=300, seed=2)
     probe = data.load("mnist", "test", n=300, seed=2).images
     assert got == measures.weakness_open_labels(model, None, probe=probe)
+
+
+def _broken(model, value):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(broken.parameters()).view(-1)[0] = value
+    return broken
+
+
+@pytest.mark.parametrize("name", sorted(measures.MEASURES))
+def test_every_measure_refuses_a_diverged_network_with_one_clear_error(name):
+    model, data = tiny_mlp()
+    options = {"init": {k: v.clone() for k, v in model.state_dict().items()}} if measures.MEASURES[name].needs_init \
+        else {}
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(measures.MeasureError, match="non-finite weights"):
+            measures.MEASURES[name](_broken(model, value), data, **options)
+
+
+def test_a_network_with_finite_weights_but_non_finite_outputs_is_refused():
+    model, (x, y) = tiny_mlp()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e200)  # float64 products overflow to inf in the logits
+    with pytest.raises(measures.MeasureError, match="outputs"):
+        measures.MEASURES["simplicity_l2"](model, (x, y))
+
+
+def test_a_network_without_parameters_is_refused():
+    with pytest.raises(measures.MeasureError, match="no parameters"):
+        measures.MEASURES["hessian_trace"](torch.nn.Flatten(), (torch.rand(4, 1, 28, 28), torch.zeros(4).long()))
+    with pytest.raises(measures.MeasureError, match="no parameters"):
+        measures.MEASURES["simplicity_l2"](torch.nn.Flatten(), (torch.rand(4, 1, 28, 28), torch.zeros(4).long()))
+
+
+def test_a_nan_result_is_refused(monkeypatch):
+    model, data = tiny_mlp()
+    nan = dataclasses.replace(measures.MEASURES["simplicity_l2"], fn=lambda model, data: float("nan"))
+    monkeypatch.setitem(measures.MEASURES, "simplicity_l2", nan)
+    with pytest.raises(measures.MeasureError, match="NaN"):
+        measures.MEASURES["simplicity_l2"](model, data)

@@ -87,10 +87,11 @@ def test_config_key_hashes_the_config_and_the_training_code():
 
 
 def _scripted_losses(monkeypatch, losses):
-    """Make every end-of-epoch evaluation report the next loss in ``losses``."""
+    """Make the evaluation at initialisation report a loss of 2.3 nats (chance on ten classes)
+    and every end-of-epoch evaluation the next loss in ``losses``."""
     from flatlib import train as ftrain
 
-    script = iter(losses)
+    script = iter([2.3, *losses])
     monkeypatch.setattr(ftrain, "evaluate", lambda model, x, y: {"loss": next(script), "acc": 0.5})
 
 
@@ -107,3 +108,10 @@ def test_loss_based_stopping_rules(monkeypatch, losses, config, epochs, event, s
     assert len(result.history) == epochs
     assert result.history[-1].get("event") == event
     assert result.stopped_by == stopped_by
+
+
+def test_a_loss_that_explodes_but_stays_finite_is_marked_diverged():
+    # Adam at lr 1e9 leaves a finite loss of ~1e9 nats at chance accuracy: the old loop called that "ok"
+    result = train(TrainConfig(**{**TINY, "optimizer": "adam", "lr": 1e9}))
+    assert result.status == "diverged" and result.stopped_by == "diverged"
+    assert result.history[-1]["event"].startswith("loss exploded")
