@@ -24,6 +24,8 @@ def progress(iterable, desc: str, enabled: bool = True, **kwargs):
     """A terminal progress bar over ``iterable``, off when ``enabled`` is false or the
     environment sets ``TQDM_DISABLE`` (the chapter runner does, for the kernels it starts:
     progress bars belong in a terminal, never in a published page)."""
+    if not enabled or os.environ.get("TQDM_DISABLE"):
+        return iterable  # without importing tqdm.auto, whose notebook probe warns into the page
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, disable=not enabled or bool(os.environ.get("TQDM_DISABLE")), **kwargs)
+    return tqdm(iterable, desc=desc, **kwargs)

@@ -48,6 +48,7 @@ def test_chapter_smoke_run(chapter, tmp_path):
     for row in summary["scoreboard"]:
         assert row["verdict"] in claims.VERDICTS
     assert "it/s]" not in notebook and "s/it]" not in notebook, "a progress bar reached the published page"
+    assert "TqdmWarning" not in notebook, "a progress-bar warning reached the published page"
 
 
 @pytest.mark.parametrize("run", PUBLISHED, ids=lambda r: r.folder)
