@@ -194,3 +194,18 @@ def measure_table(networks: dict, train_data, test_data, names: list[str] | None
                                       reference_logits=reference_logits)}
             for label, model in progress_bar(networks.items(), "networks", progress)]
     return pd.DataFrame(rows).set_index("network")
+
+
+class StudyError(ValueError):
+    """A study whose networks cannot support its analysis."""
+
+
+def usable(table, minimum: int = 4):
+    """The rows of a ``network_table`` whose networks trained without diverging. Fewer than
+    ``minimum`` of them is one clear error with the count, not a crash further down: an
+    analysis of rank correlations needs at least four networks."""
+    ok = table[table["status"] == "ok"]
+    if len(ok) < minimum:
+        raise StudyError(f"{len(table) - len(ok)} of {len(table)} networks diverged, leaving {len(ok)}; the analysis "
+                         f"needs at least {minimum}. Lower lr, or inspect the per-network CSV.")
+    return ok

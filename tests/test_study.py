@@ -249,3 +249,12 @@ def test_the_running_package_keeps_the_version_it_was_imported_with(monkeypatch,
     monkeypatch.setattr(_version, "_ROOT", tmp_path)
     assert code_version("flatlib.reparam") == before
     assert code_version("flatlib.reparam", tmp_path) != before
+
+
+def test_usable_networks_are_the_ones_that_did_not_diverge_and_too_few_is_one_clear_error():
+    import pandas as pd
+
+    table = pd.DataFrame({"status": ["ok", "diverged", "ok", "ok", "ok"], "test_acc": [0.9, 0.1, 0.8, 0.85, 0.7]})
+    assert list(study.usable(table).index) == [0, 2, 3, 4]
+    with pytest.raises(study.StudyError, match="1 of 5 networks diverged, leaving 4; the analysis needs at least 5"):
+        study.usable(table, minimum=5)
