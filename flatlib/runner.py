@@ -25,6 +25,7 @@ from pathlib import Path
 
 import nbformat
 
+from flatlib import params as fparams
 from flatlib import report
 
 BOOK = report.ROOT / "book"
@@ -62,6 +63,7 @@ class Chapter:
     source: Path
     smoke: dict
     published: tuple[PublishedRun, ...]
+    ranges: dict = field(default_factory=dict)
 
 
 def manifest(path: Path | None = None) -> dict[str, Chapter]:
@@ -75,9 +77,16 @@ def manifest(path: Path | None = None) -> dict[str, Chapter]:
     found = {}
     for name, entry in (raw.get("chapters") or {}).items():
         where = f"{path.name}: chapter {name!r}"
-        unknown = sorted(set(entry) - {"source", "smoke", "published"})
+        unknown = sorted(set(entry) - {"source", "smoke", "published", "ranges"})
         if unknown or "source" not in entry:
-            raise ChapterError(f"{where} needs 'source' and takes only source, smoke, published; got {sorted(entry)}")
+            raise ChapterError(f"{where} needs 'source' and takes only source, smoke, published, ranges; "
+                               f"got {sorted(entry)}")
+        ranges = dict(entry.get("ranges") or {})
+        for param, spec in ranges.items():
+            try:
+                fparams.validate_spec(param, spec)
+            except fparams.RangeError as exc:
+                raise ChapterError(f"{where}: {exc}") from None
         runs = []
         for run in entry.get("published") or []:
             ids = tuple(run.get("claims") or ())
@@ -85,7 +94,8 @@ def manifest(path: Path | None = None) -> dict[str, Chapter]:
             if bad or "folder" not in run:
                 raise ChapterError(f"{where}: a published run needs a folder and known claim ids; got {run}")
             runs.append(PublishedRun(name, run["folder"], dict(run.get("params") or {}), ids))
-        found[name] = Chapter(name, path.parent / entry["source"], dict(entry.get("smoke") or {}), tuple(runs))
+        found[name] = Chapter(name, path.parent / entry["source"], dict(entry.get("smoke") or {}), tuple(runs),
+                              ranges)
     return found
 
 
@@ -142,6 +152,8 @@ def _coerce(name: str, raw, default):
         return lowered in ("true", "1", "yes")
     elif isinstance(default, str):
         return raw
+    elif isinstance(default, float) and raw.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        value = float(raw)  # parsed, so that the range check can refuse it as non-finite
     else:
         try:
             value = ast.literal_eval(raw)
@@ -171,6 +183,13 @@ def validate(chapter: str, overrides: dict) -> dict:
     params = dict(defaults)
     for name, raw in overrides.items():
         params[name] = _coerce(name, raw, defaults[name])
+    ranges = manifest()[chapter].ranges
+    for name, value in params.items():
+        if name in ranges:
+            try:
+                fparams.check(name, value, ranges[name])
+            except fparams.RangeError as exc:
+                raise ChapterError(f"{exc} (chapter {chapter!r}; the ranges are in {MANIFEST.name})") from None
     return params
 
 

@@ -40,6 +40,33 @@ def test_no_stray_notebooks_outside_the_manifest():
     assert on_disk == {r.notebook.relative_to(runner.BOOK).as_posix() for r in PUBLISHED}
 
 
+def test_every_parameter_declares_its_range_and_the_defaults_lie_inside():
+    for name, chapter in CHAPTERS.items():
+        defaults = runner.parameters(chapter.source)
+        assert set(chapter.ranges) == set(defaults) - {"out_dir"}, f"{name}: declare a range for every parameter"
+        runner.validate(name, {})  # the defaults pass their own ranges
+
+
+@pytest.mark.parametrize("chapter,name,value,words", [
+    ("head_to_head", "networks", "0", ">= 4"), ("head_to_head", "resamples", "0", ">= 99"),
+    ("head_to_head", "n", "0", ">= 100"), ("head_to_head", "n", "70000", "<= 60000"),
+    ("head_to_head", "widths", "[]", "1 to 8 items"), ("head_to_head", "dataset", "cifar", "one of 'mnist'"),
+    ("head_to_head", "lr", "0", "> 0"), ("head_to_head", "max_epochs", "0", ">= 1"),
+    ("head_to_head", "optimizer", "adamw", "one of 'sgd', 'adam'"), ("head_to_head", "lr", "nan", "non-finite"),
+    ("batch_sweep", "sizes", "[5000, 2000]", "strictly increasing"), ("reparameterisation", "alphas", "[1]", "2 to"),
+])
+def test_out_of_range_values_are_refused_before_a_kernel_starts(chapter, name, value, words, monkeypatch):
+    import papermill
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("a kernel was started")
+
+    monkeypatch.setattr(papermill, "execute_notebook", no_kernel)
+    with pytest.raises(runner.ChapterError, match=f"Parameter '{name}'") as err:
+        runner.run(chapter, {name: value}, progress=False)
+    assert words in str(err.value)
+
+
 @pytest.mark.parametrize("chapter", sorted(CHAPTERS))
 def test_chapter_smoke_run(chapter, tmp_path):
     summary = runner.run(chapter, CHAPTERS[chapter].smoke, out=tmp_path / chapter, progress=False)
