@@ -48,9 +48,11 @@ reproduce: data
 	$(BIN)/jupyter-book build $(JB_FLAGS) book/
 
 # make chapter CH=<name> PARAMS="key=value ..."  ->  runs/<name>-<hash>/
+# PARAMS goes to flatlib whole (single-quoted for the shell), which splits it on spaces outside
+# brackets and quotes, so PARAMS="widths=[8, 8] lr=0.1" is two parameters.
 chapter: data
 	@test -n "$(CH)" || { echo 'usage: make chapter CH=<name> PARAMS="key=value ..."'; $(BIN)/python -m flatlib chapters; exit 2; }
-	$(BIN)/python -m flatlib run $(CH) $(foreach p,$(PARAMS),-p $(firstword $(subst =, ,$(p))) "$(patsubst $(firstword $(subst =, ,$(p)))=%,%,$(p))")
+	$(BIN)/python -m flatlib run $(CH) --params '$(subst ','\'',$(PARAMS))'
 
 bench: data
 	$(BIN)/pip install -r benchmarks/requirements.txt

@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("chapter")
     run_p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                        help="set a parameter; repeat for several")
+    run_p.add_argument("--params", default="", metavar='"KEY=VALUE ..."',
+                       help="parameters as one string, split on spaces outside brackets and quotes "
+                            "(widths=[8, 8] lr=0.1); -p wins where both set a key")
     run_p.add_argument("--out", help="output folder (default: runs/<chapter>-<hash of parameters>/)")
     run_p.add_argument("--no-progress", action="store_true")
     sub.add_parser("reproduce", help="re-run every published chapter in place, then update the scoreboard")
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "run":
-            overrides = dict(args.param)
+            overrides = {**runner.parse_params(args.params), **dict(args.param)}
             summary = runner.run(args.chapter, overrides, args.out, progress=not args.no_progress)
             print(json.dumps(summary.get("headline", {}), indent=2))
         elif args.command == "reproduce":

@@ -193,6 +193,57 @@ def validate(chapter: str, overrides: dict) -> dict:
     return params
 
 
+def parse_params(text: str) -> dict[str, str]:
+    """``key=value`` pairs from one string, as ``make chapter PARAMS="..."`` passes them.
+
+    Items are split on whitespace outside brackets and quotes, so ``widths=[8, 8] lr=0.1`` is two
+    items. Quotes outside brackets group and are removed, as in a shell (``label="a b"``); inside
+    brackets they are kept, for the value is a Python literal (``names=["a b", "c"]``). Values stay
+    strings: :func:`validate` converts them to the parameters' types."""
+    items, word, quote, depth, started = [], [], None, 0, False
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = None
+                if depth:
+                    word.append(char)
+            else:
+                word.append(char)
+        elif char in "'\"":
+            quote, started = char, True
+            if depth:
+                word.append(char)
+        elif char.isspace() and not depth:
+            if started:
+                items.append("".join(word))
+            word, started = [], False
+        else:
+            if char in "[({":
+                depth += 1
+            elif char in "])}":
+                depth -= 1
+                if depth < 0:
+                    raise ChapterError(f"Parameters {text!r}: {char!r} closes an unopened bracket.")
+            word.append(char)
+            started = True
+    if quote:
+        raise ChapterError(f"Parameters {text!r}: unclosed quote {quote}.")
+    if depth:
+        raise ChapterError(f"Parameters {text!r}: unclosed bracket.")
+    if started:
+        items.append("".join(word))
+    found = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.isidentifier():
+            raise ChapterError(f"Parameters {text!r}: {item!r} is not key=value (write widths=[8, 8], "
+                               f"label=\"a b\").")
+        if key in found:
+            raise ChapterError(f"Parameters {text!r}: {key!r} is given twice.")
+        found[key] = value
+    return found
+
+
 def default_out_dir(chapter: str, overrides: dict) -> Path:
     digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return RUNS / f"{chapter}-{digest}"

@@ -137,3 +137,39 @@ def test_a_registered_chapter_without_its_source_says_so(book):
     (book / "echo" / "echo.md").unlink()
     with pytest.raises(runner.ChapterError, match="source .* is missing"):
         runner.validate("echo", {})
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("", {}),
+    ("n=4", {"n": "4"}),
+    ("widths=[8, 8] scale=0.1", {"widths": "[8, 8]", "scale": "0.1"}),
+    ("  widths=[[1, 2], [3]]\tn=2 ", {"widths": "[[1, 2], [3]]", "n": "2"}),
+    ('label="a b" n=2', {"label": "a b", "n": "2"}),
+    ("label='say \"hi\"'", {"label": 'say "hi"'}),
+    ('names=["a b", "c]"]', {"names": '["a b", "c]"]'}),
+    ("label= n=1", {"label": "", "n": "1"}),
+    ("lr=1e-3", {"lr": "1e-3"}),
+])
+def test_params_split_on_whitespace_outside_brackets_and_quotes(text, expected):
+    assert runner.parse_params(text) == expected
+
+
+@pytest.mark.parametrize("text,match", [
+    ("widths", "'widths' is not key=value"),
+    ("n=1 [8, 8]", r"'\[8, 8\]' is not key=value"),
+    ("=3", "'=3' is not key=value"),
+    ("widths=[8, 8", "unclosed"),
+    ("widths=8]", "unopened"),
+    ('label="a b', "unclosed quote"),
+    ("n=1 n=2", "'n' is given twice"),
+])
+def test_malformed_params_are_one_clear_error(text, match):
+    with pytest.raises(runner.ChapterError, match=match):
+        runner.parse_params(text)
+
+
+def test_params_as_one_string_reach_the_chapter(book, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", "echo", "--out", str(out), "--no-progress", "--params", "widths=[8, 8] label='a b' n=2"]) == 0
+    headline = json.loads((out / "summary.json").read_text())["headline"]
+    assert headline == {"total": 3.0, "label": "a b", "widths": [8, 8]}
