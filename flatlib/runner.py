@@ -6,13 +6,19 @@ a MyST Markdown notebook (jupytext) such as ``book/<chapter>/<chapter>.md``, its
 parameters and its published runs. The source's cell tagged ``parameters`` holds one
 ``name = literal`` line per parameter, and those literals are the defaults and the types.
 Unknown names and values of the wrong type are rejected before anything executes. The run
-happens in a scratch folder beside the output and is moved into place only when it
-succeeded, so a failed run never leaves a half-written chapter behind (its executed notebook
-is kept in ``<out>.failed/`` for diagnosis). The executed ``.ipynb`` is what the site renders.
+happens in a scratch folder beside the output, ``.<out>.partial/``, and is moved into place only
+when it succeeded, so a failed run never leaves a half-written chapter behind (its executed
+notebook is kept in ``<out>.failed/`` for diagnosis). The executed ``.ipynb`` is what the site
+renders.
+
+One run at a time writes a given output folder: it holds an OS lock (``flock``) on
+``.<out>.lock`` beside it, and a second run is refused naming the first. The OS drops the lock
+when its process dies, however it dies, so a killed run blocks nothing.
 """
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +43,8 @@ HIDE_INPUT = ("parameters", "injected-parameters")
 
 
 class ChapterError(ValueError):
-    """A chapter name or parameter the runner cannot accept; the message lists what it can."""
+    """A chapter name or parameter the runner cannot accept, or an output folder another run is
+    writing; the message says what it can accept."""
 
 
 @dataclass(frozen=True)
@@ -261,52 +269,91 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
     out_dir = out_dir.resolve()
     scratch = out_dir.parent / f".{out_dir.name}.partial"
     failed = out_dir.parent / f"{out_dir.name}.failed"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    if "out_dir" in params:
-        params["out_dir"] = "."  # the kernel runs in the scratch folder, which becomes ``out``
-    executed = scratch / f"{chapter}.ipynb"
-    # The kernel must be this interpreter, not whatever `python` is first on PATH, and it draws
-    # no progress bars: they belong in a terminal, never in a published page.
-    saved = {k: os.environ.get(k) for k in ("PATH", "TQDM_DISABLE")}
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + (saved["PATH"] or "")
-    os.environ["TQDM_DISABLE"] = "1"
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        as_ipynb = Path(tmp) / f"{chapter}.ipynb"
-        nbformat.write(read_notebook(source), as_ipynb)
-        try:
-            papermill.execute_notebook(str(as_ipynb), str(executed), parameters=params,
-                                       kernel_name="python3", cwd=str(scratch), progress_bar=progress)
-        except BaseException:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(chapter, out_dir):
+        shutil.rmtree(scratch, ignore_errors=True)  # we hold the lock, so no run is using it
+        scratch.mkdir()
+        if "out_dir" in params:
+            params["out_dir"] = "."  # the kernel runs in the scratch folder, which becomes ``out``
+        executed = scratch / f"{chapter}.ipynb"
+        # The kernel must be this interpreter, not whatever `python` is first on PATH, and it draws
+        # no progress bars: they belong in a terminal, never in a published page.
+        saved = {k: os.environ.get(k) for k in ("PATH", "TQDM_DISABLE")}
+        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + (saved["PATH"] or "")
+        os.environ["TQDM_DISABLE"] = "1"
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            as_ipynb = Path(tmp) / f"{chapter}.ipynb"
+            nbformat.write(read_notebook(source), as_ipynb)
+            try:
+                papermill.execute_notebook(str(as_ipynb), str(executed), parameters=params,
+                                           kernel_name="python3", cwd=str(scratch), progress_bar=progress)
+            except BaseException:
+                shutil.rmtree(failed, ignore_errors=True)
+                scratch.rename(failed)
+                print(f"Chapter {chapter!r} failed; its executed notebook is in {failed}", file=sys.stderr)
+                raise
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        wall = time.perf_counter() - start
+        summary_path = scratch / report.SUMMARY_NAME
+        if not summary_path.is_file():
             shutil.rmtree(failed, ignore_errors=True)
             scratch.rename(failed)
-            print(f"Chapter {chapter!r} failed; its executed notebook is in {failed}", file=sys.stderr)
-            raise
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-    wall = time.perf_counter() - start
-    summary_path = scratch / report.SUMMARY_NAME
-    if not summary_path.is_file():
+            raise ChapterError(f"Chapter {chapter!r} ran but wrote no {report.SUMMARY_NAME} into out_dir; "
+                               f"see {failed}.")
+        recorded = {k: v for k, v in params.items() if k != "out_dir"}
+        summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
+        tidy(executed, source, out_dir / executed.name)
+        out_dir.mkdir(exist_ok=True)
+        for item in scratch.iterdir():
+            target = out_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        scratch.rmdir()
         shutil.rmtree(failed, ignore_errors=True)
-        scratch.rename(failed)
-        raise ChapterError(f"Chapter {chapter!r} ran but wrote no {report.SUMMARY_NAME} into out_dir; see {failed}.")
-    recorded = {k: v for k, v in params.items() if k != "out_dir"}
-    summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
-    tidy(executed, source, out_dir / executed.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for item in scratch.iterdir():
-        target = out_dir / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    scratch.rmdir()
-    shutil.rmtree(failed, ignore_errors=True)
     return summary
+
+
+@contextmanager
+def _exclusive(chapter: str, out_dir: Path):
+    """Hold an exclusive ``flock`` on ``.<out>.lock`` for the block, or refuse, naming the holder.
+
+    The lock belongs to the open file, so the OS releases it when the process ends, however it
+    ends: a lock file left by a killed run blocks nothing. The file is removed before it is
+    released; a run that opened it just before then finds, once it holds the lock, that the
+    path no longer leads to its file, and starts again."""
+    path = out_dir.parent / f".{out_dir.name}.lock"
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a run that is just starting"
+            handle.close()
+            raise ChapterError(f"Another run is already running into {out_dir} ({holder}). Wait for it to "
+                               f"finish or stop it, or write elsewhere with --out.") from None
+        try:
+            current = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()
+    try:
+        handle.truncate(0)
+        handle.write(f"chapter {chapter!r}, pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
 
 
 def tidy(notebook: Path, source: Path, final: Path) -> None:

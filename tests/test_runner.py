@@ -1,10 +1,16 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jupytext
 import nbformat
 import pytest
 
-from flatlib import claims, runner, scoreboard
+from flatlib import claims, report, runner, scoreboard
 from flatlib.__main__ import main
 
 ECHO_PARAMETERS = 'n = 3\nscale = 1.5\nlabel = "x"\nflag = False\nwidths = [4, 8]\nout_dir = "."\nfail = False\n'
@@ -34,6 +40,69 @@ def book(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(runner, "MANIFEST", tmp_path / "chapters.yml")
     return tmp_path / "book"
+
+
+# A cell for runs that must still be going while the test acts: with ``hold`` set to a folder, the
+# kernel writes its pid there and waits (at most a minute) until the test creates ``go`` in it.
+HOLD = (
+    "import os, pathlib, time\n"
+    "if hold:\n"
+    "    pathlib.Path(hold, 'kernel.pid.tmp').write_text(str(os.getpid()))\n"
+    "    os.replace(pathlib.Path(hold, 'kernel.pid.tmp'), pathlib.Path(hold, 'kernel.pid'))\n"
+    "    for _ in range(600):\n"
+    "        if pathlib.Path(hold, 'go').exists():\n"
+    "            break\n"
+    "        time.sleep(0.1)\n"
+)
+# `python -m flatlib <args>` against the tmp book (argv[1]), importing this checkout's flatlib.
+DRIVER = (
+    "import sys; from pathlib import Path; from flatlib import runner; from flatlib.__main__ import main; "
+    "root = Path(sys.argv[1]); "
+    "runner.BOOK, runner.RUNS, runner.MANIFEST = root / 'book', root / 'runs', root / 'chapters.yml'; "
+    "sys.exit(main(sys.argv[2:]))"
+)
+
+
+def _holding_echo(book) -> None:
+    """Give ``echo`` a ``hold`` parameter and the HOLD cell before its body."""
+    source = book / "echo" / "echo.md"
+    text = source.read_text().replace("fail = False\n", 'fail = False\nhold = ""\n', 1)
+    source.write_text(text.replace("if fail:\n", HOLD + "if fail:\n", 1))
+
+
+def _flatlib_in_subprocess(root: Path, *args: str) -> subprocess.Popen:
+    """``python -m flatlib *args`` in its own session, as a terminal's foreground job would be."""
+    env = {**os.environ, "PYTHONPATH": str(report.ROOT)}
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(root), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _kernel_pid(hold: Path, proc: subprocess.Popen, timeout: float = 120) -> int:
+    """The pid the held kernel wrote, once it is running; fails if ``proc`` ends first."""
+    deadline = time.monotonic() + timeout
+    while not (hold / "kernel.pid").exists():
+        assert proc.poll() is None, f"the run ended before its kernel held: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the kernel never started"
+        time.sleep(0.1)
+    return int((hold / "kernel.pid").read_text())
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _kill(proc: subprocess.Popen, *pids: int) -> None:
+    """Leave nothing running, whatever the test's outcome."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_parameters_are_read_with_their_types(book):
@@ -89,6 +158,8 @@ def test_a_failing_chapter_leaves_no_half_written_output(book, tmp_path):
         runner.run("echo", {"fail": "true"}, out=out, progress=False)
     assert not out.exists()
     assert (tmp_path / "runs" / "target.failed" / "echo.ipynb").is_file()
+    runner.run("echo", {}, out=out, progress=False)  # the failed run released its lock
+    assert (out / "summary.json").is_file() and not (tmp_path / "runs" / "target.failed").exists()
 
 
 def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_path):
@@ -137,6 +208,30 @@ def test_a_registered_chapter_without_its_source_says_so(book):
     (book / "echo" / "echo.md").unlink()
     with pytest.raises(runner.ChapterError, match="source .* is missing"):
         runner.validate("echo", {})
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes_intact(book, tmp_path):
+    _holding_echo(book)
+    hold, out = tmp_path / "hold", tmp_path / "runs" / "target"
+    hold.mkdir()
+    first = _flatlib_in_subprocess(tmp_path, "run", "echo", "--out", str(out), "--no-progress",
+                                   "-p", "hold", str(hold), "-p", "n", "5")
+    kernel = None
+    try:
+        kernel = _kernel_pid(hold, first)
+        with pytest.raises(runner.ChapterError, match="already running") as refused:
+            runner.run("echo", {}, out=out, progress=False)
+        assert f"pid {first.pid}" in str(refused.value) and "started" in str(refused.value)
+        assert str(out) in str(refused.value)
+        runner.run("echo", {}, out=tmp_path / "runs" / "elsewhere", progress=False)  # other folders proceed
+        (hold / "go").touch()
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        _kill(first, *([kernel] if kernel else []))
+    assert json.loads((out / "summary.json").read_text())["headline"]["total"] == 7.5
+    assert not (tmp_path / "runs" / "target.failed").exists()
+    assert not list((tmp_path / "runs").glob(".*")), "no scratch folder and no lock file are left"
 
 
 @pytest.mark.parametrize("text,expected", [
