@@ -58,5 +58,8 @@ bench: data
 	$(BIN)/pip install -r benchmarks/requirements.txt
 	$(BIN)/python -m benchmarks.hessian_bench
 
+# Also the leftovers of `make reproduce`: a killed run's hidden scratch folder, book/.<run>.partial,
+# and a failed run's book/<run>.failed (those of `make chapter` are inside runs/). A new run into
+# the same folder removes its own leftover scratch folder anyway, and says so.
 clean:
-	rm -rf _build runs
+	rm -rf _build runs book/.*.partial book/*.failed

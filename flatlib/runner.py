@@ -13,7 +13,8 @@ renders.
 
 One run at a time writes a given output folder: it holds an OS lock (``flock``) on
 ``.<out>.lock`` beside it, and a second run is refused naming the first. The OS drops the lock
-when its process dies, however it dies, so a killed run blocks nothing.
+when its process dies, however it dies, so a killed run blocks nothing; the next run removes
+the scratch folder it left.
 """
 from __future__ import annotations
 
@@ -271,7 +272,9 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
     failed = out_dir.parent / f"{out_dir.name}.failed"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(chapter, out_dir):
-        shutil.rmtree(scratch, ignore_errors=True)  # we hold the lock, so no run is using it
+        if scratch.exists():  # we hold the lock, so no run is using it
+            print(f"Removing a leftover from an interrupted run: {scratch}", file=sys.stderr)
+            shutil.rmtree(scratch)
         scratch.mkdir()
         if "out_dir" in params:
             params["out_dir"] = "."  # the kernel runs in the scratch folder, which becomes ``out``

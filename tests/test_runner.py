@@ -234,6 +234,19 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes_i
     assert not list((tmp_path / "runs").glob(".*")), "no scratch folder and no lock file are left"
 
 
+def test_a_leftover_from_a_killed_run_is_removed_with_one_line(book, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    scratch = runs / ".target.partial"
+    scratch.mkdir(parents=True)
+    (scratch / "half-written.csv").write_text("1,2\n")
+    (runs / ".target.lock").write_text("pid 999999, started 2020-01-01 00:00:00\n")  # held by no one
+    runner.run("echo", {}, out=runs / "target", progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "leftover" in line]
+    assert len(lines) == 1 and str(scratch) in lines[0]
+    assert not (runs / "target" / "half-written.csv").exists()
+    assert not list(runs.glob(".*"))
+
+
 @pytest.mark.parametrize("text,expected", [
     ("", {}),
     ("n=4", {"n": "4"}),
