@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (runner.ChapterError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not turn this into a traceback
+        return 130  # 128 + SIGINT, as a shell reports it; the runner has said what was kept
     return 0
 
 

@@ -14,7 +14,9 @@ renders.
 One run at a time writes a given output folder: it holds an OS lock (``flock``) on
 ``.<out>.lock`` beside it, and a second run is refused naming the first. The OS drops the lock
 when its process dies, however it dies, so a killed run blocks nothing; the next run removes
-the scratch folder it left.
+the scratch folder it left. Ctrl-C stops the kernel too (it runs in a session of its own and
+never sees the terminal's signal) and says how to resume: what was trained and measured is in
+the store.
 """
 from __future__ import annotations
 
@@ -23,9 +25,13 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -259,10 +265,11 @@ def default_out_dir(chapter: str, overrides: dict) -> Path:
 
 
 def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | None = None,
-        progress: bool = True) -> dict:
-    """Execute ``chapter`` with ``overrides`` into ``out``; return its summary."""
-    import papermill
+        progress: bool = True, resume: str | None = None) -> dict:
+    """Execute ``chapter`` with ``overrides`` into ``out``; return its summary.
 
+    ``resume`` is the command that, run again, picks up after an interruption; by default the
+    ``python -m flatlib run`` command for these arguments."""
     overrides = dict(overrides or {})
     params = validate(chapter, overrides)
     source = chapter_path(chapter)
@@ -271,7 +278,8 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
     scratch = out_dir.parent / f".{out_dir.name}.partial"
     failed = out_dir.parent / f"{out_dir.name}.failed"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(chapter, out_dir):
+    kernels = []
+    with _exclusive(chapter, out_dir), _stopped_by_ctrl_c(kernels):
         if scratch.exists():  # we hold the lock, so no run is using it
             print(f"Removing a leftover from an interrupted run: {scratch}", file=sys.stderr)
             shutil.rmtree(scratch)
@@ -279,34 +287,25 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         if "out_dir" in params:
             params["out_dir"] = "."  # the kernel runs in the scratch folder, which becomes ``out``
         executed = scratch / f"{chapter}.ipynb"
-        # The kernel must be this interpreter, not whatever `python` is first on PATH, and it draws
-        # no progress bars: they belong in a terminal, never in a published page.
-        saved = {k: os.environ.get(k) for k in ("PATH", "TQDM_DISABLE")}
-        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + (saved["PATH"] or "")
-        os.environ["TQDM_DISABLE"] = "1"
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            as_ipynb = Path(tmp) / f"{chapter}.ipynb"
-            nbformat.write(read_notebook(source), as_ipynb)
-            try:
-                papermill.execute_notebook(str(as_ipynb), str(executed), parameters=params,
-                                           kernel_name="python3", cwd=str(scratch), progress_bar=progress)
-            except BaseException:
-                shutil.rmtree(failed, ignore_errors=True)
-                scratch.rename(failed)
-                print(f"Chapter {chapter!r} failed; its executed notebook is in {failed}", file=sys.stderr)
-                raise
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
+        try:
+            _execute(source, executed, params, progress, kernels)
+        except KeyboardInterrupt:
+            _keep_failed(scratch, failed)
+            if resume is None:
+                resume = _run_command(chapter, overrides, out_dir if out is not None else None)
+            print(f"Chapter {chapter!r} was interrupted; its notebook so far is in {failed}.\n"
+                  f"Everything already trained and measured is kept in the store ({_store_dir()}), "
+                  f"so re-running the same command resumes from there:\n  {resume}", file=sys.stderr)
+            raise
+        except BaseException:
+            _keep_failed(scratch, failed)
+            print(f"Chapter {chapter!r} failed; its executed notebook is in {failed}", file=sys.stderr)
+            raise
         wall = time.perf_counter() - start
         summary_path = scratch / report.SUMMARY_NAME
         if not summary_path.is_file():
-            shutil.rmtree(failed, ignore_errors=True)
-            scratch.rename(failed)
+            _keep_failed(scratch, failed)
             raise ChapterError(f"Chapter {chapter!r} ran but wrote no {report.SUMMARY_NAME} into out_dir; "
                                f"see {failed}.")
         recorded = {k: v for k, v in params.items() if k != "out_dir"}
@@ -321,6 +320,36 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         scratch.rmdir()
         shutil.rmtree(failed, ignore_errors=True)
     return summary
+
+
+def _execute(source: Path, executed: Path, params: dict, progress: bool, kernels: list) -> None:
+    """Run the chapter's notebook with papermill, in the folder of ``executed``; the kernel's
+    manager is appended to ``kernels``."""
+    import papermill
+
+    # The kernel must be this interpreter, not whatever `python` is first on PATH, and it draws
+    # no progress bars: they belong in a terminal, never in a published page.
+    saved = {k: os.environ.get(k) for k in ("PATH", "TQDM_DISABLE")}
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + (saved["PATH"] or "")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            as_ipynb = Path(tmp) / executed.name
+            nbformat.write(read_notebook(source), as_ipynb)
+            papermill.execute_notebook(str(as_ipynb), str(executed), parameters=params, kernel_name="python3",
+                                       cwd=str(executed.parent), progress_bar=progress,
+                                       kernel_manager_class=_remembered_in(kernels))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _keep_failed(scratch: Path, failed: Path) -> None:
+    shutil.rmtree(failed, ignore_errors=True)
+    scratch.rename(failed)
 
 
 @contextmanager
@@ -359,6 +388,78 @@ def _exclusive(chapter: str, out_dir: Path):
         handle.close()
 
 
+def _remembered_in(kernels: list) -> type:
+    """A kernel manager class for nbclient that appends each manager it makes to ``kernels``."""
+    from jupyter_client import AsyncKernelManager
+
+    class RememberedKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            kernels.append(self)
+
+    return RememberedKernelManager
+
+
+def _kill(kernels: list) -> None:
+    """SIGKILL each kernel's process group: the kernel and whatever workers it started."""
+    for manager in kernels:
+        process = getattr(manager.provisioner, "process", None)
+        if process is None or process.poll() is not None:
+            continue
+        try:
+            os.killpg(getattr(manager.provisioner, "pgid", None) or process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+@contextmanager
+def _stopped_by_ctrl_c(kernels: list):
+    """Make Ctrl-C stop the kernels in ``kernels`` and raise KeyboardInterrupt, for the block.
+
+    jupyter_client starts a kernel in a session of its own, so the terminal's SIGINT reaches only
+    this process. Without this, stopping the kernel is left to nbclient's clean-up on the way out,
+    and a Ctrl-C landing during that clean-up would leave the kernel computing in the background
+    with no one to collect its results. The first SIGINT kills the kernels and interrupts; later
+    ones, until the block ends, only make sure they are dead, so an impatient second Ctrl-C cannot
+    cut the run's own clean-up (keeping the notebook, the message) short.
+    Signal handlers belong to the main thread: elsewhere the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        _kill(kernels)
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        _kill(kernels)  # a kernel whose start was interrupted is not shut down by nbclient
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run_command(chapter: str, overrides: dict, out_dir: Path | None) -> str:
+    """The ``python -m flatlib run`` command for these arguments."""
+    words = ["python", "-m", "flatlib", "run", chapter]
+    for key, value in overrides.items():
+        words += ["-p", key, value if isinstance(value, str) else repr(value)]
+    if out_dir is not None:
+        words += ["--out", str(out_dir)]
+    return shlex.join(words)
+
+
+def _store_dir() -> Path:
+    from flatlib import store
+
+    return store.cache_dir()
+
+
 def tidy(notebook: Path, source: Path, final: Path) -> None:
     """Make the executed notebook a stable document: name the source and the final location
     (relative to the repository when inside it) instead of the scratch folder; drop per-cell
@@ -384,4 +485,4 @@ def tidy(notebook: Path, source: Path, final: Path) -> None:
 
 def reproduce(progress: bool = True) -> list[dict]:
     """Re-run every published chapter at its published parameters, in place."""
-    return [run(r.chapter, r.params, r.out_dir, progress) for r in published()]
+    return [run(r.chapter, r.params, r.out_dir, progress, resume="python -m flatlib reproduce") for r in published()]

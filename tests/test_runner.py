@@ -154,8 +154,10 @@ def test_run_writes_notebook_and_summary_with_provenance(book, tmp_path):
 
 def test_a_failing_chapter_leaves_no_half_written_output(book, tmp_path):
     out = tmp_path / "runs" / "target"
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(Exception, match="asked to fail"):
         runner.run("echo", {"fail": "true"}, out=out, progress=False)
+    assert signal.getsignal(signal.SIGINT) is handler, "the run's Ctrl-C handler outlived it"
     assert not out.exists()
     assert (tmp_path / "runs" / "target.failed" / "echo.ipynb").is_file()
     runner.run("echo", {}, out=out, progress=False)  # the failed run released its lock
@@ -232,6 +234,37 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes_i
     assert json.loads((out / "summary.json").read_text())["headline"]["total"] == 7.5
     assert not (tmp_path / "runs" / "target.failed").exists()
     assert not list((tmp_path / "runs").glob(".*")), "no scratch folder and no lock file are left"
+
+
+def test_ctrl_c_stops_the_run_and_its_kernel_and_says_how_to_resume(book, tmp_path):
+    _holding_echo(book)
+    hold, out = tmp_path / "hold", tmp_path / "runs" / "target"
+    hold.mkdir()
+    proc = _flatlib_in_subprocess(tmp_path, "run", "echo", "--out", str(out), "--no-progress",
+                                  "-p", "hold", str(hold), "-p", "n", "5")
+    kernel = None
+    try:
+        kernel = _kernel_pid(hold, proc)
+        # What a terminal does on Ctrl-C: SIGINT to its foreground process group. The kernel runs in a
+        # session of its own, so it never receives it.
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # an impatient second Ctrl-C must not orphan the kernel
+        _, err = proc.communicate(timeout=20)
+        deadline = time.monotonic() + 10
+        while _alive(kernel) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        kernel_alive = _alive(kernel)
+    finally:
+        _kill(proc, *([kernel] if kernel else []))
+    assert not kernel_alive, "the kernel outlived the run"
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupted" in err and "kept in the store" in err, err
+    assert f"python -m flatlib run echo -p hold {hold} -p n 5 --out {out}" in err, err
+    assert not list((tmp_path / "runs").glob(".*")), "no scratch folder and no lock file are left"
+    assert (tmp_path / "runs" / "target.failed" / "echo.ipynb").is_file()
+    assert not out.exists()
 
 
 def test_a_leftover_from_a_killed_run_is_removed_with_one_line(book, tmp_path, capsys):
