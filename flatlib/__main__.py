@@ -46,10 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.names:
                 print(f"{name}: {data.fetch(name)}")
         elif args.command == "chapters":
-            for name, path in runner.chapters().items():
-                print(f"{name}  ({path.relative_to(runner.report.ROOT)})")
-                for key, value in runner.parameters(path).items():
-                    print(f"    {key} = {value!r}")
+            from flatlib import params as fparams
+
+            for name, chapter in runner.manifest().items():
+                print(f"{name}  ({chapter.source.relative_to(runner.report.ROOT)})")
+                for key, value in runner.parameters(chapter.source).items():
+                    spec = chapter.ranges.get(key)
+                    print(f"    {key} = {value!r}" + (f"    ({fparams.describe(spec)})" if spec else ""))
     except (runner.ChapterError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

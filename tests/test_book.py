@@ -101,3 +101,10 @@ def test_book_builds_with_warnings_as_errors(tmp_path):
                          cwd=report.ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "_build" / "html" / "intro.html").is_file()
+
+
+def test_the_chapters_command_lists_each_parameter_with_its_range(capsys):
+    from flatlib.__main__ import main
+
+    assert main(["chapters"]) == 0
+    assert "    networks = 100    (>= 4, <= 10000)" in capsys.readouterr().out
