@@ -148,7 +148,27 @@ def _row(model, train_set, test_set, names: list[str], options: dict, init: dict
     network's test logits), also the number of test predictions that differ from it and the
     largest absolute logit difference. ``value(name, compute, options)`` returns each number:
     computed, or memoised by the caller. One forward pass per split, and only if a number
-    needs it."""
+    needs it.
+
+    Every number is computed on one thread (``_one_thread``), as training is: how an operation
+    is split across threads changes the order of its floating-point sums, so on two threads
+    some measures differ from one thread's in the last bits, while the store key (and the
+    single-threaded workers of ``flatlib.executors``) know nothing of threads."""
+    with _one_thread():
+        return _row_on_this_thread(model, train_set, test_set, names, options, init, value, reference_logits)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _row_on_this_thread(model, train_set, test_set, names, options, init, value, reference_logits) -> dict:
     row = {}
     for split, (x, y) in (("train", train_set), ("test", test_set)):
         logits = functools.cache(lambda x=x: models.predict(model, x))
@@ -259,13 +279,12 @@ _TASK_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _task_environment(store_root: str):
-    threads, root = torch.get_num_threads(), os.environ.get("FLATLIB_CACHE")
-    torch.set_num_threads(1)
+    root = os.environ.get("FLATLIB_CACHE")
     os.environ["FLATLIB_CACHE"] = store_root
     try:
-        yield
+        with _one_thread():
+            yield
     finally:
-        torch.set_num_threads(threads)
         if root is None:
             del os.environ["FLATLIB_CACHE"]
         else:
