@@ -66,10 +66,13 @@ def describe(executor) -> str:
     return type(executor).__name__
 
 
-def local_processes(workers: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
-    """A pool of ``workers`` (default: one per core) fresh interpreters started by "spawn"."""
+def local_processes(workers: int | None = None, initializer: Callable | None = None,
+                    initargs: tuple = ()) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of ``workers`` (default: one per core) fresh interpreters started by "spawn",
+    each running ``initializer(*initargs)`` first. The tasks set their own thread count."""
     return concurrent.futures.ProcessPoolExecutor(max_workers=workers or cores(),
-                                                  mp_context=multiprocessing.get_context("spawn"))
+                                                  mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=initializer, initargs=initargs)
 
 
 def run(task: Callable, argsets: Sequence[tuple], executor, desc: str, progress: bool = True,
@@ -156,7 +159,7 @@ def _run_dask(client, task, argsets, desc, progress, keys):
     index = {future.key: i for i, future in enumerate(futures)}
     results = [None] * len(futures)
     try:
-        for future in progress_bar(as_completed(futures), desc, progress, total=len(futures)):
+        for future in progress_bar(as_completed(futures, loop=client.loop), desc, progress, total=len(futures)):
             results[index[future.key]] = future.result()
     finally:
         client.cancel([f for f in futures if not f.done()])
