@@ -55,6 +55,7 @@ chapter: data
 bench: data
 	$(BIN)/pip install -r benchmarks/requirements.txt
 	$(BIN)/python -m benchmarks.hessian_bench
+	$(BIN)/python -m benchmarks.study_bench
 
 clean:
 	rm -rf _build runs
