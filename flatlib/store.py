@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -29,6 +30,25 @@ def cache_dir() -> Path:
         return Path(root).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "flatlib" / "results"
+
+
+class StoreError(OSError):
+    """A store this process cannot use."""
+
+
+def check_writable() -> Path:
+    """The store's folder, created if missing; a folder this process cannot write to is one
+    clear error, raised before a sweep starts any work rather than after its first network."""
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".writable-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise StoreError(f"the store {root} is not writable ({error.strerror or error}); set FLATLIB_CACHE to a "
+                         "folder this process can write to") from error
+    return root
 
 
 def digest(payload) -> str:

@@ -10,17 +10,29 @@ an interrupted sweep, re-run, trains and measures only what is missing.
 Both tables, ``network_table`` (networks given by config, every number memoised) and
 ``measure_table`` (networks given as models, e.g. reparameterised variants of one network),
 build their rows with the same function, so their shared columns mean the same thing.
+
+``network_table`` and ``sweep`` take an ``executor`` (``flatlib.executors``): by default each
+network is computed here, one after another; otherwise each network (its training and every
+number of its row) is one task on local worker processes or a Dask cluster, which writes into
+the store, and this process reads the table from the store when the tasks are done. The row is
+built by the same function either way, so the table does not depend on the executor.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
+import socket
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
+import torch
+
 from flatlib import data as fdata
+from flatlib import executors, models, store
 from flatlib import measures as fmeasures
-from flatlib import models, store
 from flatlib import train as ftrain
 from flatlib._io import progress as progress_bar
 from flatlib._version import code_version
@@ -64,10 +76,25 @@ def trained(config: ftrain.TrainConfig) -> ftrain.TrainResult:
     return result
 
 
-def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks") -> list[ftrain.TrainResult]:
-    """Train (or fetch) every config in order, with a progress bar; resumable."""
+def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progress: bool = True,
+          executor=None) -> list[ftrain.TrainResult]:
+    """Train (or fetch) every config, with a progress bar; the results in the order of
+    ``configs``. Resumable: only networks missing from the store are trained, here
+    (``executor`` None or "serial") or as tasks on ``executor`` (``flatlib.executors``)."""
     configs = list(configs)
-    return [trained(c) for c in progress_bar(configs, desc)]
+    executors.validate(executor)
+    store.check_writable()
+    if executors.is_serial(executor):
+        return [trained(c) for c in progress_bar(configs, desc, progress)]
+    results = {config: load_network(config) for config in dict.fromkeys(configs)}
+    missing = [config for config, result in results.items() if result is None]
+    if missing:
+        _compute_on(executor, missing, None, None, desc, progress)
+        for config in missing:
+            results[config] = load_network(config)
+            if results[config] is None:
+                raise _not_shared(executor, NotInStore(f"network seed={config.seed} (key {config.key()})"))
+    return [results[config] for config in configs]
 
 
 def measure_key(config: ftrain.TrainConfig, name: str, options: dict) -> str:
@@ -79,15 +106,21 @@ def measure_key(config: ftrain.TrainConfig, name: str, options: dict) -> str:
     return f"measures/{name}-{store.digest(payload)}.json"
 
 
+def stored_measure(config: ftrain.TrainConfig, name: str, **options) -> float | None:
+    """The number ``name`` with ``options`` on the network of ``config`` if the store has it,
+    else None."""
+    entry = store.get_json(measure_key(config, name, options))
+    return entry["value"] if isinstance(entry, dict) and "value" in entry else None
+
+
 def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float], **options) -> float:
     """The number ``name`` with ``options`` on the network of ``config``: from the store, or
     ``compute()`` and stored."""
-    key = measure_key(config, name, options)
-    entry = store.get_json(key)
-    if isinstance(entry, dict) and "value" in entry:
-        return entry["value"]
+    value = stored_measure(config, name, **options)
+    if value is not None:
+        return value
     value = float(compute())
-    store.put_json(key, {"measure": name, "options": options, "value": value})
+    store.put_json(measure_key(config, name, options), {"measure": name, "options": options, "value": value})
     return value
 
 
@@ -115,7 +148,27 @@ def _row(model, train_set, test_set, names: list[str], options: dict, init: dict
     network's test logits), also the number of test predictions that differ from it and the
     largest absolute logit difference. ``value(name, compute, options)`` returns each number:
     computed, or memoised by the caller. One forward pass per split, and only if a number
-    needs it."""
+    needs it.
+
+    Every number is computed on one thread (``_one_thread``), as training is: how an operation
+    is split across threads changes the order of its floating-point sums, so on two threads
+    some measures differ from one thread's in the last bits, while the store key (and the
+    single-threaded workers of ``flatlib.executors``) know nothing of threads."""
+    with _one_thread():
+        return _row_on_this_thread(model, train_set, test_set, names, options, init, value, reference_logits)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _row_on_this_thread(model, train_set, test_set, names, options, init, value, reference_logits) -> dict:
     row = {}
     for split, (x, y) in (("train", train_set), ("test", test_set)):
         logits = functools.cache(lambda x=x: models.predict(model, x))
@@ -135,8 +188,49 @@ def _row(model, train_set, test_set, names: list[str], options: dict, init: dict
     return row
 
 
+class NotInStore(LookupError):
+    """A network or number that a read-only row (``_network_row(stored_only=True)``) needs and
+    the store lacks."""
+
+
+# The data of the rows, shared by the networks one process computes (a worker's many tasks).
+_dataset = functools.lru_cache(maxsize=4)(fdata.load)
+
+
+def _network_row(config: ftrain.TrainConfig, names: list[str], options: dict, stored_only: bool = False) -> dict:
+    """The row of ``network_table`` for ``config``: the network and every number from the
+    store, training and computing (and storing) what it lacks; with ``stored_only``, nothing
+    is computed and the first missing entry raises ``NotInStore``."""
+    if stored_only:
+        result = load_network(config)
+        if result is None:
+            raise NotInStore(f"network seed={config.seed} (key {config.key()})")
+
+        def value(name, compute, opts):
+            number = stored_measure(config, name, **opts)
+            if number is None:
+                raise NotInStore(f"{name} of network seed={config.seed} (key {config.key()})")
+            return number
+    else:
+        result = trained(config)
+
+        def value(name, compute, opts):
+            return measure(config, name, compute, **opts)
+
+    row = {"seed": config.seed, "status": result.status, "epochs": len(result.history),
+           "stopped_by": result.stopped_by, "train_time_s": result.wall_time_s}
+    ok = result.status == "ok"
+    row.update(_row(result.model, _dataset(config.dataset, "train", config.n, config.data_seed),
+                    _dataset(config.dataset, "test"), names if ok else [], options,
+                    init=result.initial_state,  # fixed by the config, so not part of the key
+                    value=value))
+    if not ok:
+        row.update(dict.fromkeys(names, math.nan))
+    return row
+
+
 def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None = None,
-                  options: dict | None = None, progress: bool = True, desc: str = "networks"):
+                  options: dict | None = None, progress: bool = True, desc: str = "networks", executor=None):
     """One row per config: its training outcome (seed, status, epochs, the rule that stopped
     it, wall time), then ``_row``'s columns: train and test loss and accuracy on the network's
     own training subset and the full test split, the train-test accuracy ``gap``, and every
@@ -145,32 +239,93 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
 
     Networks and every number are memoised in the store, one entry per network and number,
     so an interrupted sweep resumes where it stopped and a repeated call trains and measures
-    nothing."""
+    nothing. ``executor`` (``flatlib.executors``) says where the missing networks are
+    computed: here, one after another (None or "serial"), or one task per network on local
+    worker processes ("processes") or a Dask cluster (its scheduler's address or a
+    ``distributed.Client``); the table is then read from the store, so it is the same
+    whatever the executor. A store this process cannot write to is refused before any work."""
     import pandas as pd
     configs = list(configs)
     names, options = _checked(names, options)
-    loaded: dict = {}
+    executors.validate(executor)
+    store.check_writable()
+    if executors.is_serial(executor):
+        return pd.DataFrame([_network_row(config, names, options) for config in progress_bar(configs, desc, progress)])
+    rows = {}
+    for config in dict.fromkeys(configs):
+        with contextlib.suppress(NotInStore):
+            rows[config] = _network_row(config, names, options, stored_only=True)
+    missing = [config for config in dict.fromkeys(configs) if config not in rows]
+    if missing:
+        _compute_on(executor, missing, names, options, desc, progress)
+        for config in missing:
+            try:
+                rows[config] = _network_row(config, names, options, stored_only=True)
+            except NotInStore as error:
+                raise _not_shared(executor, error) from error
+    return pd.DataFrame([rows[config] for config in configs])
 
-    def dataset(name, split, n=None, seed=0):
-        key = (name, split, n, seed)
-        if key not in loaded:
-            loaded[key] = fdata.load(name, split, n=n, seed=seed)
-        return loaded[key]
 
-    rows = []
-    for config in progress_bar(configs, desc, progress):
-        result = trained(config)
-        row = {"seed": config.seed, "status": result.status, "epochs": len(result.history),
-               "stopped_by": result.stopped_by, "train_time_s": result.wall_time_s}
-        ok = result.status == "ok"
-        row.update(_row(result.model, dataset(config.dataset, "train", config.n, config.data_seed),
-                        dataset(config.dataset, "test"), names if ok else [], options,
-                        init=result.initial_state,  # fixed by the config, so not part of the key
-                        value=lambda name, compute, opts, config=config: measure(config, name, compute, **opts)))
-        if not ok:
-            row.update(dict.fromkeys(names, math.nan))
-        rows.append(row)
-    return pd.DataFrame(rows)
+# ---------------------------------------------------------------------------------- tasks
+
+# The modules whose code keys what a task stores: a worker running other code stores it under
+# keys this process never reads.
+_KEYED_BY = ("flatlib.train", "flatlib.measures", __name__)
+# One task at a time per worker process: torch's thread count is process-wide, and training
+# sets and restores it (``flatlib.train.train``), so two tasks in threads of one process would
+# change each other's.
+_TASK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _task_environment(store_root: str):
+    root = os.environ.get("FLATLIB_CACHE")
+    os.environ["FLATLIB_CACHE"] = store_root
+    try:
+        with _one_thread():
+            yield
+    finally:
+        if root is None:
+            del os.environ["FLATLIB_CACHE"]
+        else:
+            os.environ["FLATLIB_CACHE"] = root
+
+
+def _network_task(config: ftrain.TrainConfig, names: list[str] | None, options: dict | None, store_root: str) -> dict:
+    """One network of a sweep, as an executor's worker runs it: on one thread, into the store
+    at ``store_root`` (the submitting process's), train the network and, unless ``names`` is
+    None, compute every number of its ``network_table`` row. Returns a receipt: where it ran,
+    and the version of the code that keyed what it stored."""
+    with _TASK_LOCK, _task_environment(store_root):
+        if names is None:
+            trained(config)
+        else:
+            _network_row(config, names, options)
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "code": {module: code_version(module) for module in _KEYED_BY}}
+
+
+def _compute_on(executor, configs, names, options, desc, progress) -> None:
+    """Run ``_network_task`` for every config on ``executor``; refuse receipts from workers
+    whose code keys the store differently from this process's."""
+    store_root = str(store.cache_dir())
+    argsets = [(config, names, options, store_root) for config in configs]
+    keys = [f"flatlib-network-{store.digest([config.key(), names, options])}" for config in configs]
+    mine = {module: code_version(module) for module in _KEYED_BY}
+    for receipt in executors.run(_network_task, argsets, executor, desc, progress, keys=keys):
+        differ = sorted(module for module in mine if receipt["code"].get(module) != mine[module])
+        if differ:
+            raise executors.ExecutorError(
+                f"the worker on {receipt['host']} (pid {receipt['pid']}) runs other code than this process in "
+                f"{', '.join(differ)}, so it stored its results under other keys; install the same flatlib "
+                "on every worker")
+
+
+def _not_shared(executor, error: NotInStore) -> executors.ExecutorError:
+    return executors.ExecutorError(
+        f"{error.args[0]} is not in the store {store.cache_dir()} although its task on "
+        f"{executors.describe(executor)} finished: the workers wrote to a store this process cannot see. "
+        "Put $FLATLIB_CACHE on a filesystem every worker mounts at the same path.")
 
 
 def measure_table(networks: dict, train_data, test_data, names: list[str] | None = None,
