@@ -9,7 +9,10 @@ on any other.
 
 Executors, by the ``executor`` argument:
 
-- ``None`` or ``"serial"``: no tasks; the caller computes in its own process.
+- ``None``: the executor named by the environment variable ``FLATLIB_EXECUTOR`` (any of the
+  names below, e.g. ``processes`` or ``tcp://host:8786``), else ``"serial"``: so a chapter's
+  code stays the same and whoever runs it picks the path.
+- ``"serial"``: no tasks; the caller computes in its own process.
 - ``"processes"``: one single-threaded worker process per core, started with the "spawn"
   method (torch and ``fork`` do not mix), shut down when the sweep ends.
 - a ``concurrent.futures.Executor`` you started (e.g. a ``ProcessPoolExecutor`` of another
@@ -35,6 +38,11 @@ CONNECT_TIMEOUT_S = 5
 
 class ExecutorError(RuntimeError):
     """An executor that cannot run the sweep: unknown, unreachable, or whose workers failed."""
+
+
+def chosen(executor):
+    """``executor``, or for None the one ``$FLATLIB_EXECUTOR`` names (default "serial")."""
+    return (os.environ.get("FLATLIB_EXECUTOR") or SERIAL) if executor is None else executor
 
 
 def is_serial(executor) -> bool:

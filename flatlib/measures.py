@@ -38,9 +38,19 @@ class Measure:
         """The measure of ``model`` on ``data``. A network without parameters, with a
         non-finite weight, or whose outputs on ``data`` are not all finite (a diverged network)
         is refused with one error before any work, and so is a NaN result: a measure never
-        reports a plausible number for a broken network."""
+        reports a plausible number for a broken network.
+
+        It runs on one CPU thread (the process's count is restored afterwards): how a product
+        is split across threads changes the order of its floating-point sums, so on two threads
+        some measures differ from one thread's in the last bits, while the store key knows
+        nothing of threads. One thread makes a stored number the same whoever computed it."""
         check_network(model, data, self.name)
-        value = float(self.fn(model, data, **options))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            value = float(self.fn(model, data, **options))
+        finally:
+            torch.set_num_threads(threads)
         if math.isnan(value):
             raise MeasureError(f"measure {self.name!r} came out NaN on this network; it is not reported.")
         return value

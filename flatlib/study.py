@@ -82,6 +82,7 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
     ``configs``. Resumable: only networks missing from the store are trained, here
     (``executor`` None or "serial") or as tasks on ``executor`` (``flatlib.executors``)."""
     configs = list(configs)
+    executor = executors.chosen(executor)
     executors.validate(executor)
     store.check_writable()
     if executors.is_serial(executor):
@@ -247,6 +248,7 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
     import pandas as pd
     configs = list(configs)
     names, options = _checked(names, options)
+    executor = executors.chosen(executor)
     executors.validate(executor)
     store.check_writable()
     if executors.is_serial(executor):

@@ -255,3 +255,15 @@ def test_a_read_only_store_folder_is_refused(tmp_path, monkeypatch, counted_work
     with pytest.raises(store.StoreError, match="not writable"):
         study.network_table(configs([0]), names=[], executor="processes", progress=False)
     assert counted_work == []
+
+
+def test_the_environment_names_the_default_executor(monkeypatch):
+    from flatlib import executors
+
+    monkeypatch.delenv("FLATLIB_EXECUTOR", raising=False)
+    assert executors.chosen(None) == "serial"
+    monkeypatch.setenv("FLATLIB_EXECUTOR", "processes")
+    assert executors.chosen(None) == "processes" and executors.chosen("serial") == "serial"
+    monkeypatch.setenv("FLATLIB_EXECUTOR", "threads-please")
+    with pytest.raises(ValueError, match="threads-please"):
+        study.network_table([], executor=None)

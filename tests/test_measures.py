@@ -264,3 +264,18 @@ def test_a_nan_result_is_refused(monkeypatch):
     monkeypatch.setitem(measures.MEASURES, "simplicity_l2", nan)
     with pytest.raises(measures.MeasureError, match="NaN"):
         measures.MEASURES["simplicity_l2"](model, data)
+
+
+def test_a_measure_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    seen = []
+    spy = dataclasses.replace(MEASURES["simplicity_l2"],
+                              fn=lambda model, data: seen.append(torch.get_num_threads()) or 1.0)
+    monkeypatch.setitem(MEASURES, "simplicity_l2", spy)
+    model, data = tiny_mlp()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        MEASURES["simplicity_l2"](model, data)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
