@@ -43,6 +43,10 @@ test: data
 	$(BIN)/ruff check flatlib tests benchmarks
 	$(BIN)/python -m pytest tests
 
+# Sweeps run on one single-threaded worker process per core (flatlib.executors); set
+# FLATLIB_EXECUTOR=serial, or a Dask scheduler address, to choose another path.
+export FLATLIB_EXECUTOR ?= processes
+
 reproduce: data
 	$(BIN)/python -m flatlib reproduce
 	$(BIN)/jupyter-book build $(JB_FLAGS) book/

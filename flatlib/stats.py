@@ -366,3 +366,10 @@ def format_pvalue(p: float, n_resamples: int | None = None) -> str:
     if n_resamples is not None and p <= 1 / (n_resamples + 1) * (1 + 1e-9):
         return f"< 1e{math.ceil(math.log10(1 / (n_resamples + 1)))}"
     return f"{p:.2g}"
+
+
+def p_text(p: float, n_resamples: int | None = None) -> str:
+    """A p-value for prose: "p = 0.015", or "p < 1e-4" at the Monte Carlo floor
+    (:func:`format_pvalue`)."""
+    shown = format_pvalue(p, n_resamples)
+    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"

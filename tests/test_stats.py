@@ -189,3 +189,8 @@ def test_format_pvalue_shows_a_monte_carlo_floor_as_a_bound():
     assert stats.format_pvalue(0.000123) == "0.00012"
     assert stats.format_pvalue(0.0312, n_resamples=10000) == "0.031"
     assert stats.format_pvalue(float("nan")) == "n/a"
+
+
+def test_p_text_reads_as_prose():
+    assert stats.p_text(0.0151) == "p = 0.015"
+    assert stats.p_text(1 / 10001, n_resamples=10000) == "p < 1e-4"
