@@ -45,7 +45,7 @@ test: data
 
 # Sweeps run on one single-threaded worker process per core (flatlib.executors); set
 # FLATLIB_EXECUTOR=serial, or a Dask scheduler address, to choose another path.
-export FLATLIB_EXECUTOR ?= processes
+reproduce chapter: export FLATLIB_EXECUTOR ?= processes
 
 reproduce: data
 	$(BIN)/python -m flatlib reproduce

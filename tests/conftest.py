@@ -6,6 +6,7 @@ import torch
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FLATLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FLATLIB_EXECUTOR", raising=False)  # tests choose their executor themselves
     return tmp_path / "cache"
 
 
