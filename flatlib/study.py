@@ -366,3 +366,9 @@ def usable(table, minimum: int = 4):
         raise StudyError(f"{len(table) - len(ok)} of {len(table)} networks diverged, leaving {len(ok)}; the analysis "
                          f"needs at least {minimum}. Lower lr, or inspect the per-network CSV.")
     return ok
+
+
+def in_store(configs: Iterable[ftrain.TrainConfig]) -> int:
+    """How many of ``configs`` already have a trained network in the store: 0 before a
+    cold-start run, so a chapter can say whether its wall time includes the training."""
+    return sum(store.path(_network_key(c)).is_file() for c in configs)

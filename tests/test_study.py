@@ -258,3 +258,10 @@ def test_usable_networks_are_the_ones_that_did_not_diverge_and_too_few_is_one_cl
     assert list(study.usable(table).index) == [0, 2, 3, 4]
     with pytest.raises(study.StudyError, match="1 of 5 networks diverged, leaving 4; the analysis needs at least 5"):
         study.usable(table, minimum=5)
+
+
+def test_in_store_counts_the_networks_already_trained():
+    configs = [ftrain.TrainConfig(**{**TINY, "seed": s}) for s in range(3)]
+    assert study.in_store(configs) == 0
+    study.trained(configs[1])
+    assert study.in_store(configs) == 1
