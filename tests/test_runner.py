@@ -95,6 +95,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _held_run(book, tmp_path):
+    """``python -m flatlib run echo`` in a subprocess into runs/target, waiting in its kernel until
+    the test touches ``hold/go``: the process, the hold folder and the output folder."""
+    _holding_echo(book)
+    hold, out = tmp_path / "hold", tmp_path / "runs" / "target"
+    hold.mkdir()
+    proc = _flatlib_in_subprocess(tmp_path, "run", "echo", "--out", str(out), "--no-progress",
+                                  "-p", "hold", str(hold), "-p", "n", "5")
+    return proc, hold, out
+
+
 def _kill(proc: subprocess.Popen, *pids: int) -> None:
     """Leave nothing running, whatever the test's outcome."""
     if proc.poll() is None:
@@ -213,11 +224,7 @@ def test_a_registered_chapter_without_its_source_says_so(book):
 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes_intact(book, tmp_path):
-    _holding_echo(book)
-    hold, out = tmp_path / "hold", tmp_path / "runs" / "target"
-    hold.mkdir()
-    first = _flatlib_in_subprocess(tmp_path, "run", "echo", "--out", str(out), "--no-progress",
-                                   "-p", "hold", str(hold), "-p", "n", "5")
+    first, hold, out = _held_run(book, tmp_path)
     kernel = None
     try:
         kernel = _kernel_pid(hold, first)
@@ -237,11 +244,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes_i
 
 
 def test_ctrl_c_stops_the_run_and_its_kernel_and_says_how_to_resume(book, tmp_path):
-    _holding_echo(book)
-    hold, out = tmp_path / "hold", tmp_path / "runs" / "target"
-    hold.mkdir()
-    proc = _flatlib_in_subprocess(tmp_path, "run", "echo", "--out", str(out), "--no-progress",
-                                  "-p", "hold", str(hold), "-p", "n", "5")
+    proc, hold, out = _held_run(book, tmp_path)
     kernel = None
     try:
         kernel = _kernel_pid(hold, proc)
