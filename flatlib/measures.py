@@ -12,7 +12,7 @@ from __future__ import annotations
 import lzma
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -24,6 +24,8 @@ from flatlib import data as fdata
 from flatlib import hessian, models, pacbayes, reparam
 
 FAMILIES = ("sharpness", "weakness", "simplicity", "bound")
+# Extras (``EXTRAS``) may also be diagnostics: numbers about how a measure behaved, not measures.
+EXTRA_FAMILIES = (*FAMILIES, "diagnostic")
 
 
 @dataclass(frozen=True)
@@ -33,22 +35,35 @@ class Measure:
     invariant: bool
     fn: Callable
     needs_init: bool = False  # takes init=<the network's initial state dict>
+    fixed: dict = field(default_factory=dict)  # options a named variant fixes (``EXTRAS``)
+    reads_unseen_only: bool = False  # reads no training image, only unseen probe inputs
 
-    def __call__(self, model: nn.Module, data, **options) -> float:
+    def __call__(self, model: nn.Module, data, subsample: int | None = None, **options) -> float:
         """The measure of ``model`` on ``data``. A network without parameters, with a
         non-finite weight, or whose outputs on ``data`` are not all finite (a diverged network)
         is refused with one error before any work, and so is a NaN result: a measure never
         reports a plausible number for a broken network.
 
+        With ``subsample`` (every measure takes it), the measure sees a fixed class-stratified
+        subset of that many of the training examples (``flatlib.data.subsample``, seed 0), so a
+        network trained on 20,000 images costs no more to measure than one trained on 1,000;
+        a measure that reads only unseen probe inputs (``reads_unseen_only``) still draws them
+        from outside the whole training subset, so for it ``subsample`` changes nothing.
+
         It runs on one CPU thread (the process's count is restored afterwards): how a product
         is split across threads changes the order of its floating-point sums, so on two threads
         some measures differ from one thread's in the last bits, while the store key knows
         nothing of threads. One thread makes a stored number the same whoever computed it."""
+        clash = sorted(set(options) & set(self.fixed))
+        if clash:
+            raise ValueError(f"{self.name} is a named variant that fixes {clash}; use the base measure to vary them")
+        if subsample is not None and not self.reads_unseen_only:
+            data = _subsample(data, subsample)
         check_network(model, data, self.name)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            value = float(self.fn(model, data, **options))
+            value = float(self.fn(model, data, **self.fixed, **options))
         finally:
             torch.set_num_threads(threads)
         if math.isnan(value):
@@ -61,6 +76,40 @@ class Measure:
 
 
 MEASURES: dict[str, Measure] = {}
+# Named variants of registered measures (other fixed options) and diagnostics: computed only
+# when a chapter asks for them by name, never part of "every measure in the registry". A change
+# to a pre-registered measure is a new entry here, never an edit of the registered one.
+EXTRAS: dict[str, Measure] = {}
+
+
+def lookup(name: str) -> Measure:
+    """The measure, variant or diagnostic called ``name``; an unknown name lists the known ones."""
+    if name in MEASURES:
+        return MEASURES[name]
+    if name in EXTRAS:
+        return EXTRAS[name]
+    raise KeyError(f"unknown measure {name!r}; registered: {sorted(MEASURES)}; variants and diagnostics: "
+                   f"{sorted(EXTRAS)}")
+
+
+# Subsamples, kept while their data lives, so two measures of one table share the very tensors
+# (and with them the memoised exact diagonal).
+# id(images) -> (weak reference to the images, {n: subsample}); an entry whose images died is replaced.
+_SUBSAMPLES: dict[int, tuple] = {}
+
+
+def _subsample(data, n: int):
+    if not isinstance(data, fdata.Dataset):
+        raise ValueError("subsample needs data as a flatlib.data.Dataset")
+    for key in [k for k, (ref, _) in _SUBSAMPLES.items() if ref() is None]:
+        del _SUBSAMPLES[key]
+    ref, kept = _SUBSAMPLES.get(id(data.images), (None, None))
+    if ref is None or ref() is not data.images:
+        kept = {}
+        _SUBSAMPLES[id(data.images)] = (weakref.ref(data.images), kept)
+    if n not in kept:
+        kept[n] = fdata.subsample(data, n)
+    return kept[n]
 
 
 class MeasureError(ValueError):
@@ -82,31 +131,36 @@ def check_network(model: nn.Module, data, name: str = "this measure") -> None:
                            "train it with a smaller learning rate, or leave it out of the study.")
 
 
-def register(name: str, family: str, invariant: bool, needs_init: bool = False):
+def register(name: str, family: str, invariant: bool, needs_init: bool = False, reads_unseen_only: bool = False):
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
 
     def wrap(fn):
-        MEASURES[name] = Measure(name, family, invariant, fn, needs_init)
+        MEASURES[name] = Measure(name, family, invariant, fn, needs_init, reads_unseen_only=reads_unseen_only)
         return fn
 
     return wrap
 
 
+def variant(name: str, base: str, **fixed) -> None:
+    """Register ``name`` in ``EXTRAS``: the registered measure ``base`` with ``fixed`` options."""
+    measure = MEASURES[base]
+    EXTRAS[name] = Measure(name, measure.family, measure.invariant, measure.fn, measure.needs_init, dict(fixed),
+                           measure.reads_unseen_only)
+
+
+def diagnostic(name: str, fn: Callable, invariant: bool, **fixed) -> None:
+    """Register ``name`` in ``EXTRAS`` as a diagnostic: a number about a measure, not a measure."""
+    EXTRAS[name] = Measure(name, "diagnostic", invariant, fn, False, dict(fixed))
+
+
 # ----------------------------------------------------------------------------- sharpness
 
 @register("top_eigenvalue", "sharpness", invariant=False)
-def top_eigenvalue(model, data, tol: float = 1e-3, seed: int = 0, batch_size: int | None = None,
-                   subsample: int | None = None) -> float:
+def top_eigenvalue(model, data, tol: float = 1e-3, seed: int = 0, batch_size: int | None = None) -> float:
     """lambda_max(H): the largest eigenvalue of the Hessian of the mean training cross-entropy
     (nats), by Lanczos to relative tolerance ``tol``. The primary sharpness measure (Keskar et
-    al. 2017; Bennett 2026). Larger = sharper. With ``subsample``, the Hessian is that of a
-    fixed class-stratified subset of that many training examples (``flatlib.data.subsample``,
-    seed 0), so large training sets cost no more than small ones."""
-    if subsample is not None:
-        if not isinstance(data, fdata.Dataset):
-            raise ValueError("subsample needs data as a flatlib.data.Dataset")
-        data = fdata.subsample(data, subsample)
+    al. 2017; Bennett 2026). Larger = sharper."""
     return hessian.top_eigenvalues(model, data, k=1, tol=tol, seed=seed, batch_size=batch_size).eigenvalues[0].item()
 
 
@@ -365,7 +419,7 @@ def _probe_inputs(data, probe, probe_n: int, seed: int, probe_split: str = "trai
                      "flatlib.data.Dataset so they can be drawn from outside its training subset")
 
 
-@register("weakness_open_labels", "weakness", invariant=True)
+@register("weakness_open_labels", "weakness", invariant=True, reads_unseen_only=True)
 def weakness_open_labels(model, data, tau: float = 0.1, probe=None, probe_n: int = 2000, seed: int = 0,
                          probe_split: str = "train") -> float:
     """Primary weakness measure: mean over unseen probe images x of log2 |{y : p(y|x) >= tau}|,
@@ -382,16 +436,23 @@ def weakness_open_labels(model, data, tau: float = 0.1, probe=None, probe_n: int
     return torch.log2(counts.double()).mean().item()
 
 
-@register("weakness_input_volume", "weakness", invariant=True)
-def weakness_input_volume(model, data, directions: int = 8, n: int = 200, max_radius: float = 20.0,
-                          scan_steps: int = 40, bisections: int = 20, seed: int = 0) -> float:
-    """Secondary weakness measure: mean over ``n`` training images of the mean log-radius (L2,
-    pixel units in [0, 1]) along ``directions`` random unit directions in input space to the
-    first change of predicted label, capped at ``max_radius``. The first change is bracketed by
-    a scan of ``scan_steps`` equal steps and refined by ``bisections`` bisection steps. The
-    log-volume of the input region the learned statement covers; reads only outputs, so it
-    is invariant. Larger = weaker."""
+# The rays of weakness_input_volume, shared with its diagnostic: model -> {options: (stamp, radii)}.
+_RADII: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def input_volume_radii(model, data, directions: int = 8, n: int = 200, max_radius: float = 20.0,
+                       scan_steps: int = 40, bisections: int = 20, seed: int = 0) -> torch.Tensor:
+    """The radii (``n`` images x ``directions``) of ``weakness_input_volume``: along each random
+    unit direction from each of ``n`` training images, the L2 distance (pixel units in [0, 1]) to
+    the first change of predicted label, found by a scan of ``scan_steps`` equal steps up to
+    ``max_radius`` and ``bisections`` bisection steps; a ray that never changes label stops at
+    ``max_radius`` (capped). Computed once per network, data and options (as ``exact_diagonal``)."""
     x, _ = data
+    options = (directions, n, max_radius, scan_steps, bisections, seed)
+    tensors = [*model.parameters(), x]
+    cached = _RADII.setdefault(model, {}).get(options)
+    if cached is not None and _same(cached[0], tensors, None):
+        return cached[1]
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(x), generator=gen)[: min(n, len(x))]
     base = x[pick].reshape(len(pick), -1)
@@ -421,8 +482,39 @@ def weakness_input_volume(model, data, directions: int = 8, n: int = 200, max_ra
         change = flipped(mid) & found
         hi = torch.where(change, mid, hi)
         lo = torch.where(found & ~change, mid, lo)
-    radius = hi.reshape(len(pick), directions)
-    return torch.log(radius).mean().item()
+    radii = hi.reshape(len(pick), directions)
+    _RADII[model][options] = (_stamp(tensors, None), radii)
+    return radii
+
+
+@register("weakness_input_volume", "weakness", invariant=True)
+def weakness_input_volume(model, data, directions: int = 8, n: int = 200, max_radius: float = 20.0,
+                          scan_steps: int = 40, bisections: int = 20, seed: int = 0) -> float:
+    """Secondary weakness measure: mean over ``n`` training images of the mean log-radius (L2,
+    pixel units in [0, 1]) along ``directions`` random unit directions in input space to the
+    first change of predicted label, capped at ``max_radius`` (``input_volume_radii``). The
+    log-volume of the input region the learned statement covers; reads only outputs, so it
+    is invariant. Larger = weaker. The fraction of rays that reach the cap is the diagnostic
+    ``input_volume_capped``; a larger cap is the named variant ``weakness_input_volume_r40``."""
+    radii = input_volume_radii(model, data, directions, n, max_radius, scan_steps, bisections, seed)
+    return torch.log(radii).mean().item()
+
+
+def input_volume_capped(model, data, directions: int = 8, n: int = 200, max_radius: float = 20.0,
+                        scan_steps: int = 40, bisections: int = 20, seed: int = 0) -> float:
+    """The fraction of ``weakness_input_volume``'s rays that reach ``max_radius`` without a
+    change of label: the share of the measure that is the cap, not the network."""
+    radii = input_volume_radii(model, data, directions, n, max_radius, scan_steps, bisections, seed)
+    return (radii >= max_radius).double().mean().item()
+
+
+# Variants (second wave): tau of the open-labels count, which methods.md promises at every value,
+# and a cap on the input-volume rays twice as far out, at the same scan step.
+for _tau in (0.01, 0.05, 0.2):
+    variant(f"weakness_open_labels_tau{_tau:g}", "weakness_open_labels", tau=_tau)
+variant("weakness_input_volume_r40", "weakness_input_volume", max_radius=40.0, scan_steps=80)
+diagnostic("input_volume_capped", input_volume_capped, invariant=True)
+diagnostic("input_volume_r40_capped", input_volume_capped, invariant=True, max_radius=40.0, scan_steps=80)
 
 
 # ----------------------------------------------------------------------------- simplicity

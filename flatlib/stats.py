@@ -373,3 +373,197 @@ def p_text(p: float, n_resamples: int | None = None) -> str:
     (:func:`format_pvalue`)."""
     shown = format_pvalue(p, n_resamples)
     return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+
+
+# ----------------------------------------------------------------------------- against a value
+
+def fisher_z_test(rho: float, n: int, value: float) -> float:
+    """Two-sided p-value of H0: the population Spearman correlation equals ``value``, from
+    Fisher's z with the standard error sqrt(1.06 / (n - 3)) of Spearman's rho (Fieller et al.
+    1957): p = 2 P(Z >= |atanh(rho) - atanh(value)| / se). Used to ask whether our rho differs
+    from the paper's figure."""
+    if n < 4:
+        raise ValueError(f"need at least 4 pairs, got {n}")
+    if not (-1 < value < 1 and -1 <= rho <= 1):
+        raise ValueError(f"rho must be in [-1, 1] and value in (-1, 1), got {rho!r}, {value!r}")
+    se = math.sqrt(SPEARMAN_Z_VARIANCE / (n - 3))
+    z = math.atanh(max(min(rho, 1 - 1e-15), -1 + 1e-15))
+    return float(2 * sps.norm.sf(abs(z - math.atanh(value)) / se))
+
+
+@dataclass(frozen=True)
+class PooledResult:
+    """A fixed-effect pooled correlation over groups (Fisher z, inverse-variance weights) and
+    Cochran's Q test of whether the groups share one correlation."""
+
+    statistic: float
+    pvalue: float
+    interval: ConfidenceInterval
+    q: float
+    q_pvalue: float
+    groups: int
+    n: int
+
+    def confidence_interval(self) -> ConfidenceInterval:
+        return self.interval
+
+
+def pooled_correlation(rhos, ns, confidence_level: float = 0.95) -> PooledResult:
+    """Pool Spearman correlations measured in separate groups (environments) of ``ns`` networks:
+    z_g = atanh(rho_g) with variance 1.06 / (n_g - 3), the weighted mean z with weights
+    w_g = (n_g - 3) / 1.06, its standard error 1 / sqrt(sum w), a two-sided z test of rho = 0
+    and the interval tanh(z +- q se). Heterogeneity: Cochran's Q = sum w (z_g - z)^2 against
+    chi^2 with groups - 1 degrees of freedom; a small ``q_pvalue`` says the correlation differs
+    between groups. Groups with a non-finite rho are left out."""
+    rhos, ns = np.asarray(rhos, dtype=float).ravel(), np.asarray(ns, dtype=float).ravel()
+    if rhos.shape != ns.shape:
+        raise ValueError(f"give one n per rho, got {rhos.size} rhos and {ns.size} ns")
+    keep = np.isfinite(rhos)
+    rhos, ns = rhos[keep], ns[keep]
+    if rhos.size == 0:
+        raise ValueError("no group has a finite correlation to pool")
+    if (ns < 4).any():
+        raise ValueError("every group needs at least 4 pairs")
+    z = np.arctanh(np.clip(rhos, -1 + 1e-15, 1 - 1e-15))
+    w = (ns - 3) / SPEARMAN_Z_VARIANCE
+    mean = float((w * z).sum() / w.sum())
+    se = float(1 / np.sqrt(w.sum()))
+    half = float(sps.norm.ppf(0.5 + confidence_level / 2)) * se
+    q = float((w * (z - mean) ** 2).sum())
+    q_p = float(sps.chi2.sf(q, rhos.size - 1)) if rhos.size > 1 else math.nan
+    return PooledResult(statistic=math.tanh(mean), pvalue=float(2 * sps.norm.sf(abs(mean) / se)),
+                        interval=ConfidenceInterval(math.tanh(mean - half), math.tanh(mean + half)),
+                        q=q, q_pvalue=q_p, groups=int(rhos.size), n=int(ns.sum()))
+
+
+# ----------------------------------------------------------------------------- reliability
+
+@dataclass(frozen=True)
+class ReliabilityResult:
+    """How reliably a test set ranks networks by accuracy."""
+
+    split_half: float  # Spearman between the two halves' rankings, mean over splits
+    reliability: float  # Spearman-Brown corrected to the full test set: 2 r / (1 + r)
+    interval: ConfidenceInterval  # bootstrap over test images, of ``reliability``
+    ceiling: float  # sqrt(max(reliability, 0)): the largest correlation a perfect measure could show
+    splits: int
+    n_resamples: int
+
+    def confidence_interval(self) -> ConfidenceInterval:
+        return self.interval
+
+
+def _split_half(correct: np.ndarray, splits: int, rng: np.random.Generator, networks=None) -> float:
+    """The mean over ``splits`` random halvings of the test images of the Spearman correlation
+    between the networks' accuracies on the two halves (of the networks ``networks``, with
+    repeats, when given)."""
+    images = correct.shape[1]
+    half = images // 2
+    rows = slice(None) if networks is None else networks
+    rs = []
+    for _ in range(splits):
+        order = rng.permutation(images)
+        a, b = order[:half], order[half: 2 * half]
+        rs.append(sps.spearmanr(correct[:, a].mean(1)[rows], correct[:, b].mean(1)[rows]).statistic)
+    return float(np.nanmean(rs))
+
+
+def _spearman_brown(r: float) -> float:
+    return 2 * r / (1 + r) if r > -1 else -math.inf
+
+
+def ranking_reliability(correct, splits: int = 50, n_resamples: int = 200, confidence_level: float = 0.95,
+                         seed: int = 0) -> ReliabilityResult:
+    """The reliability of the ranking of networks by test accuracy, from ``correct`` (networks x
+    test images, 1 where a network labels an image correctly). The test images are split in
+    random halves ``splits`` times; each split gives every network an accuracy on each half, and
+    the Spearman correlation of the two rankings, averaged over splits, is the split-half
+    reliability r, corrected to the full test set by Spearman-Brown, 2 r / (1 + r). Its interval
+    is a percentile bootstrap (``n_resamples`` replicates, seeded), each a fresh random halving
+    of the images and a resample of the networks: with few networks that is the larger
+    uncertainty. (Resampling the test images instead is biased upward: in the resampled world
+    each network's observed accuracy, noise included, is its true one, so the noise counts as
+    signal; ``tests/test_stats_atlas.py`` shows it.) The
+    correlation of any measure with test accuracy is attenuated by the accuracy's unreliability:
+    it cannot exceed about sqrt(reliability) (Spearman 1904), the ``ceiling`` reported."""
+    correct = np.asarray(correct, dtype=float)
+    if correct.ndim != 2 or correct.shape[0] < 4 or correct.shape[1] < 4:
+        raise ValueError(f"correct must be networks x test images with at least 4 of each, got {correct.shape}")
+    rng = np.random.default_rng(seed)
+    r = _split_half(correct, splits, rng)
+    reliability = _spearman_brown(r)
+    boot = []
+    for _ in range(n_resamples):
+        networks = rng.integers(0, correct.shape[0], correct.shape[0])
+        boot.append(_spearman_brown(_split_half(correct, 1, rng, networks)))
+    tail = (1 - confidence_level) / 2 * 100
+    low, high = np.nanpercentile(boot, [tail, 100 - tail]) if n_resamples else (math.nan, math.nan)
+    return ReliabilityResult(split_half=r, reliability=float(reliability),
+                             interval=ConfidenceInterval(float(low), float(high)),
+                             ceiling=math.sqrt(max(reliability, 0.0)), splits=splits, n_resamples=n_resamples)
+
+
+# ----------------------------------------------------------------------------- across environments
+
+def _environment_means(frame, measure: str, target: str, axes: list[str]):
+    missing = sorted({measure, target, *axes} - set(frame.columns))
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table")
+    if not axes:
+        raise ValueError("give at least one hyperparameter axis")
+    return frame.groupby(list(axes))[[measure, target]].mean().reset_index()
+
+
+def granulated_kendall(frame, measure: str, target: str, axes: list[str], sign: int = 1) -> dict:
+    """Jiang et al. (2020), "Fantastic generalization measures", eq. 4-5, on environment means:
+    the networks of each environment (one combination of the values of ``axes``) are averaged,
+    then for each axis i and each combination of the other axes' values, Kendall's tau between
+    the measure and ``target`` over the environments that differ in axis i only; psi_i is the
+    mean of these over the combinations, and ``overall`` (Psi) the mean of psi_i over axes.
+    ``sign`` orients the result so that +1 means the measure ranks environments the way the
+    claim says it should (sign=-1 for a measure claimed to fall as the target rises). A
+    coefficient that cannot be computed (a constant measure) counts as 0, as a measure that
+    does not discriminate. Returns {axis: psi_i, ..., "overall": Psi}."""
+    means = _environment_means(frame, measure, target, axes)
+    result = {}
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        groups = means.groupby(others) if others else [((), means)]
+        taus = []
+        for _, group in groups:
+            if len(group) < 2:
+                continue
+            tau = sps.kendalltau(group[measure], group[target]).statistic
+            taus.append(0.0 if not np.isfinite(tau) else float(tau))
+        result[axis] = sign * float(np.mean(taus)) if taus else math.nan
+    result["overall"] = float(np.nanmean([result[a] for a in axes]))
+    return result
+
+
+def sign_errors(frame, measure: str, target: str, axes: list[str], sign: int = 1):
+    """Dziugaite et al. (2020), "In search of robust measures of generalization": for every pair
+    of environments that differ in exactly one of ``axes``, the sign error is the fraction of
+    network pairs (one network from each environment, every combination) whose difference in
+    the measure, times ``sign``, disagrees in sign with their difference in ``target`` (a tie in
+    either counts one half). 0 = the measure always orders the two environments' networks
+    correctly, 0.5 = a coin, 1 = always wrong. Returns one row per pair: the axis, the two
+    environments, and ``sign_error``; its maximum is the measure's worst case."""
+    import pandas as pd
+
+    missing = sorted({measure, target, *axes} - set(frame.columns))
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table")
+    envs = {key if isinstance(key, tuple) else (key,): group for key, group in frame.groupby(list(axes))}
+    keys = sorted(envs)
+    rows = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            differ = [axis for axis, u, v in zip(axes, a, b) if u != v]
+            if len(differ) != 1:
+                continue
+            ma, ga = envs[a][measure].to_numpy(float), envs[a][target].to_numpy(float)
+            mb, gb = envs[b][measure].to_numpy(float), envs[b][target].to_numpy(float)
+            product = sign * np.sign(ma[:, None] - mb[None, :]) * np.sign(ga[:, None] - gb[None, :])
+            error = float(np.where(product == 0, 0.5, product < 0).mean())
+            rows.append({"axis": differ[0], "environment_a": a, "environment_b": b, "sign_error": error})
+    return pd.DataFrame(rows, columns=["axis", "environment_a", "environment_b", "sign_error"])

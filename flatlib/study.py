@@ -102,7 +102,7 @@ def measure_key(config: ftrain.TrainConfig, name: str, options: dict) -> str:
     """The store key of the number ``name`` with ``options`` on the network of ``config``."""
     # A registered measure is computed by flatlib.measures (and what it imports); any other
     # number (the losses and accuracies of ``_row``) by this module, so its source keys them.
-    computed_by = fmeasures.__name__ if name in fmeasures.MEASURES else __name__
+    computed_by = fmeasures.__name__ if name in fmeasures.MEASURES or name in fmeasures.EXTRAS else __name__
     payload = {"network": config.key(), "measure": name, "options": options, "code": code_version(computed_by)}
     return f"measures/{name}-{store.digest(payload)}.json"
 
@@ -127,9 +127,10 @@ def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float],
 
 def _checked(names: list[str] | None, options: dict | None) -> tuple[list[str], dict]:
     names = list(fmeasures.MEASURES) if names is None else list(names)
-    unknown = sorted(set(names) - set(fmeasures.MEASURES))
+    unknown = sorted(set(names) - set(fmeasures.MEASURES) - set(fmeasures.EXTRAS))
     if unknown:
-        raise ValueError(f"unknown measure(s) {unknown}; registered: {sorted(fmeasures.MEASURES)}")
+        raise ValueError(f"unknown measure(s) {unknown}; registered: {sorted(fmeasures.MEASURES)}; variants and "
+                         f"diagnostics: {sorted(fmeasures.EXTRAS)}")
     options = options or {}
     unused = sorted(set(options) - set(names))
     if unused:
@@ -182,7 +183,7 @@ def _row_on_this_thread(model, train_set, test_set, names, options, init, value,
             row["max_logit_change"] = (logits() - reference_logits).abs().max().item()
     row["gap"] = row["train_acc"] - row["test_acc"]
     for name in names:
-        measure_ = fmeasures.MEASURES[name]
+        measure_ = fmeasures.lookup(name)
         opts = options.get(name, {})
         extra = {"init": init} if measure_.needs_init else {}
         row[name] = value(name, lambda m=measure_, o=opts, e=extra: m(model, train_set, **o, **e), opts)
@@ -342,7 +343,7 @@ def measure_table(networks: dict, train_data, test_data, names: list[str] | None
     networks have no config to key them by."""
     import pandas as pd
     names, options = _checked(names, options)
-    needing = [n for n in names if fmeasures.MEASURES[n].needs_init]
+    needing = [n for n in names if fmeasures.lookup(n).needs_init]
     if needing and init is None:
         raise ValueError(f"measure(s) {needing} need init=<the networks' initial state dict>")
     test_inputs, _ = test_data
@@ -372,3 +373,20 @@ def in_store(configs: Iterable[ftrain.TrainConfig]) -> int:
     """How many of ``configs`` already have a trained network in the store: 0 before a
     cold-start run, so a chapter can say whether its wall time includes the training."""
     return sum(store.path(_network_key(c)).is_file() for c in configs)
+
+
+def correct_predictions(configs: Iterable[ftrain.TrainConfig], progress: bool = False):
+    """A networks x test images array, True where the stored network of each config labels that
+    image of the full test split correctly: the raw material of the test set's reliability
+    (``flatlib.stats.ranking_reliability``). Reads networks from the store only; a config never
+    trained is one ``NotInStore`` error."""
+    import numpy as np
+    rows = []
+    for config in progress_bar(list(configs), "test predictions", progress):
+        result = load_network(config)
+        if result is None:
+            raise NotInStore(f"network seed={config.seed} (key {config.key()})")
+        x, y = _dataset(config.dataset, "test")
+        with _one_thread():
+            rows.append((models.predict(result.model, x).argmax(1).cpu() == y).numpy())
+    return np.stack(rows)

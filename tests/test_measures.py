@@ -14,7 +14,10 @@ from flatlib.train import TrainConfig
 from oracles import dense_hessian, tiny_cnn, tiny_mlp, trained_float64
 
 FAST = {"top_eigenvalue": {"tol": 1e-6}, "pacbayes_mag_bound": {"samples": 5},
-        "weakness_open_labels": {"probe_n": 500}, "weakness_input_volume": {"n": 50, "directions": 4}}
+        "weakness_open_labels": {"probe_n": 500}, "weakness_input_volume": {"n": 50, "directions": 4},
+        "weakness_input_volume_r40": {"n": 50, "directions": 4}, "input_volume_capped": {"n": 50, "directions": 4},
+        "input_volume_r40_capped": {"n": 50, "directions": 4}}
+FAST.update({name: {"probe_n": 500} for name in measures.EXTRAS if name.startswith("weakness_open_labels")})
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,9 @@ def test_every_measure_is_tagged_with_a_family_and_documented():
         assert "Larger =" in m.doc, f"{m.name} must state its sign convention"
 
 
-@pytest.mark.parametrize("name", sorted(MEASURES))
+@pytest.mark.parametrize("name", sorted(MEASURES) + sorted(measures.EXTRAS))
 def test_invariance_tag_matches_measurement(network, informative, name):
-    m = MEASURES[name]
+    m = measures.lookup(name)
     model, ds, init = informative if m.family == "bound" else network
     options = {**FAST.get(name, {}), **({"init": init} if m.needs_init else {})}
     base = m(model, ds, **options)
@@ -206,9 +209,71 @@ def test_top_eigenvalue_on_a_subsample_is_the_subsamples_dense_top_eigenvalue():
     dense = dense_hessian(model, (part.images.double(), part.labels))
     expected = torch.linalg.eigvalsh(dense)[-1].item()
     ds64 = data.Dataset(images=ds.images.double(), labels=ds.labels, name=ds.name, split=ds.split, indices=ds.indices)
-    got = measures.top_eigenvalue(model, ds64, tol=1e-9, subsample=40)
+    got = MEASURES["top_eigenvalue"](model, ds64, tol=1e-9, subsample=40)
     assert got == pytest.approx(expected, rel=1e-6)
-    assert got != pytest.approx(measures.top_eigenvalue(model, ds64, tol=1e-9), rel=1e-3)  # the subsample matters
+    assert got != pytest.approx(MEASURES["top_eigenvalue"](model, ds64, tol=1e-9), rel=1e-3)  # the subsample matters
+
+
+@pytest.mark.parametrize("name", ["hessian_trace", "simplicity_description_length", "weakness_input_volume",
+                                  "relative_flatness"])
+def test_any_measure_on_a_subsample_is_the_measure_of_the_subsample(network, name):
+    model, ds, _ = network
+    part = data.subsample(ds, 100)
+    options = FAST.get(name, {})
+    assert MEASURES[name](model, ds, subsample=100, **options) == MEASURES[name](model, part, **options)
+
+
+def test_a_measure_of_unseen_probes_ignores_the_subsample(network):
+    # The probes come from outside the whole training subset: a subsample must not let the
+    # rest of the network's own training images in as "unseen".
+    model, ds, _ = network
+    m = MEASURES["weakness_open_labels"]
+    assert m.reads_unseen_only
+    assert m(model, ds, subsample=50, probe_n=300) == m(model, ds, probe_n=300)
+
+
+def test_variants_are_their_base_measure_with_fixed_options(network):
+    model, ds, _ = network
+    tau = measures.lookup("weakness_open_labels_tau0.05")
+    assert tau(model, ds, probe_n=300) == MEASURES["weakness_open_labels"](model, ds, tau=0.05, probe_n=300)
+    wide = measures.lookup("weakness_input_volume_r40")
+    assert wide(model, ds, n=20, directions=2) == MEASURES["weakness_input_volume"](
+        model, ds, n=20, directions=2, max_radius=40.0, scan_steps=80)
+    with pytest.raises(ValueError, match="fixes \\['tau'\\]"):
+        tau(model, ds, tau=0.3)
+    with pytest.raises(KeyError, match="unknown measure 'nope'"):
+        measures.lookup("nope")
+    assert not set(measures.EXTRAS) & set(MEASURES)  # a variant never enters "every measure"
+
+
+def test_input_volume_capped_counts_rays_that_never_change_label():
+    # A constant classifier never changes its label: every ray is capped, and the measure is
+    # log(max_radius). A classifier whose label flips at x_0 = 0.5 (a threshold on pixel 0)
+    # caps exactly the rays that move pixel 0 away from the threshold.
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.arange(10.0))
+    x = torch.zeros(30, 1, 28, 28)
+    ds = (x, torch.zeros(30, dtype=torch.long))
+    assert measures.input_volume_capped(constant, ds, n=30, directions=4) == 1.0
+    assert MEASURES["weakness_input_volume"](constant, ds, n=30, directions=4) == pytest.approx(math.log(20.0))
+    threshold = nn.Sequential(nn.Flatten(), nn.Linear(784, 2))
+    with torch.no_grad():
+        threshold[1].weight.zero_()
+        threshold[1].weight[1, 0] = 1.0
+        threshold[1].bias.copy_(torch.tensor([0.5, 0.0]))  # label 1 iff x_0 > 0.5
+    radii = measures.input_volume_radii(threshold, ds, n=30, directions=4)
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.randperm(30, generator=gen)[:30]
+    dirs = torch.randn(30, 4, 784, generator=gen)
+    first = (dirs / dirs.norm(dim=2, keepdim=True))[:, :, 0]
+    reach = torch.where(first > 0, 0.5 / first.clamp(min=1e-12), torch.full_like(first, math.inf))
+    expected_capped = (reach > 20.0).double().mean().item()
+    assert pick.numel() == 30
+    assert measures.input_volume_capped(threshold, ds, n=30, directions=4) == pytest.approx(expected_capped)
+    uncapped = reach <= 20.0
+    assert torch.allclose(radii[uncapped], reach[uncapped].float(), rtol=1e-4)
 
 
 def test_open_labels_falls_back_to_test_inputs_only_for_a_network_trained_on_everything():

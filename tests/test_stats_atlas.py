@@ -1,0 +1,168 @@
+"""flatlib.stats for the robustness atlas: tests of a correlation against a value, pooling over
+environments, the reliability of a test-set ranking, and the two cross-environment standards
+(Jiang et al. 2020; Dziugaite et al. 2020), each against a hand computation or a simulation."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from flatlib import stats
+
+
+def test_fisher_z_test_matches_a_hand_computation():
+    rho, n, value = -0.245, 100, 0.374
+    se = math.sqrt(1.06 / 97)
+    z = (math.atanh(rho) - math.atanh(value)) / se
+    assert stats.fisher_z_test(rho, n, value) == pytest.approx(2 * sps.norm.cdf(-abs(z)), rel=1e-12)
+    assert stats.fisher_z_test(0.374, n, 0.374) == pytest.approx(1.0)
+
+
+def test_fisher_z_test_has_its_size_under_the_null():
+    # Bivariate normal with Pearson r chosen so Spearman's population rho is 0.3.
+    rng = np.random.default_rng(1)
+    target = 0.3
+    r = 2 * math.sin(math.pi * target / 6)
+    cov = [[1, r], [r, 1]]
+    rejections = []
+    for _ in range(2000):
+        x, y = rng.multivariate_normal([0, 0], cov, size=40).T
+        rejections.append(stats.fisher_z_test(sps.spearmanr(x, y).statistic, 40, target) < 0.05)
+    assert 0.03 < np.mean(rejections) < 0.07
+
+
+def test_fisher_z_test_refuses_bad_input():
+    with pytest.raises(ValueError, match="at least 4"):
+        stats.fisher_z_test(0.1, 3, 0.2)
+    with pytest.raises(ValueError, match="value in"):
+        stats.fisher_z_test(0.1, 30, 1.0)
+
+
+def test_pooled_correlation_matches_a_hand_computation():
+    rhos, ns = np.array([0.5, 0.1, -0.2]), np.array([24, 24, 50])
+    z, w = np.arctanh(rhos), (ns - 3) / 1.06
+    mean = (w * z).sum() / w.sum()
+    se = 1 / math.sqrt(w.sum())
+    result = stats.pooled_correlation(rhos, ns)
+    assert result.statistic == pytest.approx(math.tanh(mean))
+    assert result.pvalue == pytest.approx(2 * sps.norm.sf(abs(mean) / se))
+    assert result.interval.low == pytest.approx(math.tanh(mean - 1.959963984540054 * se))
+    q = (w * (z - mean) ** 2).sum()
+    assert result.q == pytest.approx(q)
+    assert result.q_pvalue == pytest.approx(sps.chi2.sf(q, 2))
+    assert (result.groups, result.n) == (3, 98)
+
+
+def test_pooled_correlation_of_one_group_is_that_group():
+    result = stats.pooled_correlation([0.4], [30])
+    assert result.statistic == pytest.approx(0.4)
+    assert math.isnan(result.q_pvalue)
+
+
+def test_pooled_correlation_leaves_out_non_finite_groups_and_refuses_none():
+    assert stats.pooled_correlation([0.4, np.nan], [30, 30]).groups == 1
+    with pytest.raises(ValueError, match="no group"):
+        stats.pooled_correlation([np.nan], [30])
+
+
+def _simulated_correct(true_acc, images, rng):
+    return (rng.random((len(true_acc), images)) < np.asarray(true_acc)[:, None]).astype(float)
+
+
+def test_reliability_is_near_one_for_well_separated_networks_and_near_zero_for_identical_ones():
+    rng = np.random.default_rng(0)
+    spread = _simulated_correct(np.linspace(0.80, 0.95, 20), 10000, rng)
+    same = _simulated_correct(np.full(200, 0.9), 2000, rng)
+    high = stats.ranking_reliability(spread, splits=20, n_resamples=20)
+    low = stats.ranking_reliability(same, splits=20, n_resamples=20)
+    assert high.reliability > 0.97 and high.ceiling > 0.98
+    assert abs(low.reliability) < 0.25  # sampling SD about 0.14 at 200 networks
+
+
+def test_reliability_matches_the_classical_formula_and_its_interval_covers_it():
+    # True accuracies spread with SD s; binomial noise p(1-p)/N per network and image count N.
+    # The classical reliability of the full-set accuracy is s^2 / (s^2 + p(1-p)/N).
+    images, s, p = 4000, 0.006, 0.9
+    expected = s ** 2 / (s ** 2 + p * (1 - p) / images)
+    rng = np.random.default_rng(2)
+    big = stats.ranking_reliability(_simulated_correct(p + s * rng.standard_normal(300), images, rng),
+                                    splits=50, n_resamples=0)
+    assert big.reliability == pytest.approx(expected, abs=0.06)
+    covered = 0
+    for seed in range(10):
+        rng = np.random.default_rng(100 + seed)
+        result = stats.ranking_reliability(_simulated_correct(p + s * rng.standard_normal(60), images, rng),
+                                           splits=10, n_resamples=100, seed=seed)
+        covered += result.interval.low < expected < result.interval.high
+    assert covered >= 8
+
+
+def test_an_image_bootstrap_would_be_biased_upward():
+    # Why the interval resamples networks, not images: in an image bootstrap, the resampled
+    # world's true accuracies are the observed ones, noise included.
+    images, s, p = 4000, 0.006, 0.9
+    expected = s ** 2 / (s ** 2 + p * (1 - p) / images)
+    rng = np.random.default_rng(3)
+    correct = _simulated_correct(p + s * rng.standard_normal(300), images, rng)
+    boot = [stats._spearman_brown(stats._split_half(correct[:, rng.integers(0, images, images)], 1, rng))
+            for _ in range(30)]
+    assert np.percentile(boot, 2.5) > expected
+
+
+def test_reliability_refuses_a_vector():
+    with pytest.raises(ValueError, match="networks x test images"):
+        stats.ranking_reliability(np.ones(10))
+
+
+@pytest.fixture
+def grid():
+    """Two axes (a: 2 values, b: 3 values), one network per environment, hand-chosen numbers."""
+    rows = []
+    for a, b, m, g in [(0, 0, 1.0, 0.90), (0, 1, 2.0, 0.92), (0, 2, 3.0, 0.91),
+                       (1, 0, 5.0, 0.95), (1, 1, 4.0, 0.93), (1, 2, 6.0, 0.96)]:
+        rows.append({"a": a, "b": b, "m": m, "g": g})
+    return pd.DataFrame(rows)
+
+
+def test_granulated_kendall_matches_a_hand_computation(grid):
+    # Axis a, b fixed: pairs (1,5 | .90,.95) +1, (2,4 | .92,.93) +1, (3,6 | .91,.96) +1 -> psi_a = 1.
+    # Axis b, a = 0: m 1,2,3 vs g .90,.92,.91 -> concordant 2, discordant 1 -> tau = 1/3;
+    #         a = 1: m 5,4,6 vs g .95,.93,.96 -> concordant 3 -> tau = 1.  psi_b = 2/3.
+    result = stats.granulated_kendall(grid, "m", "g", ["a", "b"])
+    assert result["a"] == pytest.approx(1.0)
+    assert result["b"] == pytest.approx(2 / 3)
+    assert result["overall"] == pytest.approx(5 / 6)
+    flipped = stats.granulated_kendall(grid, "m", "g", ["a", "b"], sign=-1)
+    assert flipped["overall"] == pytest.approx(-5 / 6)
+
+
+def test_granulated_kendall_averages_seeds_within_an_environment(grid):
+    noisy = pd.concat([grid.assign(m=grid.m + 0.1, seed=0), grid.assign(m=grid.m - 0.1, seed=1)])
+    assert stats.granulated_kendall(noisy, "m", "g", ["a", "b"]) == stats.granulated_kendall(grid, "m", "g", ["a", "b"])
+
+
+def test_sign_errors_match_a_hand_computation():
+    # Two environments differing in axis a, two networks each.
+    # a=0: (m, g) = (1, .90), (3, .92);  a=1: (2, .95), (4, .91).
+    # Pairs (a=0 net, a=1 net): (1,.90)-(2,.95): dm<0, dg<0 agree; (1,.90)-(4,.91): agree;
+    # (3,.92)-(2,.95): dm>0, dg<0 error; (3,.92)-(4,.91): dm<0, dg>0 error. -> 2/4.
+    frame = pd.DataFrame({"a": [0, 0, 1, 1], "m": [1, 3, 2, 4], "g": [.90, .92, .95, .91]})
+    table = stats.sign_errors(frame, "m", "g", ["a"])
+    assert list(table["sign_error"]) == [0.5]
+    assert list(stats.sign_errors(frame, "m", "g", ["a"], sign=-1)["sign_error"]) == [0.5]
+    tied = frame.assign(m=[1, 1, 1, 1])
+    assert list(stats.sign_errors(tied, "m", "g", ["a"])["sign_error"]) == [0.5]
+
+
+def test_sign_errors_use_only_pairs_differing_in_one_axis(grid):
+    table = stats.sign_errors(grid, "m", "g", ["a", "b"])
+    # a: 3 pairs (b fixed); b: 3 pairs within each a -> 6; 9 in all, none differing in both.
+    assert len(table) == 9
+    assert sorted(table["axis"].value_counts().items()) == [("a", 3), ("b", 6)]
+    # Axis a: every pair agrees (psi_a = 1 above), so no sign errors.
+    assert (table[table.axis == "a"]["sign_error"] == 0).all()
+    # A measure that is the target itself never errs; its negation always does.
+    perfect = grid.assign(m=grid.g)
+    assert (stats.sign_errors(perfect, "m", "g", ["a", "b"])["sign_error"] == 0).all()
+    assert (stats.sign_errors(perfect, "m", "g", ["a", "b"], sign=-1)["sign_error"] == 1).all()
