@@ -75,6 +75,12 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           "+1.6 pp at n = 2,000 -> +0.02 pp at n = 60,000",
           "small-batch minus large-batch test accuracy (percentage points)", "Bennett 2026; Keskar et al. 2017",
           {"gap_2000": Figure("gap at n = 2,000 (pp)", 1.6), "gap_60000": Figure("gap at n = 60,000 (pp)", 0.02)}),
+    Claim("C2+", "Weakness predicts generalisation under many training recipes, not one",
+          "weakness rho = +0.374 (MNIST), +0.384 (Fashion-MNIST), one recipe each",
+          "Spearman rho with test accuracy within each environment, pooled over environments",
+          "Bennett 2026; Jiang et al. 2020; Dziugaite et al. 2020",
+          {"mnist": Figure("weakness rho, MNIST", 0.374, 0.00012, _RHO),
+           "fashion_mnist": Figure("weakness rho, Fashion-MNIST", 0.384, 8.15e-5, _RHO)}),
     Claim("C5", "PAC-Bayes bounds work because they correlate with weakness", "qualitative",
           "Spearman rho with test error, raw and partial", "Bennett 2026"),
     Claim("C6", "Regularisation often gives sharper minima that generalise, calibrate and resist noise better",
@@ -262,6 +268,118 @@ def distinct_hypotheses(table, measures: list[str], targets: list[str]) -> int:
         if not any(np.array_equal(ranks, r) or np.array_equal(ranks, rankdata(-r)) for r in distinct):
             distinct.append(ranks)
     return len(measures) * len(distinct)
+
+
+# C2+: the robustness atlas --------------------------------------------------------------------
+
+# The pre-registered weakness measures, primary first: the headline follows the primary.
+ATLAS_WEAKNESS = ("weakness_open_labels", "weakness_input_volume")
+ATLAS_CLAIMED_SIGN = {"weakness": +1, "sharpness": -1, "simplicity": +1}
+
+
+def _combined(states: list[str]) -> str:
+    """One state from one per dataset: supported only if supported on every dataset;
+    contradicted if contradicted somewhere and supported nowhere; not supported if not
+    supported everywhere; otherwise (including opposite findings) inconclusive."""
+    if all(s == "supported" for s in states):
+        return "supported"
+    if "contradicted" in states and "supported" not in states:
+        return "contradicted"
+    if all(s == "not supported" for s in states):
+        return "not supported"
+    return "inconclusive"
+
+
+def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNESS, alpha: float = ALPHA) -> Verdict:
+    """C2+, the robustness atlas, from ``within``: one row per (``dataset``, ``environment``,
+    ``measure``) with the Spearman ``rho`` of the measure with test accuracy over the
+    environment's networks, its decision p-value ``p`` and its number of networks ``n``.
+    ``sharpness`` names the sharpness measures weakness is compared with (claimed sign -1).
+
+    For each pre-registered weakness measure (``weakness``, primary first), on each dataset:
+
+    * pooled: the fixed-effect pooled rho over environments (``stats.pooled_correlation``)
+      judged by ``directional`` (claimed sign +1); combined over datasets by ``_combined``;
+    * robust across recipes: contradicted if any environment shows a significant reversal at
+      the Bonferroni level alpha / (environments, all datasets); supported if the pooled check
+      is supported and Cochran's Q finds no heterogeneity (p >= alpha) on any dataset; not
+      supported if Q finds heterogeneity but no environment reverses; else inconclusive;
+    * beats sharpness: weakness's pooled rho exceeds the best pooled -rho among ``sharpness``
+      on every dataset (supported; the comparison is of point estimates, not a test), falls
+      below it on every dataset (contradicted), else inconclusive.
+
+    The headline follows the primary weakness measure's pooled check, lowered from supported
+    to partly supported when its robustness or its comparison with sharpness fails. The counts
+    of environments where each weakness measure has the paper's sign (significantly, and at
+    all) and where it is significantly reversed are reported for every dataset."""
+    needed = {"dataset", "environment", "measure", "rho", "p", "n"}
+    missing = sorted(needed - set(within.columns))
+    if missing:
+        raise ValueError(f"within lacks columns {missing}")
+    unknown = sorted(set(weakness) | set(sharpness)) if within.empty else sorted(
+        (set(weakness) | set(sharpness)) - set(within["measure"]))
+    if unknown:
+        raise ValueError(f"no correlations for measure(s) {unknown}")
+    datasets = sorted(within["dataset"].unique())
+    environments = within[["dataset", "environment"]].drop_duplicates().shape[0]
+    strict = alpha / environments
+
+    def pooled(measure, dataset):
+        rows = within[(within["measure"] == measure) & (within["dataset"] == dataset)]
+        return stats.pooled_correlation(rows["rho"], rows["n"]), rows
+
+    best_sharpness = {}
+    for dataset in datasets:
+        scores = {m: -pooled(m, dataset)[0].statistic for m in sharpness}
+        best = max(scores, key=scores.get)
+        best_sharpness[dataset] = {"measure": best, "score": float(scores[best])}
+
+    checks, values = [], {"environments": int(environments), "bonferroni_alpha": strict,
+                          "best_sharpness": best_sharpness, "weakness": {}}
+    for rank, measure in enumerate(weakness):
+        per_dataset, pooled_states, reversed_any, heterogeneous, beats = {}, [], False, [], []
+        for dataset in datasets:
+            result, rows = pooled(measure, dataset)
+            check = directional(measure, result.statistic, result.pvalue, tuple(result.interval), +1, alpha)
+            pooled_states.append(check.state)
+            significant = rows["p"] < alpha
+            reversed_ = rows[(rows["p"] < strict) & (rows["rho"] < 0)]
+            reversed_any |= len(reversed_) > 0
+            heterogeneous.append(bool(result.q_pvalue < alpha) if math.isfinite(result.q_pvalue) else False)
+            beats.append(result.statistic > best_sharpness[dataset]["score"])
+            per_dataset[dataset] = {
+                "pooled_rho": result.statistic, "pooled_p": result.pvalue, "pooled_ci": list(result.interval),
+                "q": result.q, "q_p": result.q_pvalue, "environments": int(len(rows)),
+                "significant_with_paper_sign": int((significant & (rows["rho"] > 0)).sum()),
+                "positive": int((rows["rho"] > 0).sum()),
+                "significant_reversed": int((significant & (rows["rho"] < 0)).sum()),
+                "reversed_at_bonferroni": sorted(str(e) for e in reversed_["environment"]),
+                "state": check.state}
+        values["weakness"][measure] = per_dataset
+        central = Check(f"{measure}: pooled within environments", _combined(pooled_states),
+                        {d: {k: per_dataset[d][k] for k in ("pooled_rho", "pooled_p", "pooled_ci", "state")}
+                         for d in datasets})
+        if reversed_any:
+            robust_state = "contradicted"
+        elif central.state == "supported" and not any(heterogeneous):
+            robust_state = "supported"
+        elif any(heterogeneous):
+            robust_state = "not supported"
+        else:
+            robust_state = "inconclusive"
+        robust = Check(f"{measure}: holds across recipes", robust_state,
+                       {d: {k: per_dataset[d][k] for k in ("q_p", "significant_reversed", "reversed_at_bonferroni")}
+                        for d in datasets})
+        beat_state = "supported" if all(beats) else "contradicted" if not any(beats) else "inconclusive"
+        beat = Check(f"{measure}: beats the best sharpness measure", beat_state,
+                     {d: {"weakness": per_dataset[d]["pooled_rho"], **best_sharpness[d]} for d in datasets})
+        checks += [central, robust, beat]
+        if rank == 0:
+            headline = central.state
+            if headline == "supported" and (robust.state != "supported" or beat.state != "supported"):
+                headline = "partly supported"
+    values["headline_measure"] = weakness[0]
+    return Verdict("C2+", headline, tuple(checks), values)
 
 
 # C4 ------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """flatlib.claims: every verdict rule, each state of each sub-claim, on hand-built inputs whose
 answers are known; and the paper's figures as data."""
+import math
+
 import pandas as pd
 import pytest
 
@@ -14,7 +16,7 @@ def corr(rho, p, low, high, n=100):
 # ----------------------------------------------------------------------------- the paper's figures
 
 def test_every_claim_has_a_statement_a_paper_figure_and_what_it_is_measured_against():
-    assert list(claims.CLAIMS) == [f"C{i}" for i in range(1, 9)]
+    assert list(claims.CLAIMS) == ["C1", "C2", "C3", "C4", "C2+", *(f"C{i}" for i in range(5, 9))]
     for claim in claims.CLAIMS.values():
         assert claim.statement and claim.paper and claim.against and claim.source
 
@@ -239,3 +241,103 @@ def test_pacbayes_link_with_saturated_bounds_is_inconclusive_and_says_why():
     out = claims.pacbayes_link(None, None, None, saturated_count=99)
     assert out.verdict == "inconclusive" and out.values["saturated"] == 99
     assert "99 saturated" in out.checks[0].values["reason"]
+
+
+# C2+: the robustness atlas -------------------------------------------------------------------
+
+def _within(rhos: dict, n: int = 24, p: dict | None = None):
+    """A hand-built atlas table: rhos[measure][dataset] is a list, one rho per environment; p
+    from the Fisher-z approximation unless given."""
+    import pandas as pd
+    from scipy import stats as sps
+    rows = []
+    for measure, by_dataset in rhos.items():
+        for dataset, values in by_dataset.items():
+            for e, rho in enumerate(values):
+                z = math.atanh(rho) / math.sqrt(1.06 / (n - 3))
+                pv = (p or {}).get((measure, dataset, e), float(2 * sps.norm.sf(abs(z))))
+                rows.append({"dataset": dataset, "environment": f"env{e}", "measure": measure, "rho": rho,
+                             "p": pv, "n": n})
+    return pd.DataFrame(rows)
+
+
+def _atlas(w1, w2, sharp, n=24):
+    return claims.atlas(_within({"weakness_open_labels": w1, "weakness_input_volume": w2,
+                                 "top_eigenvalue": sharp, "adaptive_sharpness": sharp}, n),
+                        ["top_eigenvalue", "adaptive_sharpness"])
+
+
+STEADY = {"mnist": [0.4, 0.35, 0.45, 0.4], "fashion_mnist": [0.38, 0.42, 0.4, 0.36]}
+NOTHING = {"mnist": [0.05, -0.05, 0.0, 0.02], "fashion_mnist": [-0.02, 0.03, 0.0, -0.01]}
+WEAK_SHARP = {"mnist": [-0.1, -0.05, -0.1, 0.0], "fashion_mnist": [-0.05, -0.1, 0.0, -0.1]}
+
+
+def test_atlas_supported_when_weakness_is_steady_and_beats_sharpness():
+    verdict = _atlas(STEADY, STEADY, WEAK_SHARP)
+    assert verdict.claim == "C2+" and verdict.verdict == "supported"
+    assert verdict.check("weakness_open_labels: holds across recipes").state == "supported"
+    assert verdict.check("weakness_open_labels: beats the best sharpness measure").state == "supported"
+    counts = verdict.values["weakness"]["weakness_open_labels"]["mnist"]
+    assert counts["positive"] == 4 and counts["significant_reversed"] == 0
+
+
+def test_atlas_partly_supported_when_the_sign_depends_on_the_recipe():
+    # Pooled positive, but one environment reverses hard: the claim holds only under some recipes.
+    mixed = {"mnist": [0.8, 0.8, 0.8, -0.75], "fashion_mnist": [0.6, 0.5, 0.55, 0.5]}
+    verdict = _atlas(mixed, STEADY, WEAK_SHARP)
+    assert verdict.check("weakness_open_labels: pooled within environments").state == "supported"
+    robust = verdict.check("weakness_open_labels: holds across recipes")
+    assert robust.state == "contradicted"
+    assert robust.values["mnist"]["reversed_at_bonferroni"] == ["env3"]
+    assert verdict.verdict == "partly supported"
+
+
+def test_atlas_partly_supported_when_sharpness_predicts_better():
+    strong_sharp = {"mnist": [-0.6, -0.6, -0.6, -0.6], "fashion_mnist": [-0.6, -0.6, -0.6, -0.6]}
+    verdict = _atlas(STEADY, STEADY, strong_sharp)
+    assert verdict.check("weakness_open_labels: beats the best sharpness measure").state == "contradicted"
+    assert verdict.values["best_sharpness"]["mnist"]["score"] == pytest.approx(0.6, abs=1e-9)
+    assert verdict.verdict == "partly supported"
+
+
+def test_atlas_contradicted_when_weakness_anticorrelates_everywhere():
+    against = {d: [-r for r in v] for d, v in STEADY.items()}
+    verdict = _atlas(against, STEADY, WEAK_SHARP)
+    assert verdict.verdict == "contradicted"
+    # The secondary measure is judged too, but does not set the headline.
+    assert verdict.check("weakness_input_volume: pooled within environments").state == "supported"
+
+
+def test_atlas_not_supported_when_pooled_rho_excludes_the_claimed_size():
+    verdict = _atlas(NOTHING, NOTHING, WEAK_SHARP, n=200)
+    assert verdict.verdict == "not supported"
+
+
+def test_atlas_inconclusive_when_datasets_disagree():
+    split = {"mnist": STEADY["mnist"], "fashion_mnist": [-r for r in STEADY["fashion_mnist"]]}
+    verdict = _atlas(split, STEADY, WEAK_SHARP)
+    assert verdict.check("weakness_open_labels: pooled within environments").state == "inconclusive"
+    assert verdict.verdict == "inconclusive"
+
+
+def test_atlas_robustness_not_supported_when_heterogeneous_without_reversal():
+    varied = {"mnist": [0.9, 0.05, 0.9, 0.05], "fashion_mnist": [0.9, 0.05, 0.9, 0.05]}
+    verdict = _atlas(varied, STEADY, WEAK_SHARP, n=50)
+    assert verdict.check("weakness_open_labels: holds across recipes").state == "not supported"
+    assert verdict.verdict == "partly supported"
+
+
+def test_atlas_refuses_missing_measures_and_columns():
+    table = _within({"weakness_open_labels": STEADY, "weakness_input_volume": STEADY})
+    with pytest.raises(ValueError, match="top_eigenvalue"):
+        claims.atlas(table, ["top_eigenvalue"])
+    with pytest.raises(ValueError, match="lacks columns"):
+        claims.atlas(table.drop(columns="n"), [])
+
+
+def test_combined_states():
+    assert claims._combined(["supported", "supported"]) == "supported"
+    assert claims._combined(["contradicted", "inconclusive"]) == "contradicted"
+    assert claims._combined(["supported", "contradicted"]) == "inconclusive"
+    assert claims._combined(["not supported", "not supported"]) == "not supported"
+    assert claims._combined(["not supported", "inconclusive"]) == "inconclusive"
