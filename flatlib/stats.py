@@ -567,3 +567,25 @@ def sign_errors(frame, measure: str, target: str, axes: list[str], sign: int = 1
             error = float(np.where(product == 0, 0.5, product < 0).mean())
             rows.append({"axis": differ[0], "environment_a": a, "environment_b": b, "sign_error": error})
     return pd.DataFrame(rows, columns=["axis", "environment_a", "environment_b", "sign_error"])
+
+
+def partial_table(frame, columns, target: str, given: str, n_resamples: int = 10000,
+                  confidence_level: float = 0.95, seed: int = 0):
+    """One row per measure: its Spearman rho with ``target`` and its partial Spearman
+    correlation given ``given`` (``partial_spearman``: bootstrap interval, t and permutation
+    p-values). Rows with a non-finite value are dropped and counted in ``n``."""
+    import pandas as pd
+
+    missing = sorted((set(columns) | {target, given}) - set(frame.columns))
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table")
+    rows = []
+    for column in columns:
+        triple = frame[[column, target, given]].astype(float)
+        triple = triple[np.isfinite(triple).all(axis=1)]
+        part = partial_spearman(triple[column], triple[target], triple[given], n_resamples, confidence_level, seed)
+        rho = float(sps.spearmanr(triple[column], triple[target]).statistic)
+        rows.append({"measure": column, "n": part.n, "rho": rho,
+                     "partial_rho": part.statistic, "ci_low": part.interval.low, "ci_high": part.interval.high,
+                     "p": part.pvalue, "p_perm": part.permutation_pvalue})
+    return pd.DataFrame(rows)

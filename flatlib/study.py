@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import os
 import socket
@@ -102,9 +103,21 @@ def measure_key(config: ftrain.TrainConfig, name: str, options: dict) -> str:
     """The store key of the number ``name`` with ``options`` on the network of ``config``."""
     # A registered measure is computed by flatlib.measures (and what it imports); any other
     # number (the losses and accuracies of ``_row``) by this module, so its source keys them.
-    computed_by = fmeasures.__name__ if name in fmeasures.MEASURES or name in fmeasures.EXTRAS else __name__
+    registered = name in fmeasures.MEASURES or name in fmeasures.EXTRAS
+    computed_by = fmeasures.__name__ if registered else __name__
+    if registered:
+        options = _effective(name, options)
     payload = {"network": config.key(), "measure": name, "options": options, "code": code_version(computed_by)}
     return f"measures/{name}-{store.digest(payload)}.json"
+
+
+def _effective(name: str, options: dict) -> dict:
+    """``options`` without those equal to the measure's own defaults, so that a number asked for
+    with its default options spelled out and one asked for without them share one entry."""
+    defaults = {k: p.default for k, p in inspect.signature(fmeasures.lookup(name).fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {k: v for k, v in options.items() if not (k in defaults and type(v) is type(defaults[k])
+                                                     and v == defaults[k])}
 
 
 def stored_measure(config: ftrain.TrainConfig, name: str, **options) -> float | None:
@@ -390,3 +403,20 @@ def correct_predictions(configs: Iterable[ftrain.TrainConfig], progress: bool = 
         with _one_thread():
             rows.append((models.predict(result.model, x).argmax(1).cpu() == y).numpy())
     return np.stack(rows)
+
+
+def seed_study(dataset: str, networks: int, n: int, widths, optimizer: str, lr: float, batch_size: int,
+               max_epochs: int, first_seed: int = 0, target_train_loss: float = 0.01,
+               patience: int | None = 10) -> list[ftrain.TrainConfig]:
+    """The configs of the head-to-head design (Bennett 2026): ``networks`` networks that differ
+    only in their seed (initialisation and data order), on one class-stratified subset of ``n``
+    training images. Every network stops at the end of the first epoch whose full-pass training
+    cross-entropy is at most ``target_train_loss`` nats, or once it has not improved for
+    ``patience`` epochs, capped at ``max_epochs``: one loss target for all, so that the networks
+    are compared at the same fit of their training set (stopping at 100 % training accuracy
+    left the loss at the stop free to vary, and it tracked the sharpness and weakness measures).
+    The head-to-head and PAC-Bayes chapters share these networks."""
+    return [ftrain.TrainConfig(dataset=dataset, n=n, widths=tuple(widths), optimizer=optimizer, lr=lr,
+                               batch_size=batch_size, epochs=max_epochs, target_train_acc=None,
+                               target_train_loss=target_train_loss, patience=patience, seed=seed)
+            for seed in range(first_seed, first_seed + networks)]

@@ -166,3 +166,17 @@ def test_sign_errors_use_only_pairs_differing_in_one_axis(grid):
     perfect = grid.assign(m=grid.g)
     assert (stats.sign_errors(perfect, "m", "g", ["a", "b"])["sign_error"] == 0).all()
     assert (stats.sign_errors(perfect, "m", "g", ["a", "b"], sign=-1)["sign_error"] == 1).all()
+
+
+def test_partial_table_rows_are_partial_spearman():
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=40)
+    frame = pd.DataFrame({"m": z + rng.normal(size=40), "g": z + rng.normal(size=40), "loss": z})
+    table = stats.partial_table(frame, ["m"], "g", "loss", n_resamples=200)
+    part = stats.partial_spearman(frame.m, frame.g, frame.loss, n_resamples=200)
+    row = table.iloc[0]
+    assert row.partial_rho == part.statistic and row.p_perm == part.permutation_pvalue
+    assert row.rho == pytest.approx(sps.spearmanr(frame.m, frame.g).statistic)
+    assert abs(row.partial_rho) < abs(row.rho)  # the shared cause removed
+    with pytest.raises(ValueError, match="not in the table"):
+        stats.partial_table(frame, ["x"], "g", "loss")

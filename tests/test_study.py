@@ -265,3 +265,13 @@ def test_in_store_counts_the_networks_already_trained():
     assert study.in_store(configs) == 0
     study.trained(configs[1])
     assert study.in_store(configs) == 1
+
+
+def test_a_measure_asked_for_with_its_default_options_spelled_out_shares_the_entry():
+    from flatlib import study
+    from flatlib.train import TrainConfig
+    config = TrainConfig(n=100, widths=(4,), epochs=1)
+    plain = study.measure_key(config, "weakness_input_volume", {})
+    assert study.measure_key(config, "weakness_input_volume", {"max_radius": 20.0}) == plain
+    assert study.measure_key(config, "weakness_input_volume", {"max_radius": 40.0}) != plain
+    assert study.measure_key(config, "weakness_input_volume", {"max_radius": 20}) != plain  # int, not the float
