@@ -1,0 +1,137 @@
+"""The robustness atlas: a grid of training recipes (environments), networks that differ only in
+their seed within each, and the measures' correlations with generalisation within and across
+environments.
+
+An environment is one combination of the values of ``AXES``: optimiser, training-set size,
+hidden width and batch size. Within an environment the design is the head-to-head's (same data,
+same recipe, seeds differ); across environments it is Jiang et al.'s (2020) and Dziugaite et
+al.'s (2020): networks that differ in their hyperparameters. The statistics themselves live in
+``flatlib.stats`` (``correlation_table``, ``granulated_kendall``, ``sign_errors``) and the
+verdict in ``flatlib.claims.atlas``; this module builds the grid and the tidy tables they read.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from flatlib import stats
+from flatlib import train as ftrain
+
+AXES = ("optimizer", "train_size", "width", "batch_size")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One training recipe of the grid."""
+
+    optimizer: str
+    train_size: int
+    width: int
+    batch_size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.optimizer} n={self.train_size} w={self.width} b={self.batch_size}"
+
+    def as_dict(self) -> dict:
+        return {"optimizer": self.optimizer, "train_size": self.train_size, "width": self.width,
+                "batch_size": self.batch_size}
+
+
+def grid(optimizers, sizes, widths, batch_sizes) -> list[Environment]:
+    """Every combination of the given values, in a fixed order. An empty axis, an unknown
+    optimiser, a repeated value or a batch larger than a training set is refused here, with one
+    error naming every problem, before anything trains."""
+    axes = {"optimizers": list(optimizers), "sizes": list(sizes), "widths": list(widths),
+            "batch_sizes": list(batch_sizes)}
+    problems = [f"{name} is empty" for name, values in axes.items() if not values]
+    problems += [f"{name} repeats a value: {values}" for name, values in axes.items() if len(set(values)) < len(values)]
+    unknown = sorted(set(axes["optimizers"]) - set(ftrain.OPTIMIZERS))
+    if unknown:
+        problems.append(f"unknown optimizer(s) {unknown}; choose from {list(ftrain.OPTIMIZERS)}")
+    if axes["sizes"] and axes["batch_sizes"] and max(axes["batch_sizes"]) > min(axes["sizes"]):
+        problems.append(f"batch size {max(axes['batch_sizes'])} exceeds the smallest training set "
+                        f"n={min(axes['sizes'])}")
+    if problems:
+        raise ValueError("Invalid atlas grid: " + "; ".join(problems) + ".")
+    return [Environment(o, int(n), int(w), int(b)) for o, n, w, b in itertools.product(*axes.values())]
+
+
+def configs(dataset: str, environment: Environment, seeds: int, lrs: dict, max_epochs: int,
+            target_train_loss: float, patience: int | None, first_seed: int = 0) -> list[ftrain.TrainConfig]:
+    """The ``seeds`` networks of one environment: a (width, width) ReLU MLP on one
+    class-stratified subset of n training images, trained with the optimiser at ``lrs[optimizer]``
+    and stopped, as in the head-to-head, at the first epoch whose full-pass training loss is at
+    most ``target_train_loss`` nats, after ``patience`` epochs without improvement, or at
+    ``max_epochs``."""
+    e = environment
+    if e.optimizer not in lrs:
+        raise ValueError(f"no learning rate given for {e.optimizer!r}; lrs has {sorted(lrs)}")
+    return [ftrain.TrainConfig(dataset=dataset, n=e.train_size, widths=(e.width, e.width), optimizer=e.optimizer,
+                               lr=lrs[e.optimizer], batch_size=e.batch_size, epochs=max_epochs,
+                               target_train_acc=None, target_train_loss=target_train_loss, patience=patience,
+                               seed=seed)
+            for seed in range(first_seed, first_seed + seeds)]
+
+
+def within(table, measures: list[str], target: str = "test_acc", n_resamples: int = 2000, seed: int = 0):
+    """One row per (dataset, environment, measure): ``stats.correlation_table`` of the measure
+    with ``target`` over the environment's usable networks (status "ok"), with the
+    environment's axes as columns and ``p`` set to the permutation p-value (the decision
+    p-value, as in the head-to-head) beside the asymptotic ``p_asymptotic``."""
+    import pandas as pd
+
+    parts = []
+    ok = table[table["status"] == "ok"]
+    for (dataset, label), group in ok.groupby(["dataset", "environment"], sort=False):
+        rows = stats.correlation_table(group, measures, [target], n_resamples=n_resamples, seed=seed,
+                                       kendall_too=False)
+        rows = rows.rename(columns={"p": "p_asymptotic"}).assign(p=rows["p_perm"])
+        rows.insert(0, "dataset", dataset)
+        rows.insert(1, "environment", label)
+        for i, axis in enumerate(AXES):
+            rows.insert(2 + i, axis, group[axis].iloc[0])
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True)
+
+
+def across(table, measures: list[str], signs: dict, target: str = "test_acc"):
+    """One row per (dataset, measure): Jiang et al.'s granulated Kendall coefficient per axis and
+    overall (on environment means), and Dziugaite et al.'s sign errors over pairs of
+    environments that differ in one axis (mean, 90th percentile, worst case), each oriented by
+    ``signs[measure]`` (+1 where the claim says larger means better generalisation) so that a
+    good measure has positive Kendall coefficients and small sign errors."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    ok = table[table["status"] == "ok"]
+    for dataset, group in ok.groupby("dataset", sort=False):
+        for measure in measures:
+            psi = stats.granulated_kendall(group, measure, target, list(AXES), sign=signs[measure])
+            errors = stats.sign_errors(group, measure, target, list(AXES), sign=signs[measure])["sign_error"]
+            rows.append({"dataset": dataset, "measure": measure, **{f"psi_{a}": psi[a] for a in AXES},
+                         "psi": psi["overall"], "sign_error_mean": float(errors.mean()),
+                         "sign_error_p90": float(np.percentile(errors, 90)), "sign_error_max": float(errors.max()),
+                         "pairs": int(len(errors))})
+    return pd.DataFrame(rows)
+
+
+def pooled(within):
+    """One row per (dataset, measure) of a ``within`` table: the fixed-effect pooled rho over
+    environments (``stats.pooled_correlation``) with its interval and p-value, Cochran's Q
+    p-value, and the counts of environments where rho is positive, significantly positive and
+    significantly negative (decision p-value below 0.05)."""
+    import pandas as pd
+
+    rows = []
+    for (dataset, measure), part in within.groupby(["dataset", "measure"], sort=False):
+        result = stats.pooled_correlation(part["rho"], part["n"])
+        significant = part["p"] < 0.05
+        rows.append({"dataset": dataset, "measure": measure, "pooled_rho": result.statistic,
+                     "ci_low": result.interval.low, "ci_high": result.interval.high, "p": result.pvalue,
+                     "Q_p": result.q_pvalue, "positive": int((part["rho"] > 0).sum()),
+                     "significant_positive": int((significant & (part["rho"] > 0)).sum()),
+                     "significant_negative": int((significant & (part["rho"] < 0)).sum()),
+                     "environments": int(len(part))})
+    return pd.DataFrame(rows)

@@ -1,0 +1,81 @@
+"""flatlib.atlas: the grid of environments, refused before anything trains when it is bad, and
+the tidy tables equal to the statistics computed directly on each environment."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from flatlib import atlas, stats
+
+
+def test_grid_is_the_full_product_in_a_fixed_order():
+    envs = atlas.grid(["sgd", "adam"], [1000, 5000, 20000], [64, 256], [64, 256])
+    assert len(envs) == 24 and len(set(envs)) == 24
+    assert envs[0] == atlas.Environment("sgd", 1000, 64, 64)
+    assert envs[0].label == "sgd n=1000 w=64 b=64"
+
+
+@pytest.mark.parametrize("args, words", [
+    ((["sgd", "rmsprop"], [1000], [64], [64]), "unknown optimizer(s) ['rmsprop']"),
+    (([], [1000], [64], [64]), "optimizers is empty"),
+    ((["sgd"], [1000, 1000], [64], [64]), "sizes repeats a value"),
+    ((["sgd"], [100, 1000], [64], [256]), "batch size 256 exceeds the smallest training set n=100"),
+])
+def test_a_bad_grid_is_refused_with_one_error(args, words):
+    with pytest.raises(ValueError, match="Invalid atlas grid") as info:
+        atlas.grid(*args)
+    assert words in str(info.value)
+
+
+def test_configs_follow_the_environment_and_share_everything_but_the_seed():
+    env = atlas.Environment("adam", 5000, 64, 256)
+    configs = atlas.configs("fashion_mnist", env, 3, {"sgd": 0.05, "adam": 1e-3}, 100, 0.01, 10)
+    assert [c.seed for c in configs] == [0, 1, 2]
+    c = configs[0]
+    assert (c.dataset, c.n, c.widths, c.optimizer, c.lr, c.batch_size, c.epochs) == \
+        ("fashion_mnist", 5000, (64, 64), "adam", 1e-3, 256, 100)
+    assert (c.target_train_acc, c.target_train_loss, c.patience) == (None, 0.01, 10)
+    with pytest.raises(ValueError, match="no learning rate given for 'adam'"):
+        atlas.configs("mnist", env, 3, {"sgd": 0.05}, 100, 0.01, 10)
+
+
+@pytest.fixture
+def table():
+    rng = np.random.default_rng(0)
+    rows = []
+    for env in atlas.grid(["sgd", "adam"], [1000, 5000], [64], [64]):
+        for seed in range(6):
+            acc = 0.9 + 0.01 * (env.train_size == 5000) + 0.002 * rng.normal()
+            rows.append({"dataset": "mnist", "environment": env.label, **env.as_dict(), "seed": seed,
+                         "status": "ok", "test_acc": acc, "good": acc + 0.001 * rng.normal(),
+                         "noise": rng.normal()})
+    rows.append({**rows[0], "status": "diverged", "seed": 99, "good": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_within_is_the_correlation_table_of_each_environment(table):
+    result = atlas.within(table, ["good", "noise"], n_resamples=200)
+    assert len(result) == 4 * 2
+    first = table[(table.environment == "sgd n=1000 w=64 b=64") & (table.status == "ok")]
+    direct = stats.correlation_table(first, ["good"], ["test_acc"], n_resamples=200, kendall_too=False).iloc[0]
+    row = result[(result.environment == "sgd n=1000 w=64 b=64") & (result.measure == "good")].iloc[0]
+    assert row.rho == direct.rho and row.p == direct.p_perm and row.p_asymptotic == direct.p and row.n == 6
+    assert row.optimizer == "sgd" and row.n == 6
+
+
+def test_across_reads_jiang_and_dziugaite_from_stats(table):
+    result = atlas.across(table, ["good", "noise"], {"good": 1, "noise": -1}).set_index("measure")
+    ok = table[table.status == "ok"]
+    psi = stats.granulated_kendall(ok, "good", "test_acc", list(atlas.AXES))
+    assert result.loc["good", "psi"] == psi["overall"] and result.loc["good", "psi_train_size"] == 1.0
+    errors = stats.sign_errors(ok, "noise", "test_acc", list(atlas.AXES), sign=-1)["sign_error"]
+    assert result.loc["noise", "sign_error_max"] == errors.max()
+    assert result.loc["good", "pairs"] == 4  # 2 x 2 environments, pairs differing in one axis
+
+
+def test_pooled_rows_are_stats_pooled_correlation_with_counts(table):
+    result = atlas.within(table, ["good", "noise"], n_resamples=200)
+    rows = atlas.pooled(result).set_index("measure")
+    part = result[result.measure == "good"]
+    direct = stats.pooled_correlation(part.rho, part.n)
+    assert rows.loc["good", "pooled_rho"] == direct.statistic and rows.loc["good", "Q_p"] == direct.q_pvalue
+    assert rows.loc["good", "positive"] == int((part.rho > 0).sum()) and rows.loc["good", "environments"] == 4
