@@ -130,8 +130,34 @@ def pooled(within):
         significant = part["p"] < 0.05
         rows.append({"dataset": dataset, "measure": measure, "pooled_rho": result.statistic,
                      "ci_low": result.interval.low, "ci_high": result.interval.high, "p": result.pvalue,
-                     "Q_p": result.q_pvalue, "positive": int((part["rho"] > 0).sum()),
+                     "Q_p": result.q_pvalue, "prediction_low": result.prediction.low,
+                     "prediction_high": result.prediction.high, "positive": int((part["rho"] > 0).sum()),
                      "significant_positive": int((significant & (part["rho"] > 0)).sum()),
                      "significant_negative": int((significant & (part["rho"] < 0)).sum()),
                      "environments": int(len(part))})
     return pd.DataFrame(rows)
+
+
+def labelled(table, plan):
+    """``table`` (rows in the order of ``plan``'s configs) with the dataset, the environment's
+    label and its axes as the first columns; ``plan`` is a list of (dataset, environment, config)."""
+    if len(table) != len(plan):
+        raise ValueError(f"the table has {len(table)} rows for {len(plan)} planned networks")
+    table = table.copy()
+    table.insert(0, "dataset", [dataset for dataset, _, _ in plan])
+    table.insert(1, "environment", [env.label for _, env, _ in plan])
+    for i, axis in enumerate(AXES):
+        table.insert(2 + i, axis, [env.as_dict()[axis] for _, env, _ in plan])
+    return table
+
+
+def fit(table):
+    """One row per (dataset, environment): mean epochs, the worst training loss at the stop,
+    mean and SD of test accuracy, how many networks reached the loss target, how many
+    diverged, and ``networks``; an environment whose ``reached_target`` falls short of
+    ``networks`` stopped some networks by patience or the epoch cap."""
+    return table.groupby(["dataset", "environment"], sort=False).agg(
+        epochs=("epochs", "mean"), worst_train_loss=("train_loss", "max"), test_acc=("test_acc", "mean"),
+        test_acc_sd=("test_acc", "std"),
+        reached_target=("stopped_by", lambda s: int((s == "target_train_loss").sum())),
+        diverged=("status", lambda s: int((s != "ok").sum())), networks=("status", "size"))

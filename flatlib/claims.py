@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats as sps
 
 from flatlib import stats
 
@@ -293,31 +294,39 @@ def _combined(states: list[str]) -> str:
 def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNESS, alpha: float = ALPHA) -> Verdict:
     """C2+, the robustness atlas, from ``within``: one row per (``dataset``, ``environment``,
     ``measure``) with the Spearman ``rho`` of the measure with test accuracy over the
-    environment's networks, its decision p-value ``p`` and its number of networks ``n``.
-    ``sharpness`` names the sharpness measures weakness is compared with (claimed sign -1).
+    environment's networks, its decision p-value ``p`` (the permutation p) and its number of
+    networks ``n``. ``sharpness`` names the sharpness measures weakness is compared with
+    (claimed sign -1).
 
     For each pre-registered weakness measure (``weakness``, primary first), on each dataset:
 
     * pooled: the fixed-effect pooled rho over environments (``stats.pooled_correlation``)
       judged by ``directional`` (claimed sign +1); combined over datasets by ``_combined``;
-    * robust across recipes: contradicted if any environment shows a significant reversal at
-      the Bonferroni level alpha / (environments, all datasets); supported if the pooled check
-      is supported and Cochran's Q finds no heterogeneity (p >= alpha) on any dataset; not
-      supported if Q finds heterogeneity but no environment reverses; else inconclusive;
-    * beats sharpness: weakness's pooled rho exceeds the best pooled -rho among ``sharpness``
-      on every dataset (supported; the comparison is of point estimates, not a test), falls
-      below it on every dataset (contradicted), else inconclusive.
+    * holds across recipes: contradicted if any environment shows a reversal significant at the
+      Bonferroni level alpha / (environments of all datasets), by the Fisher z test of its rho
+      (not the permutation p, whose floor 1 / (resamples + 1) may not reach that level);
+      supported if the random-effects 95 % prediction interval for a new environment's rho lies
+      above 0 on every dataset (evidence that it holds in recipes not yet tried, not merely an
+      absence of heterogeneity); not supported if that interval reaches below -0.2 on some
+      dataset (a new recipe may well reverse it); inconclusive otherwise, or with fewer than 3
+      environments on a dataset;
+    * beats sharpness: weakness's pooled 95 % interval lies wholly above that of the best
+      sharpness measure (the one with the largest pooled -rho; its interval sign-flipped) on
+      every dataset (supported), wholly below it on every dataset (contradicted), else
+      inconclusive. Non-overlapping intervals are a conservative test of a difference, and
+      picking the best of several sharpness measures favours sharpness.
 
     The headline follows the primary weakness measure's pooled check, lowered from supported
-    to partly supported when its robustness or its comparison with sharpness fails. The counts
-    of environments where each weakness measure has the paper's sign (significantly, and at
-    all) and where it is significantly reversed are reported for every dataset."""
+    to partly supported when its robustness or its comparison with sharpness is not supported.
+    The counts of environments where each weakness measure has the paper's sign (significantly,
+    and at all) and where it is significantly reversed are reported for every dataset."""
     needed = {"dataset", "environment", "measure", "rho", "p", "n"}
     missing = sorted(needed - set(within.columns))
     if missing:
         raise ValueError(f"within lacks columns {missing}")
-    unknown = sorted(set(weakness) | set(sharpness)) if within.empty else sorted(
-        (set(weakness) | set(sharpness)) - set(within["measure"]))
+    if not weakness or not sharpness:
+        raise ValueError("name at least one weakness and one sharpness measure")
+    unknown = sorted((set(weakness) | set(sharpness)) - set(within["measure"]))
     if unknown:
         raise ValueError(f"no correlations for measure(s) {unknown}")
     datasets = sorted(within["dataset"].unique())
@@ -330,26 +339,32 @@ def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNE
 
     best_sharpness = {}
     for dataset in datasets:
-        scores = {m: -pooled(m, dataset)[0].statistic for m in sharpness}
-        best = max(scores, key=scores.get)
-        best_sharpness[dataset] = {"measure": best, "score": float(scores[best])}
+        results = {m: pooled(m, dataset)[0] for m in sharpness}
+        best = max(results, key=lambda m: -results[m].statistic)
+        low, high = results[best].interval
+        best_sharpness[dataset] = {"measure": best, "score": -results[best].statistic, "ci": [-high, -low]}
 
     checks, values = [], {"environments": int(environments), "bonferroni_alpha": strict,
                           "best_sharpness": best_sharpness, "weakness": {}}
-    for rank, measure in enumerate(weakness):
-        per_dataset, pooled_states, reversed_any, heterogeneous, beats = {}, [], False, [], []
+    headline = None
+    for measure in weakness:
+        per_dataset, pooled_states, reversed_any, predictions, above, below = {}, [], False, [], [], []
         for dataset in datasets:
             result, rows = pooled(measure, dataset)
             check = directional(measure, result.statistic, result.pvalue, tuple(result.interval), +1, alpha)
             pooled_states.append(check.state)
             significant = rows["p"] < alpha
-            reversed_ = rows[(rows["p"] < strict) & (rows["rho"] < 0)]
+            z, variance = stats.fisher_z(rows["rho"], rows["n"])
+            p_z = 2 * sps.norm.sf(np.abs(z) / np.sqrt(variance))
+            reversed_ = rows[(p_z < strict) & (rows["rho"] < 0)]
             reversed_any |= len(reversed_) > 0
-            heterogeneous.append(bool(result.q_pvalue < alpha) if math.isfinite(result.q_pvalue) else False)
-            beats.append(result.statistic > best_sharpness[dataset]["score"])
+            predictions.append(result.prediction)
+            above.append(result.interval.low > best_sharpness[dataset]["ci"][1])
+            below.append(result.interval.high < best_sharpness[dataset]["ci"][0])
             per_dataset[dataset] = {
                 "pooled_rho": result.statistic, "pooled_p": result.pvalue, "pooled_ci": list(result.interval),
-                "q": result.q, "q_p": result.q_pvalue, "environments": int(len(rows)),
+                "q_p": result.q_pvalue, "tau2": result.tau2, "prediction_interval": list(result.prediction),
+                "environments": int(len(rows)),
                 "significant_with_paper_sign": int((significant & (rows["rho"] > 0)).sum()),
                 "positive": int((rows["rho"] > 0).sum()),
                 "significant_reversed": int((significant & (rows["rho"] < 0)).sum()),
@@ -361,20 +376,23 @@ def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNE
                          for d in datasets})
         if reversed_any:
             robust_state = "contradicted"
-        elif central.state == "supported" and not any(heterogeneous):
+        elif any(math.isnan(p.low) for p in predictions):
+            robust_state = "inconclusive"
+        elif all(p.low > 0 for p in predictions):
             robust_state = "supported"
-        elif any(heterogeneous):
+        elif any(p.low < -SMALLEST_EFFECT for p in predictions):
             robust_state = "not supported"
         else:
             robust_state = "inconclusive"
         robust = Check(f"{measure}: holds across recipes", robust_state,
-                       {d: {k: per_dataset[d][k] for k in ("q_p", "significant_reversed", "reversed_at_bonferroni")}
-                        for d in datasets})
-        beat_state = "supported" if all(beats) else "contradicted" if not any(beats) else "inconclusive"
+                       {d: {k: per_dataset[d][k] for k in ("prediction_interval", "q_p", "significant_reversed",
+                                                             "reversed_at_bonferroni")} for d in datasets})
+        beat_state = "supported" if all(above) else "contradicted" if all(below) else "inconclusive"
         beat = Check(f"{measure}: beats the best sharpness measure", beat_state,
-                     {d: {"weakness": per_dataset[d]["pooled_rho"], **best_sharpness[d]} for d in datasets})
+                     {d: {"weakness": per_dataset[d]["pooled_rho"], "weakness_ci": per_dataset[d]["pooled_ci"],
+                          **best_sharpness[d]} for d in datasets})
         checks += [central, robust, beat]
-        if rank == 0:
+        if headline is None:
             headline = central.state
             if headline == "supported" and (robust.state != "supported" or beat.state != "supported"):
                 headline = "partly supported"

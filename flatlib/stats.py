@@ -393,14 +393,18 @@ def fisher_z_test(rho: float, n: int, value: float) -> float:
 
 @dataclass(frozen=True)
 class PooledResult:
-    """A fixed-effect pooled correlation over groups (Fisher z, inverse-variance weights) and
-    Cochran's Q test of whether the groups share one correlation."""
+    """A fixed-effect pooled correlation over groups (Fisher z, inverse-variance weights),
+    Cochran's Q test of whether the groups share one correlation, and the random-effects view:
+    the DerSimonian-Laird between-group variance ``tau2`` (on the z scale) and the prediction
+    interval for the correlation in a new group (Higgins, Thompson & Spiegelhalter 2009)."""
 
     statistic: float
     pvalue: float
     interval: ConfidenceInterval
     q: float
     q_pvalue: float
+    tau2: float
+    prediction: ConfidenceInterval
     groups: int
     n: int
 
@@ -408,32 +412,53 @@ class PooledResult:
         return self.interval
 
 
+def fisher_z(rhos, ns) -> tuple[np.ndarray, np.ndarray]:
+    """Fisher's z of Spearman correlations and its variance 1.06 / (n - 3), with |rho| clipped
+    at 1 - 1/n: with few pairs a rank correlation of exactly +-1 is common, and its z would be
+    infinite and outweigh every other group."""
+    rhos, ns = np.asarray(rhos, dtype=float), np.asarray(ns, dtype=float)
+    limit = 1 - 1 / ns
+    return np.arctanh(np.clip(rhos, -limit, limit)), SPEARMAN_Z_VARIANCE / (ns - 3)
+
+
 def pooled_correlation(rhos, ns, confidence_level: float = 0.95) -> PooledResult:
     """Pool Spearman correlations measured in separate groups (environments) of ``ns`` networks:
-    z_g = atanh(rho_g) with variance 1.06 / (n_g - 3), the weighted mean z with weights
-    w_g = (n_g - 3) / 1.06, its standard error 1 / sqrt(sum w), a two-sided z test of rho = 0
-    and the interval tanh(z +- q se). Heterogeneity: Cochran's Q = sum w (z_g - z)^2 against
-    chi^2 with groups - 1 degrees of freedom; a small ``q_pvalue`` says the correlation differs
-    between groups. Groups with a non-finite rho are left out."""
+    z_g = atanh(rho_g) (``fisher_z``) with variance v_g = 1.06 / (n_g - 3), the weighted mean z
+    with weights w_g = 1 / v_g, its standard error 1 / sqrt(sum w), a two-sided z test of
+    rho = 0 and the interval tanh(z +- q se). Heterogeneity: Cochran's Q = sum w (z_g - z)^2
+    against chi^2 with groups - 1 degrees of freedom. Random effects: tau2 = max(0, (Q - (k - 1))
+    / (sum w - sum w^2 / sum w)) (DerSimonian & Laird 1986), the random-effects mean z* with
+    weights 1 / (v_g + tau2), and the prediction interval tanh(z* +- t_{k-2} sqrt(tau2 + se*^2))
+    for a new group (needs k >= 3 groups; NaN otherwise). Groups with a non-finite rho are left
+    out."""
     rhos, ns = np.asarray(rhos, dtype=float).ravel(), np.asarray(ns, dtype=float).ravel()
     if rhos.shape != ns.shape:
         raise ValueError(f"give one n per rho, got {rhos.size} rhos and {ns.size} ns")
+    if not np.isfinite(ns).all() or (ns < 4).any():
+        raise ValueError("every group needs a finite count of at least 4 pairs")
     keep = np.isfinite(rhos)
     rhos, ns = rhos[keep], ns[keep]
     if rhos.size == 0:
         raise ValueError("no group has a finite correlation to pool")
-    if (ns < 4).any():
-        raise ValueError("every group needs at least 4 pairs")
-    z = np.arctanh(np.clip(rhos, -1 + 1e-15, 1 - 1e-15))
-    w = (ns - 3) / SPEARMAN_Z_VARIANCE
+    z, v = fisher_z(rhos, ns)
+    w = 1 / v
     mean = float((w * z).sum() / w.sum())
     se = float(1 / np.sqrt(w.sum()))
     half = float(sps.norm.ppf(0.5 + confidence_level / 2)) * se
+    k = rhos.size
     q = float((w * (z - mean) ** 2).sum())
-    q_p = float(sps.chi2.sf(q, rhos.size - 1)) if rhos.size > 1 else math.nan
+    q_p = float(sps.chi2.sf(q, k - 1)) if k > 1 else math.nan
+    tau2 = max(0.0, (q - (k - 1)) / float(w.sum() - (w ** 2).sum() / w.sum())) if k > 1 else math.nan
+    if k >= 3:
+        w_star = 1 / (v + tau2)
+        mean_star = float((w_star * z).sum() / w_star.sum())
+        spread = float(sps.t.ppf(0.5 + confidence_level / 2, k - 2)) * math.sqrt(tau2 + 1 / w_star.sum())
+        prediction = ConfidenceInterval(math.tanh(mean_star - spread), math.tanh(mean_star + spread))
+    else:
+        prediction = ConfidenceInterval(math.nan, math.nan)
     return PooledResult(statistic=math.tanh(mean), pvalue=float(2 * sps.norm.sf(abs(mean) / se)),
                         interval=ConfidenceInterval(math.tanh(mean - half), math.tanh(mean + half)),
-                        q=q, q_pvalue=q_p, groups=int(rhos.size), n=int(ns.sum()))
+                        q=q, q_pvalue=q_p, tau2=tau2, prediction=prediction, groups=int(k), n=int(ns.sum()))
 
 
 # ----------------------------------------------------------------------------- reliability
@@ -479,8 +504,8 @@ def ranking_reliability(correct, splits: int = 50, n_resamples: int = 200, confi
     random halves ``splits`` times; each split gives every network an accuracy on each half, and
     the Spearman correlation of the two rankings, averaged over splits, is the split-half
     reliability r, corrected to the full test set by Spearman-Brown, 2 r / (1 + r). Its interval
-    is a percentile bootstrap (``n_resamples`` replicates, seeded), each a fresh random halving
-    of the images and a resample of the networks: with few networks that is the larger
+    is a percentile bootstrap (``n_resamples`` replicates, seeded), each a resample of the
+    networks with ``splits // 10`` fresh random halvings of the images: with few networks that is the larger
     uncertainty. (Resampling the test images instead is biased upward: in the resampled world
     each network's observed accuracy, noise included, is its true one, so the noise counts as
     signal; ``tests/test_stats_atlas.py`` shows it.) The
@@ -495,7 +520,7 @@ def ranking_reliability(correct, splits: int = 50, n_resamples: int = 200, confi
     boot = []
     for _ in range(n_resamples):
         networks = rng.integers(0, correct.shape[0], correct.shape[0])
-        boot.append(_spearman_brown(_split_half(correct, 1, rng, networks)))
+        boot.append(_spearman_brown(_split_half(correct, max(1, splits // 10), rng, networks)))
     tail = (1 - confidence_level) / 2 * 100
     low, high = np.nanpercentile(boot, [tail, 100 - tail]) if n_resamples else (math.nan, math.nan)
     return ReliabilityResult(split_half=r, reliability=float(reliability),
@@ -511,32 +536,39 @@ def _environment_means(frame, measure: str, target: str, axes: list[str]):
         raise ValueError(f"columns {missing} are not in the table")
     if not axes:
         raise ValueError("give at least one hyperparameter axis")
-    return frame.groupby(list(axes))[[measure, target]].mean().reset_index()
+    finite = frame[np.isfinite(frame[[measure, target]].astype(float)).all(axis=1)]
+    return finite.groupby(list(axes))[[measure, target]].mean().reset_index()
+
+
+def kendall_tau_a(x, y) -> float:
+    """Kendall's tau-a: (concordant - discordant pairs) / (all pairs), ties counting zero, as in
+    Jiang et al.'s eq. 3 (scipy's default, tau-b, rescales for ties)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2:
+        return math.nan
+    i, j = np.triu_indices(x.size, k=1)
+    return float((np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])).mean())
 
 
 def granulated_kendall(frame, measure: str, target: str, axes: list[str], sign: int = 1) -> dict:
-    """Jiang et al. (2020), "Fantastic generalization measures", eq. 4-5, on environment means:
-    the networks of each environment (one combination of the values of ``axes``) are averaged,
-    then for each axis i and each combination of the other axes' values, Kendall's tau between
-    the measure and ``target`` over the environments that differ in axis i only; psi_i is the
-    mean of these over the combinations, and ``overall`` (Psi) the mean of psi_i over axes.
-    ``sign`` orients the result so that +1 means the measure ranks environments the way the
-    claim says it should (sign=-1 for a measure claimed to fall as the target rises). A
-    coefficient that cannot be computed (a constant measure) counts as 0, as a measure that
-    does not discriminate. Returns {axis: psi_i, ..., "overall": Psi}."""
+    """Jiang et al. (2020), "Fantastic generalization measures", eq. 3-5, on environment means:
+    the networks of each environment (one combination of the values of ``axes``) are averaged
+    (networks with a non-finite measure or target left out), then for each axis i and each
+    combination of the other axes' values, Kendall's tau-a between the measure and ``target``
+    over the environments that differ in axis i only; psi_i is the mean of these over the
+    combinations, and ``overall`` (Psi) the mean of psi_i over the axes that vary (an axis with
+    one value has no psi_i: NaN). ``sign`` orients the result so that +1 means the measure ranks
+    environments the way the claim says it should (sign=-1 for a measure claimed to fall as the
+    target rises). Returns {axis: psi_i, ..., "overall": Psi}."""
     means = _environment_means(frame, measure, target, axes)
     result = {}
     for axis in axes:
         others = [a for a in axes if a != axis]
         groups = means.groupby(others) if others else [((), means)]
-        taus = []
-        for _, group in groups:
-            if len(group) < 2:
-                continue
-            tau = sps.kendalltau(group[measure], group[target]).statistic
-            taus.append(0.0 if not np.isfinite(tau) else float(tau))
+        taus = [kendall_tau_a(group[measure], group[target]) for _, group in groups if len(group) >= 2]
         result[axis] = sign * float(np.mean(taus)) if taus else math.nan
-    result["overall"] = float(np.nanmean([result[a] for a in axes]))
+    varying = [result[a] for a in axes if math.isfinite(result[a])]
+    result["overall"] = float(np.mean(varying)) if varying else math.nan
     return result
 
 
@@ -546,14 +578,16 @@ def sign_errors(frame, measure: str, target: str, axes: list[str], sign: int = 1
     network pairs (one network from each environment, every combination) whose difference in
     the measure, times ``sign``, disagrees in sign with their difference in ``target`` (a tie in
     either counts one half). 0 = the measure always orders the two environments' networks
-    correctly, 0.5 = a coin, 1 = always wrong. Returns one row per pair: the axis, the two
-    environments, and ``sign_error``; its maximum is the measure's worst case."""
+    correctly, 0.5 = a coin, 1 = always wrong. Networks with a non-finite measure or target are
+    left out. Returns one row per pair: the axis, the two environments, and ``sign_error``; its
+    maximum is the measure's worst case."""
     import pandas as pd
 
     missing = sorted({measure, target, *axes} - set(frame.columns))
     if missing:
         raise ValueError(f"columns {missing} are not in the table")
-    envs = {key if isinstance(key, tuple) else (key,): group for key, group in frame.groupby(list(axes))}
+    finite = frame[np.isfinite(frame[[measure, target]].astype(float)).all(axis=1)]
+    envs = {key if isinstance(key, tuple) else (key,): group for key, group in finite.groupby(list(axes))}
     keys = sorted(envs)
     rows = []
     for i, a in enumerate(keys):

@@ -114,7 +114,11 @@ def measure_key(config: ftrain.TrainConfig, name: str, options: dict) -> str:
 def _effective(name: str, options: dict) -> dict:
     """``options`` without those equal to the measure's own defaults, so that a number asked for
     with its default options spelled out and one asked for without them share one entry."""
-    defaults = {k: p.default for k, p in inspect.signature(fmeasures.lookup(name).fn).parameters.items()
+    measure = fmeasures.lookup(name)
+    clash = sorted(set(options) & set(measure.fixed))
+    if clash:  # refused before a key is made, so a variant's entry is never served for other options
+        raise ValueError(f"{name} is a named variant that fixes {clash}; use the base measure to vary them")
+    defaults = {k: p.default for k, p in inspect.signature(measure.fn).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     return {k: v for k, v in options.items() if not (k in defaults and type(v) is type(defaults[k])
                                                      and v == defaults[k])}

@@ -79,3 +79,19 @@ def test_pooled_rows_are_stats_pooled_correlation_with_counts(table):
     direct = stats.pooled_correlation(part.rho, part.n)
     assert rows.loc["good", "pooled_rho"] == direct.statistic and rows.loc["good", "Q_p"] == direct.q_pvalue
     assert rows.loc["good", "positive"] == int((part.rho > 0).sum()) and rows.loc["good", "environments"] == 4
+
+
+def test_labelled_and_fit_tables():
+    envs = atlas.grid(["sgd"], [1000, 5000], [64], [64])
+    plan = [("mnist", env, None) for env in envs for _ in range(2)]
+    raw = pd.DataFrame({"seed": [0, 1, 0, 1], "status": ["ok", "ok", "ok", "diverged"], "epochs": [3, 5, 4, 2],
+                        "train_loss": [0.01, 0.009, 0.2, np.nan], "test_acc": [0.9, 0.91, 0.8, np.nan],
+                        "stopped_by": ["target_train_loss", "target_train_loss", "patience", "diverged"]})
+    table = atlas.labelled(raw, plan)
+    assert list(table.columns[:6]) == ["dataset", "environment", *atlas.AXES]
+    assert list(table["train_size"]) == [1000, 1000, 5000, 5000]
+    fit = atlas.fit(table)
+    row = fit.loc[("mnist", "sgd n=5000 w=64 b=64")]
+    assert (row.reached_target, row.diverged, row.networks, row.epochs) == (0, 1, 2, 3.0)
+    with pytest.raises(ValueError, match="4 rows for 3 planned"):
+        atlas.labelled(raw, plan[:3])

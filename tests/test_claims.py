@@ -273,7 +273,7 @@ WEAK_SHARP = {"mnist": [-0.1, -0.05, -0.1, 0.0], "fashion_mnist": [-0.05, -0.1, 
 
 
 def test_atlas_supported_when_weakness_is_steady_and_beats_sharpness():
-    verdict = _atlas(STEADY, STEADY, WEAK_SHARP)
+    verdict = _atlas(STEADY, STEADY, WEAK_SHARP, n=100)
     assert verdict.claim == "C2+" and verdict.verdict == "supported"
     assert verdict.check("weakness_open_labels: holds across recipes").state == "supported"
     assert verdict.check("weakness_open_labels: beats the best sharpness measure").state == "supported"
@@ -294,7 +294,7 @@ def test_atlas_partly_supported_when_the_sign_depends_on_the_recipe():
 
 def test_atlas_partly_supported_when_sharpness_predicts_better():
     strong_sharp = {"mnist": [-0.6, -0.6, -0.6, -0.6], "fashion_mnist": [-0.6, -0.6, -0.6, -0.6]}
-    verdict = _atlas(STEADY, STEADY, strong_sharp)
+    verdict = _atlas(STEADY, STEADY, strong_sharp, n=100)
     assert verdict.check("weakness_open_labels: beats the best sharpness measure").state == "contradicted"
     assert verdict.values["best_sharpness"]["mnist"]["score"] == pytest.approx(0.6, abs=1e-9)
     assert verdict.verdict == "partly supported"
@@ -320,11 +320,37 @@ def test_atlas_inconclusive_when_datasets_disagree():
     assert verdict.verdict == "inconclusive"
 
 
-def test_atlas_robustness_not_supported_when_heterogeneous_without_reversal():
+def test_atlas_robustness_not_supported_when_a_new_recipe_may_reverse_it():
+    # Heterogeneous, no environment significantly reversed, but the prediction interval for a
+    # new environment reaches well below zero.
     varied = {"mnist": [0.9, 0.05, 0.9, 0.05], "fashion_mnist": [0.9, 0.05, 0.9, 0.05]}
     verdict = _atlas(varied, STEADY, WEAK_SHARP, n=50)
-    assert verdict.check("weakness_open_labels: holds across recipes").state == "not supported"
+    robust = verdict.check("weakness_open_labels: holds across recipes")
+    assert robust.state == "not supported" and robust.values["mnist"]["prediction_interval"][0] < -0.2
     assert verdict.verdict == "partly supported"
+
+
+def test_atlas_robustness_inconclusive_between_the_bounds_and_with_two_environments():
+    verdict = _atlas(NOTHING, NOTHING, WEAK_SHARP, n=200)
+    assert verdict.check("weakness_open_labels: holds across recipes").state == "inconclusive"
+    two = {d: v[:2] for d, v in STEADY.items()}
+    verdict = _atlas(two, two, {d: v[:2] for d, v in WEAK_SHARP.items()}, n=100)
+    robust = verdict.check("weakness_open_labels: holds across recipes")
+    assert robust.state == "inconclusive" and verdict.verdict == "partly supported"
+
+
+def test_atlas_reversal_is_judged_by_fisher_z_not_the_permutation_floor():
+    # Decision p-values at a permutation floor that cannot reach 0.05 / 8: the reversal is still seen.
+    rhos = {"weakness_open_labels": {"mnist": [0.8, 0.8, 0.8, -0.75], "fashion_mnist": [0.6, 0.5, 0.55, 0.5]},
+            "weakness_input_volume": STEADY, "top_eigenvalue": WEAK_SHARP}
+    floor = {(m, d, e): 0.01 for m in rhos for d in ("mnist", "fashion_mnist") for e in range(4)}
+    verdict = claims.atlas(_within(rhos, p=floor), ["top_eigenvalue"])
+    assert verdict.check("weakness_open_labels: holds across recipes").state == "contradicted"
+
+
+def test_atlas_comparison_with_sharpness_inconclusive_when_intervals_overlap():
+    verdict = _atlas(STEADY, STEADY, {d: [-r for r in v] for d, v in STEADY.items()})
+    assert verdict.check("weakness_open_labels: beats the best sharpness measure").state == "inconclusive"
 
 
 def test_atlas_refuses_missing_measures_and_columns():
@@ -332,7 +358,9 @@ def test_atlas_refuses_missing_measures_and_columns():
     with pytest.raises(ValueError, match="top_eigenvalue"):
         claims.atlas(table, ["top_eigenvalue"])
     with pytest.raises(ValueError, match="lacks columns"):
-        claims.atlas(table.drop(columns="n"), [])
+        claims.atlas(table.drop(columns="n"), ["top_eigenvalue"])
+    with pytest.raises(ValueError, match="at least one weakness and one sharpness"):
+        claims.atlas(table, [])
 
 
 def test_combined_states():
@@ -341,3 +369,4 @@ def test_combined_states():
     assert claims._combined(["supported", "contradicted"]) == "inconclusive"
     assert claims._combined(["not supported", "not supported"]) == "not supported"
     assert claims._combined(["not supported", "inconclusive"]) == "inconclusive"
+    assert claims._combined(["contradicted", "not supported"]) == "contradicted"

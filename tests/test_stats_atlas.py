@@ -180,3 +180,44 @@ def test_partial_table_rows_are_partial_spearman():
     assert abs(row.partial_rho) < abs(row.rho)  # the shared cause removed
     with pytest.raises(ValueError, match="not in the table"):
         stats.partial_table(frame, ["x"], "g", "loss")
+
+
+def test_pooled_random_effects_match_a_hand_computation():
+    rhos, ns = np.array([0.6, 0.1, -0.2, 0.3]), np.array([24, 24, 24, 24])
+    z, v = np.arctanh(rhos), 1.06 / (ns - 3)
+    w = 1 / v
+    mean = (w * z).sum() / w.sum()
+    q = (w * (z - mean) ** 2).sum()
+    tau2 = max(0, (q - 3) / (w.sum() - (w ** 2).sum() / w.sum()))
+    ws = 1 / (v + tau2)
+    ms = (ws * z).sum() / ws.sum()
+    spread = sps.t.ppf(0.975, 2) * math.sqrt(tau2 + 1 / ws.sum())
+    result = stats.pooled_correlation(rhos, ns)
+    assert tau2 > 0 and result.tau2 == pytest.approx(tau2)
+    assert result.prediction.low == pytest.approx(math.tanh(ms - spread))
+    assert result.prediction.high == pytest.approx(math.tanh(ms + spread))
+    assert math.isnan(stats.pooled_correlation(rhos[:2], ns[:2]).prediction.low)  # needs 3 groups
+
+
+def test_pooled_correlation_does_not_let_a_perfect_rank_correlation_dominate():
+    result = stats.pooled_correlation([1.0, 0.2, 0.1, 0.3], [8, 8, 8, 8])
+    z = np.arctanh([1 - 1 / 8, 0.2, 0.1, 0.3])
+    assert result.statistic == pytest.approx(math.tanh(z.mean()))
+    with pytest.raises(ValueError, match="finite count"):
+        stats.pooled_correlation([0.1, 0.2], [10, np.nan])
+
+
+def test_kendall_tau_a_counts_ties_as_zero():
+    # x ties in one pair: pairs (0,1) tie -> 0; (0,2) +1; (1,2) +1 -> 2/3 (tau-b would be 0.816).
+    assert stats.kendall_tau_a([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / 3)
+    assert stats.kendall_tau_a([1, 2, 3], [3, 2, 1]) == -1.0
+
+
+def test_non_finite_networks_are_left_out_of_both_cross_environment_standards(grid):
+    broken = pd.concat([grid.assign(seed=0), grid.assign(seed=1, m=np.nan)])
+    axes = ["a", "b"]
+    assert stats.granulated_kendall(broken, "m", "g", axes) == stats.granulated_kendall(grid, "m", "g", axes)
+    assert stats.sign_errors(broken, "m", "g", ["a", "b"]).equals(stats.sign_errors(grid, "m", "g", ["a", "b"]))
+    # An environment with no finite network drops out of its groups instead of scoring 0.
+    gone = grid.assign(m=[np.nan, 2.0, 3.0, 5.0, 4.0, 6.0])
+    assert stats.granulated_kendall(gone, "m", "g", ["a", "b"])["a"] == pytest.approx(1.0)

@@ -275,3 +275,5 @@ def test_a_measure_asked_for_with_its_default_options_spelled_out_shares_the_ent
     assert study.measure_key(config, "weakness_input_volume", {"max_radius": 20.0}) == plain
     assert study.measure_key(config, "weakness_input_volume", {"max_radius": 40.0}) != plain
     assert study.measure_key(config, "weakness_input_volume", {"max_radius": 20}) != plain  # int, not the float
+    with pytest.raises(ValueError, match="fixes \\['tau'\\]"):
+        study.measure_key(config, "weakness_open_labels_tau0.01", {"tau": 0.1})
