@@ -108,6 +108,8 @@ def _bootstrap(arrays: tuple, rows, n_resamples: int, confidence_level: float, s
         values.append(rows(*(a[idx] for a in arrays)))
     values = np.concatenate(values)
     values = values[np.isfinite(values)]
+    if values.size == 0:  # every resample undefined: a constant variable has no interval
+        return ConfidenceInterval(math.nan, math.nan)
     alpha = (1 - confidence_level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return ConfidenceInterval(float(low), float(high))
@@ -116,6 +118,8 @@ def _bootstrap(arrays: tuple, rows, n_resamples: int, confidence_level: float, s
 def _permutation(x: np.ndarray, y: np.ndarray, rows, n_resamples: int, seed: int, chunk: int) -> float:
     """(1 + #{|rows(x, permuted y)| >= |rows(x, y)|}) / (1 + n_resamples)."""
     observed = abs(float(rows(x[None], y[None])[0]))
+    if not math.isfinite(observed):  # an undefined statistic has no p-value (never the floor)
+        return math.nan
     rng = np.random.default_rng(seed)
     exceed = 0
     for size in _chunks(n_resamples, chunk):
@@ -154,9 +158,14 @@ def _check_method(method: str) -> str:
 def correlation(x, y, method: str = "spearman", n_resamples: int = 10000,
                 confidence_level: float = 0.95, seed: int = 0) -> CorrelationResult:
     """Rank correlation of ``x`` and ``y`` with scipy's asymptotic p-value, a paired bootstrap
-    interval and a permutation p-value, each from ``n_resamples`` seeded resamples."""
+    interval and a permutation p-value, each from ``n_resamples`` seeded resamples. A constant
+    ``x`` or ``y`` (a saturated bound, say) has no rank correlation: every number is NaN."""
     x, y = _pair(x, y)
     _check_method(method)
+    if np.unique(x).size < 2 or np.unique(y).size < 2:
+        return CorrelationResult(method=method, statistic=math.nan, pvalue=math.nan,
+                                 interval=ConfidenceInterval(math.nan, math.nan), permutation_pvalue=math.nan,
+                                 n=int(x.size), confidence_level=confidence_level, n_resamples=n_resamples)
     fn = sps.spearmanr if method == "spearman" else sps.kendalltau
     result = fn(x, y)
     return CorrelationResult(

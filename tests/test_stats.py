@@ -194,3 +194,20 @@ def test_format_pvalue_shows_a_monte_carlo_floor_as_a_bound():
 def test_p_text_reads_as_prose():
     assert stats.p_text(0.0151) == "p = 0.015"
     assert stats.p_text(1 / 10001, n_resamples=10000) == "p < 1e-4"
+
+
+def test_a_constant_variable_has_no_correlation_and_does_not_crash_a_table():
+    x = np.ones(20)
+    y = np.arange(20.0)
+    result = stats.correlation(x, y, n_resamples=200)
+    assert np.isnan(result.statistic) and np.isnan(result.permutation_pvalue)
+    assert all(np.isnan(result.confidence_interval()))
+    table = stats.correlation_table(pd.DataFrame({"flat": x, "y": y, "z": -y}), ["flat", "z"], ["y"],
+                                    n_resamples=200)
+    assert np.isnan(table.loc[0, "rho"]) and table.loc[1, "rho"] == pytest.approx(-1.0)
+
+
+def test_an_undefined_partial_correlation_has_no_p_value():
+    x, y = np.ones(20), np.arange(20.0)
+    part = stats.partial_spearman(x, y, np.sin(y), n_resamples=200)
+    assert np.isnan(part.statistic) and np.isnan(part.permutation_pvalue)
