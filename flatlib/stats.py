@@ -211,7 +211,8 @@ def partial_spearman(x, y, z, n_resamples: int = 10000, confidence_level: float 
     design = np.column_stack([np.ones(n), rz])
     ex = rx - design @ np.linalg.lstsq(design, rx, rcond=None)[0]
     ey = ry - design @ np.linalg.lstsq(design, ry, rcond=None)[0]
-    p_perm = _permutation(ex, ey, _pearson_rows, n_resamples, seed + 1, _chunk_size(n))
+    p_perm = _permutation(ex, ey, _pearson_rows, n_resamples, seed + 1, _chunk_size(n)) if math.isfinite(r) \
+        else math.nan
     return CorrelationResult(method="partial_spearman", statistic=r, pvalue=pvalue,
                              interval=interval, permutation_pvalue=p_perm, n=int(n),
                              confidence_level=confidence_level, n_resamples=n_resamples)
