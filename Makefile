@@ -7,7 +7,7 @@ JB_FLAGS := -W -n --keep-going
 # Run as root or with sudo, for Debian's Fashion-MNIST mirror.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup sysdeps data book test reproduce chapter bench clean
+.PHONY: setup sysdeps data book test check reproduce chapter bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ book: data
 test: data
 	$(BIN)/ruff check flatlib tests benchmarks
 	$(BIN)/python -m pytest tests
+
+# Names each published chapter whose numbers came from code that has changed since its run.
+check: setup
+	$(BIN)/python -m flatlib check
 
 # Sweeps run on one single-threaded worker process per core (flatlib.executors); set
 # FLATLIB_EXECUTOR=serial, or a Dask scheduler address, to choose another path.

@@ -1,4 +1,4 @@
-"""Command line: ``python -m flatlib {run,reproduce,scoreboard,fetch-data,chapters}``."""
+"""Command line: ``python -m flatlib {run,reproduce,scoreboard,check,fetch-data,chapters}``."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--no-progress", action="store_true")
     sub.add_parser("reproduce", help="re-run every published chapter in place, then update the scoreboard")
     sub.add_parser("scoreboard", help="regenerate the scoreboard in book/intro.md from the summaries")
+    sub.add_parser("check", help="name the published chapters whose numbers came from code that has changed since")
     fetch_p = sub.add_parser("fetch-data", help="fetch and verify datasets into the data cache")
     fetch_p.add_argument("names", nargs="*", default=["mnist", "fashion_mnist"])
     sub.add_parser("chapters", help="list chapters and their parameters")
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "reproduce":
             runner.reproduce()
             scoreboard.update()
+        elif args.command == "check":
+            reasons = runner.stale()
+            for folder, why in reasons.items():
+                print(f"stale: book/{folder}: {why}")
+            if reasons:
+                print("re-run them: make chapter CH=<chapter> (or make reproduce)", file=sys.stderr)
+                return 1
+            print(f"all {len(runner.published())} published chapters match the code")
         elif args.command == "scoreboard":
             changed = scoreboard.update()
             print("scoreboard updated" if changed else "scoreboard unchanged")

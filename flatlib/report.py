@@ -31,6 +31,18 @@ def source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+def code_versions() -> dict[str, str]:
+    """The code version (``flatlib._version.code_version``: a module's source and everything it
+    imports from flatlib) of every flatlib module this process has loaded: in a chapter's
+    kernel, exactly the code its numbers came from. ``flatlib.runner.stale`` compares them
+    with the code on disk."""
+    import sys
+
+    from flatlib._version import code_version
+    return {name: code_version(name) for name in sorted(sys.modules)
+            if name.startswith("flatlib.") and not name.startswith("flatlib._")}
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -93,6 +105,7 @@ def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scor
         "data_checksums": {name: fdata.checksums(name) for name in datasets},
         "flatlib_version": flatlib.__version__,
         "flatlib_source_hash": source_hash(),
+        "code_versions": code_versions(),
         "git_commit": git_commit(),
         "device": device_description(device),
         "torch_version": torch.__version__,

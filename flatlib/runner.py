@@ -483,6 +483,36 @@ def tidy(notebook: Path, source: Path, final: Path) -> None:
     nbformat.write(nb, notebook)
 
 
+def stale() -> dict[str, str]:
+    """The published runs whose numbers no longer match the code: folder -> why. A run is stale
+    when its summary records no code versions, or when a flatlib module its kernel loaded now
+    has another code version (its source, or that of anything it imports, changed since the
+    run). Re-run those chapters (``make chapter`` or ``python -m flatlib reproduce``)."""
+    from flatlib._version import code_version
+
+    reasons = {}
+    for run in published():
+        path = run.out_dir / "summary.json"
+        if not path.is_file():
+            reasons[run.folder] = "no summary.json: the chapter has not been run"
+            continue
+        recorded = json.loads(path.read_text()).get("code_versions")
+        if not recorded:
+            reasons[run.folder] = "its summary records no code versions (run before they were recorded)"
+            continue
+        changed = []
+        for module, version in recorded.items():
+            try:
+                now = code_version(module)
+            except (FileNotFoundError, ModuleNotFoundError, ValueError):
+                now = None
+            if now != version:
+                changed.append(module)
+        if changed:
+            reasons[run.folder] = "code changed since the run: " + ", ".join(changed)
+    return reasons
+
+
 def reproduce(progress: bool = True) -> list[dict]:
     """Re-run every published chapter at its published parameters, in place."""
     return [run(r.chapter, r.params, r.out_dir, progress, resume="python -m flatlib reproduce") for r in published()]

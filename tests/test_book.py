@@ -108,3 +108,24 @@ def test_the_chapters_command_lists_each_parameter_with_its_range(capsys):
 
     assert main(["chapters"]) == 0
     assert "    networks = 100    (>= 4, <= 10000)" in capsys.readouterr().out
+
+
+def test_no_published_chapter_is_stale():
+    # `make check`: every published run's numbers came from the code as it is now.
+    assert runner.stale() == {}, "re-run these chapters (make chapter / make reproduce)"
+
+
+def test_stale_names_a_run_whose_code_changed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from flatlib._version import code_version
+    fresh, old, none = (tmp_path / name for name in ("fresh", "old", "none"))
+    for folder, versions in ((fresh, {"flatlib.stats": code_version("flatlib.stats")}),
+                             (old, {"flatlib.stats": "0" * 16}), (none, None)):
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"code_versions": versions} if versions else {}))
+    runs = [SimpleNamespace(folder=p.name, out_dir=p) for p in (fresh, old, none, tmp_path / "never")]
+    monkeypatch.setattr(runner, "published", lambda: runs)
+    reasons = runner.stale()
+    assert set(reasons) == {"old", "none", "never"}
+    assert "flatlib.stats" in reasons["old"] and "not been run" in reasons["never"]
