@@ -46,7 +46,6 @@ BOOK = report.ROOT / "book"
 RUNS = report.ROOT / "runs"
 MANIFEST = report.ROOT / "chapters.yml"
 # Tags the site reads (Jupyter Book 1): the parameter cells fold away, the summary cell vanishes.
-HIDE_INPUT = ("parameters", "injected-parameters")
 
 
 class ChapterError(ValueError):
@@ -464,7 +463,8 @@ def tidy(notebook: Path, source: Path, final: Path) -> None:
     """Make the executed notebook a stable document: name the source and the final location
     (relative to the repository when inside it) instead of the scratch folder; drop per-cell
     timings and give cells ids from their position, so a re-run with unchanged numbers changes
-    no line; fold the parameter cells away on the site."""
+    no line; on the site, fold every code cell behind a toggle (its outputs stay) and show the
+    parameters once, as the injected cell that holds the values this run used."""
     def shown(path: Path) -> str:
         return os.path.relpath(path, report.ROOT) if path.is_relative_to(report.ROOT) else str(path)
 
@@ -473,14 +473,38 @@ def tidy(notebook: Path, source: Path, final: Path) -> None:
     meta.update(input_path=shown(source), output_path=shown(final))
     for key in ("start_time", "end_time", "duration"):
         meta.pop(key, None)
-    for i, cell in enumerate(nb.cells):
-        cell.id = f"cell-{i}"
+    for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
-        tags = cell.metadata.get("tags", [])
-        if any(t in tags for t in HIDE_INPUT) and "hide-input" not in tags:
-            cell.metadata["tags"] = [*tags, "hide-input"]
+    nb.cells = [c for c in nb.cells if "parameters-table" not in c.metadata.get("tags", [])]
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = list(cell.metadata.get("tags", []))
+        if {"parameters", "injected-parameters"} & set(tags):
+            tags = [*dict.fromkeys([*tags, "remove-cell"])]  # shown once, as the table below
+        elif not {"remove-cell", "remove-input", "hide-input"} & set(tags):
+            tags.append("hide-input")  # code folded behind a toggle; its outputs are the page
+        cell.metadata["tags"] = tags
+    used = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])] or \
+        [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if used:
+        at = nb.cells.index(used[-1]) + 1
+        nb.cells.insert(at, nbformat.v4.new_markdown_cell(_parameters_table(used[-1].source),
+                                                          metadata={"tags": ["parameters-table"]}))
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
     nbformat.write(nb, notebook)
+
+
+def _parameters_table(source: str) -> str:
+    """The assignments of a parameters cell as a Markdown table, for the page."""
+    rows = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = ast.get_source_segment(source, node.value).replace("|", "\\|")
+            rows.append(f"| `{node.targets[0].id}` | `{value}` |")
+    return "**Parameters of this run**\n\n| parameter | value |\n|---|---|\n" + "\n".join(rows)
 
 
 def stale() -> dict[str, str]:

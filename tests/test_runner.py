@@ -191,8 +191,13 @@ def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path
     nb = nbformat.reads(a, as_version=4)
     for cell in nb.cells:
         assert "papermill" not in cell.metadata and "execution" not in cell.metadata
-        if {"parameters", "injected-parameters"} & set(cell.metadata.get("tags", [])):
-            assert "hide-input" in cell.metadata["tags"]
+        tags = set(cell.metadata.get("tags", []))
+        if cell.cell_type == "code":
+            assert tags & {"hide-input", "remove-input", "remove-cell"}, "code is folded or removed on the site"
+        if {"parameters", "injected-parameters"} & tags:
+            assert "remove-cell" in tags  # shown once, as the table
+    tables = [c for c in nb.cells if "parameters-table" in c.metadata.get("tags", [])]
+    assert len(tables) == 1 and "| `n` | `2` |" in tables[0].source
     assert nb.metadata["papermill"]["input_path"].endswith("echo.md")
 
 
