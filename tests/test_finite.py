@@ -88,3 +88,27 @@ def test_exact_weakness_of_a_network_hypothesis_by_hand():
     assert finite.exact_log2_weakness(probs, 0.1, inputs=np.array([0, 2])) == 0.0
     assert finite.exact_log2_weakness(probs, 0.6) == 0.0  # the top label always counts
     assert math.isclose(finite.exact_log2_weakness(np.full((3, 2), 0.5), 0.1), 3.0)
+
+
+def test_networks_train_deterministically_and_their_exact_weakness_is_the_open_labels_count_on_every_input():
+    import torch
+
+    from flatlib import measures, models
+    t = finite.task(6, "parity2", 24, seed=1)
+    a, b = finite.train_network(t, (8,), seed=3, max_epochs=200), finite.train_network(t, (8,), seed=3, max_epochs=200)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    x = torch.as_tensor(t.x, dtype=torch.float32)
+    probs = torch.softmax(models.predict(a, x).double(), 1).numpy()
+    exact = finite.exact_log2_weakness(probs, 0.1, t.unseen)
+    # weakness_open_labels probed on *every* unseen input is the exact count per input.
+    train = (x[t.train], torch.as_tensor(t.y[t.train], dtype=torch.long))
+    sampled = measures.MEASURES["weakness_open_labels"](a, train, probe=x[t.unseen], tau=0.1)
+    assert sampled == pytest.approx(exact / len(t.unseen), abs=1e-12)
+
+
+def test_network_table_has_a_row_per_seed_and_every_measure():
+    t = finite.task(5, "and2", 12, seed=0)
+    table = finite.network_table(t, networks=3, widths=(8,), probe_n=8)
+    assert list(table["seed"]) == [0, 1, 2]
+    assert set(finite.NETWORK_MEASURES) <= set(table.columns)
+    assert (table["exact_log2_weakness"] >= 0).all() and table["unseen_acc"].between(0, 1).all()
