@@ -310,3 +310,32 @@ def network_table(t: Task, networks: int, widths=(32, 32), tau: float = 0.1, pro
             row[name] = measures.MEASURES[name](model, train, **options)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def learner_summary(table, scores=("accuracy", "worst_case", "bennett", "log2_weakness")):
+    """One row per (rule, learner) of a ``compare`` table (with a ``rule`` column): the mean of
+    each score over draws and its 95 % Student-t half-width (``<score>_pm``)."""
+    import pandas as pd
+    from scipy import stats as sps
+
+    rows = []
+    for (rule, learner), part in table.groupby(["rule", "learner"], sort=False):
+        row = {"rule": rule, "learner": learner, "draws": len(part)}
+        for s in scores:
+            values = part[s].to_numpy(float)
+            half = float(sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))) \
+                if len(values) > 1 else math.nan
+            row[s], row[f"{s}_pm"] = float(values.mean()), half
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def weakest_minus(table, score: str, other: str) -> dict:
+    """The paired difference, over the draws of a ``compare`` table, of ``score`` between the
+    weakest learner and ``other``: mean, 95 % Student-t interval and p (``stats.paired_difference``)."""
+    from flatlib import stats
+
+    wide = table.pivot(index="draw", columns="learner", values=score)
+    d = stats.paired_difference(wide["weakest"], wide[other])
+    ci = d.confidence_interval()
+    return {"mean": d.mean, "ci_low": float(ci.low), "ci_high": float(ci.high), "p": d.pvalue, "draws": d.n}

@@ -112,3 +112,15 @@ def test_network_table_has_a_row_per_seed_and_every_measure():
     assert list(table["seed"]) == [0, 1, 2]
     assert set(finite.NETWORK_MEASURES) <= set(table.columns)
     assert (table["exact_log2_weakness"] >= 0).all() and table["unseen_acc"].between(0, 1).all()
+
+
+def test_learner_summary_and_paired_differences():
+    import pandas as pd
+    from scipy import stats as sps
+    table = pd.DataFrame({"draw": [0, 0, 1, 1, 2, 2], "learner": ["weakest", "shortest"] * 3,
+                          "accuracy": [0.5, 0.7, 0.5, 0.9, 0.5, 0.8], "rule": "parity2"})
+    summary = finite.learner_summary(table, scores=("accuracy",)).set_index("learner")
+    assert summary.loc["shortest", "accuracy"] == pytest.approx(0.8)
+    assert summary.loc["shortest", "accuracy_pm"] == pytest.approx(sps.t.ppf(0.975, 2) * 0.1 / math.sqrt(3))
+    d = finite.weakest_minus(table, "accuracy", "shortest")
+    assert d["mean"] == pytest.approx(-0.3) and d["ci_high"] < 0 and d["draws"] == 3
