@@ -513,6 +513,57 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
     return Verdict("C5", verdict, (predicts, explained, survives), values)
 
 
+# C8 ------------------------------------------------------------------------------------------
+
+def _difference_state(d: dict, claimed: str) -> str:
+    """A paired difference ``{"mean", "ci_low", "ci_high"}`` against zero: ``claimed`` ">= 0"
+    is supported when the interval's low end is at least 0 and contradicted when its high end
+    is below 0; ``claimed`` "<= 0" is the mirror image; otherwise inconclusive."""
+    low, high = d["ci_low"], d["ci_high"]
+    if claimed == ">= 0":
+        return "supported" if low >= 0 else "contradicted" if high < 0 else "inconclusive"
+    if claimed == "<= 0":
+        return "supported" if high <= 0 else "contradicted" if low > 0 else "inconclusive"
+    raise ValueError(f"claimed must be '>= 0' or '<= 0', got {claimed!r}")
+
+
+def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict, alpha: float = ALPHA) -> Verdict:
+    """C8, on the finite domain (``flatlib.finite``).
+
+    * Central, *minimax under exchangeable demands*: ``minimax`` holds the paired differences
+      (weakest minus shortest, weakest minus random; keys "shortest" and "random", each
+      ``{"mean", "ci_low", "ci_high"}``) of the worst-case accuracy over draws whose unseen
+      labels are exchangeable (a uniformly random completion). Supported if both intervals
+      lie at or above 0; contradicted if either lies below 0.
+    * Boundary, *the advantage goes away when demands are structured*: ``structured`` holds the
+      difference weakest minus shortest of expected accuracy under a target the language can
+      express. Supported if its interval lies at or below 0. Reported; it bounds the claim and
+      does not move the headline.
+    * *The sampled proxy tracks exact weakness*: ``proxy`` is the Spearman correlation (``{"rho",
+      "p", "ci_low", "ci_high", "n"}``) across networks of ``weakness_open_labels`` on a sample
+      of unseen inputs with the networks' exact weakness; claimed positive.
+    * *Exact weakness predicts generalisation across networks*: ``predicts``, its Spearman
+      correlation with accuracy on the unseen inputs; claimed positive.
+
+    The headline follows the central check, lowered from supported to partly supported when
+    either network check is not supported."""
+    states = [_difference_state(minimax[k], ">= 0") for k in ("shortest", "random")]
+    central = Check("weakest is minimax-optimal under exchangeable demands",
+                    "contradicted" if "contradicted" in states else
+                    "supported" if all(x == "supported" for x in states) else "inconclusive",
+                    {k: minimax[k] for k in ("shortest", "random")})
+    boundary = Check("the advantage goes away under structured demands", _difference_state(structured, "<= 0"),
+                     dict(structured))
+    track = directional("the sampled proxy tracks exact weakness", proxy["rho"], proxy["p"],
+                        (proxy["ci_low"], proxy["ci_high"]), +1, alpha)
+    general = directional("exact weakness predicts network generalisation", predicts["rho"], predicts["p"],
+                          (predicts["ci_low"], predicts["ci_high"]), +1, alpha)
+    verdict = central.state
+    if verdict == "supported" and not (track.state == "supported" and general.state == "supported"):
+        verdict = "partly supported"
+    return Verdict("C8", verdict, (central, boundary, track, general))
+
+
 def correlation(row, n: int, p: str = "p_perm") -> dict:
     """A row of ``stats.correlation_table`` as a rule's input: rho, the decision p-value
     (column ``p``, by default the permutation p), the interval and the number of networks."""

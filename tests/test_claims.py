@@ -370,3 +370,35 @@ def test_combined_states():
     assert claims._combined(["not supported", "not supported"]) == "not supported"
     assert claims._combined(["not supported", "inconclusive"]) == "inconclusive"
     assert claims._combined(["contradicted", "not supported"]) == "contradicted"
+
+
+# C8 ------------------------------------------------------------------------------------------
+
+def _d(mean, low, high):
+    return {"mean": mean, "ci_low": low, "ci_high": high}
+
+
+def _r(rho, p):
+    return {"rho": rho, "p": p, "ci_low": rho - 0.2, "ci_high": rho + 0.2, "n": 48}
+
+
+def test_finite_weakness_states():
+    ahead = {"shortest": _d(0.3, 0.25, 0.35), "random": _d(0.1, 0.05, 0.15)}
+    tied = {"shortest": _d(0.0, 0.0, 0.0), "random": _d(0.0, 0.0, 0.0)}
+    behind = {"shortest": _d(-0.2, -0.3, -0.1), "random": _d(0.1, 0.05, 0.15)}
+    unsure = {"shortest": _d(0.1, -0.05, 0.25), "random": _d(0.1, 0.05, 0.15)}
+    worse, good = _d(-0.4, -0.5, -0.3), _r(0.6, 0.001)
+    v = claims.finite_weakness(ahead, worse, good, good)
+    assert v.claim == "C8" and v.verdict == "supported"
+    assert v.check("the advantage goes away under structured demands").state == "supported"
+    assert claims.finite_weakness(tied, worse, good, good).verdict == "supported"  # ties are minimax too
+    assert claims.finite_weakness(behind, worse, good, good).verdict == "contradicted"
+    assert claims.finite_weakness(unsure, worse, good, good).verdict == "inconclusive"
+    assert claims.finite_weakness(ahead, worse, _r(0.05, 0.7), good).verdict == "partly supported"
+    assert claims.finite_weakness(ahead, worse, good, _r(-0.5, 0.001)).verdict == "partly supported"
+    kept = claims.finite_weakness(ahead, _d(0.2, 0.1, 0.3), good, good)
+    assert kept.check("the advantage goes away under structured demands").state == "contradicted"
+    assert kept.verdict == "supported"  # the boundary is reported, not a condition of the headline
+    assert claims._difference_state(_d(0, -0.1, 0.1), "<= 0") == "inconclusive"
+    with pytest.raises(ValueError, match="claimed must be"):
+        claims._difference_state(_d(0, 0, 0), "> 0")

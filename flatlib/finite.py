@@ -1,0 +1,341 @@
+"""Weakness where it can be counted exactly: a finite domain of bit strings (claim C8).
+
+The domain is every bit string of length ``bits`` (2^bits inputs), each labelled 0 or 1 by a
+target ``rule``. A training set is a random subset of the domain with its labels; the inputs
+outside it are the unseen ones, on which generalisation is scored.
+
+**The language of hypotheses** (stated, fixed): a hypothesis is a *junta table*, a set J of at
+most ``max_arity`` bit positions and, for every pattern of those bits seen in the training set,
+the label the training set gives it. It labels an input whose J-pattern was seen and leaves
+any other input open; it is consistent with the training set when no two training inputs share
+a J-pattern but not a label. Its **exact weakness** is the number of full labellings of the
+domain it is compatible with, 2^(number of open inputs): ``log2_weakness`` counts the open
+inputs. Its **description length** in this language is the bits needed to write it: the size
+of J (ceil(log2(bits + 1)) bits), each position in J (ceil(log2 bits) bits each), and one row
+per seen pattern (|J| pattern bits and 1 label bit).
+
+**Scoring** on the unseen inputs U, three ways, because the claim depends on which:
+
+* ``accuracy``: a learner that must answer labels an open input by a fair coin, so the expected
+  accuracy is (committed and correct + open / 2) / |U|;
+* ``worst_case``: the accuracy when the demands are chosen against the learner among every
+  completion of the training data (every committed label wrong): (open / 2) / |U|;
+* ``bennett``: Bennett's criterion (2023), whether every correct label of U is among those the
+  hypothesis allows (an open input allows both): 1 if no committed label is wrong, else 0.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# 2^16 inputs: every junta table and every network output on the domain stays cheap.
+MAX_BITS = 16
+
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 2:
+        raise ValueError(f"bits must be an integer of at least 2, got {bits!r}")
+    if bits > MAX_BITS:
+        raise ValueError(f"a domain of {bits}-bit strings has 2^{bits} inputs, too many to enumerate here; "
+                         f"the largest that fits is bits={MAX_BITS}")
+
+
+def domain(bits: int) -> np.ndarray:
+    """Every bit string of length ``bits``, one per row (uint8), in counting order: row i is
+    the binary expansion of i, most significant bit first."""
+    _check_bits(bits)
+    codes = np.arange(2 ** bits, dtype=np.int64)
+    return ((codes[:, None] >> np.arange(bits - 1, -1, -1)) & 1).astype(np.uint8)
+
+
+def _half(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and second halves of each string read as binary numbers (odd length: the
+    middle bit goes to neither)."""
+    h = x.shape[1] // 2
+    weights = lambda n: 2 ** np.arange(n - 1, -1, -1)  # noqa: E731
+    return x[:, :h] @ weights(h), x[:, -h:] @ weights(h)
+
+
+RULES = {
+    "parity2": lambda x, rng: x[:, 0] ^ x[:, 1],
+    "parity3": lambda x, rng: x[:, 0] ^ x[:, 1] ^ x[:, 2],
+    "and2": lambda x, rng: x[:, 0] & x[:, 1],
+    "majority3": lambda x, rng: (x[:, :3].sum(1) >= 2).astype(np.uint8),
+    # the carry out of adding the two halves: the top bit of binary addition
+    "sum_carry": lambda x, rng: (np.add(*_half(x)) >= 2 ** (x.shape[1] // 2)).astype(np.uint8),
+    # exchangeable demands: every completion of the training labels equally likely
+    "random": lambda x, rng: rng.integers(0, 2, len(x)).astype(np.uint8),
+}
+
+
+def labels(rule: str, x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The labels ``rule`` gives the strings ``x`` (``"random"`` draws them with ``seed``)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")
+    return RULES[rule](x, np.random.default_rng(seed)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A domain, its target labels, and one training set (indices into the domain)."""
+
+    bits: int
+    rule: str
+    x: np.ndarray
+    y: np.ndarray
+    train: np.ndarray  # sorted indices of the training inputs
+
+    @property
+    def unseen(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(len(self.x)), self.train)
+
+
+def task(bits: int, rule: str, train_size: int, seed: int = 0) -> Task:
+    """The domain of ``bits``-bit strings labelled by ``rule``, with a uniformly random
+    training set of ``train_size`` inputs (``seed`` draws it, and a random rule's labels)."""
+    x = domain(bits)
+    if not 1 <= train_size < len(x):
+        raise ValueError(f"train_size must be between 1 and {len(x) - 1} for {bits} bits, got {train_size}")
+    rng = np.random.default_rng(seed)
+    y = labels(rule, x, seed)
+    train = np.sort(rng.choice(len(x), train_size, replace=False))
+    return Task(bits, rule, x, y, train)
+
+
+# ----------------------------------------------------------------------------- junta tables
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A junta table: positions ``J``, and per seen pattern (as an integer code) its label."""
+
+    J: tuple[int, ...]
+    table: dict
+    bits: int
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        if not self.J:
+            return np.zeros(len(x), dtype=np.int64)
+        return x[:, list(self.J)].astype(np.int64) @ (2 ** np.arange(len(self.J) - 1, -1, -1))
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(committed mask, label where committed, 0 elsewhere) on the strings ``x``."""
+        codes = self.codes(x)
+        committed = np.array([c in self.table for c in codes], dtype=bool)
+        label = np.array([self.table.get(c, 0) for c in codes], dtype=np.uint8)
+        return committed, label
+
+    def log2_weakness(self) -> int:
+        """log2 of the number of full labellings of the domain this hypothesis is compatible
+        with: the number of inputs it leaves open."""
+        committed, _ = self.predict(domain(self.bits))
+        return int((~committed).sum())
+
+    def description_length(self) -> int:
+        """Bits to write the hypothesis in the stated language (module docstring)."""
+        return (math.ceil(math.log2(self.bits + 1)) + len(self.J) * math.ceil(math.log2(self.bits))
+                + len(self.table) * (len(self.J) + 1))
+
+
+def fit_table(t: Task, J: tuple[int, ...]) -> Hypothesis | None:
+    """The junta table on ``J`` read off the training set, or None if the training set gives
+    one J-pattern two labels (no hypothesis on J is consistent)."""
+    h = Hypothesis(tuple(J), {}, t.bits)
+    codes = h.codes(t.x[t.train])
+    table: dict = {}
+    for code, label in zip(codes.tolist(), t.y[t.train].tolist()):
+        if table.setdefault(code, label) != label:
+            return None
+    return Hypothesis(tuple(J), table, t.bits)
+
+
+def consistent(t: Task, max_arity: int) -> list[Hypothesis]:
+    """Every junta table of at most ``max_arity`` positions consistent with the training set."""
+    if not 0 <= max_arity <= t.bits:
+        raise ValueError(f"max_arity must be between 0 and bits={t.bits}, got {max_arity}")
+    found = []
+    for arity in range(max_arity + 1):
+        for J in itertools.combinations(range(t.bits), arity):
+            h = fit_table(t, J)
+            if h is not None:
+                found.append(h)
+    return found
+
+
+LEARNERS = ("weakest", "shortest", "random")
+
+
+def choose(hypotheses: list[Hypothesis], learner: str, rng: np.random.Generator) -> Hypothesis:
+    """The weakest (most inputs left open), the shortest (least description length) or a
+    uniformly random one of ``hypotheses``; ties are broken uniformly at random."""
+    if not hypotheses:
+        raise ValueError("no consistent hypothesis in the language: raise max_arity")
+    if learner == "random":
+        return hypotheses[int(rng.integers(len(hypotheses)))]
+    if learner == "weakest":
+        scores = np.array([h.log2_weakness() for h in hypotheses])
+        best = np.flatnonzero(scores == scores.max())
+    elif learner == "shortest":
+        scores = np.array([h.description_length() for h in hypotheses])
+        best = np.flatnonzero(scores == scores.min())
+    else:
+        raise ValueError(f"unknown learner {learner!r}; choose from {list(LEARNERS)}")
+    return hypotheses[int(best[rng.integers(len(best))])]
+
+
+def score(t: Task, committed: np.ndarray, label: np.ndarray) -> dict:
+    """The three scores of a hypothesis given on the *unseen* inputs of ``t`` as a committed
+    mask and labels (module docstring)."""
+    unseen = t.unseen
+    committed, label = committed[unseen], label[unseen]
+    right = committed & (label == t.y[unseen])
+    wrong = committed & (label != t.y[unseen])
+    open_ = ~committed
+    return {"accuracy": float((right.sum() + 0.5 * open_.sum()) / len(unseen)),
+            "worst_case": float(0.5 * open_.sum() / len(unseen)),
+            "bennett": float(wrong.sum() == 0),
+            "committed": int(committed.sum()), "open": int(open_.sum())}
+
+
+def compare(bits: int, rule: str, train_size: int, max_arity: int, draws: int, seed: int = 0):
+    """One row per (draw, learner): a fresh training set (and, for the random rule, fresh
+    labels) per draw, the hypothesis each learner picks from the consistent junta tables, its
+    exact log2 weakness, description length and three scores on the unseen inputs."""
+    import pandas as pd
+
+    rows = []
+    for draw in range(draws):
+        t = task(bits, rule, train_size, seed=seed + draw)
+        candidates = consistent(t, max_arity)
+        rng = np.random.default_rng([seed, draw])
+        for learner in LEARNERS:
+            h = choose(candidates, learner, rng)
+            committed, label = h.predict(t.x)
+            rows.append({"draw": draw, "learner": learner, "arity": len(h.J), "J": "".join(map(str, h.J)),
+                         "log2_weakness": h.log2_weakness(), "description_length": h.description_length(),
+                         "candidates": len(candidates), **score(t, committed, label)})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- networks
+
+def network_hypothesis(probs: np.ndarray, tau: float = 0.1) -> np.ndarray:
+    """The labels a network leaves open at each input: a boolean inputs x labels array, True
+    where p(y|x) >= ``tau`` (its top label always counts, as in ``weakness_open_labels``)."""
+    probs = np.asarray(probs, dtype=float)
+    open_ = probs >= tau
+    open_[np.arange(len(probs)), probs.argmax(1)] = True
+    return open_
+
+
+def exact_log2_weakness(probs: np.ndarray, tau: float = 0.1, inputs: np.ndarray | None = None) -> float:
+    """log2 of the number of full labellings of the domain compatible with the network's
+    hypothesis (``network_hypothesis``): the sum over inputs (``inputs``, default all) of
+    log2 of the number of labels it leaves open there."""
+    open_ = network_hypothesis(probs, tau)
+    if inputs is not None:
+        open_ = open_[inputs]
+    return float(np.log2(open_.sum(1)).sum())
+
+
+def train_network(t: Task, widths=(32, 32), seed: int = 0, lr: float = 0.01, max_epochs: int = 3000,
+                  target_loss: float = 0.01):
+    """A ReLU MLP (``flatlib.models.mlp``, 2 outputs) trained on the training set of ``t`` by
+    full-batch Adam until its training cross-entropy is at most ``target_loss`` nats or for
+    ``max_epochs`` steps; ``seed`` sets the initialisation. On one CPU thread, so the same
+    arguments give the same weights."""
+    import torch
+    import torch.nn.functional as F
+
+    from flatlib import models
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = models.mlp(tuple(widths), in_features=t.bits, num_classes=2)
+        x = torch.as_tensor(t.x[t.train], dtype=torch.float32)
+        y = torch.as_tensor(t.y[t.train], dtype=torch.long)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        for _ in range(max_epochs):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            if loss.item() <= target_loss:
+                break
+            loss.backward()
+            opt.step()
+        return model.eval()
+    finally:
+        torch.set_num_threads(threads)
+
+
+# Measures of the registry that apply to a network on bit strings (the bounds are left out: at a
+# few dozen training points they are vacuous).
+NETWORK_MEASURES = ("weakness_open_labels", "weakness_input_volume", "top_eigenvalue", "hessian_trace",
+                    "hessian_trace_min_rescaling", "epsilon_sharpness", "adaptive_sharpness", "relative_flatness",
+                    "simplicity_description_length", "simplicity_l2")
+
+
+def network_table(t: Task, networks: int, widths=(32, 32), tau: float = 0.1, probe_n: int = 32,
+                  first_seed: int = 0, progress: bool = False):
+    """One row per network (seeds ``first_seed, ...``) trained on ``t``: training and unseen
+    accuracy, the exact log2 weakness of its hypothesis on the unseen inputs
+    (``exact_log2_weakness`` at ``tau``) and per unseen input, and every measure of
+    ``NETWORK_MEASURES`` on its training set, ``weakness_open_labels`` on a fixed random sample
+    of ``probe_n`` unseen inputs (the estimate the book uses on MNIST)."""
+    import pandas as pd
+    import torch
+
+    from flatlib import measures, models
+    from flatlib._io import progress as progress_bar
+
+    unseen = t.unseen
+    rng = np.random.default_rng(0)
+    probe_idx = np.sort(rng.choice(unseen, min(probe_n, len(unseen)), replace=False))
+    x_all = torch.as_tensor(t.x, dtype=torch.float32)
+    train = (x_all[t.train], torch.as_tensor(t.y[t.train], dtype=torch.long))
+    rows = []
+    for seed in progress_bar(range(first_seed, first_seed + networks), "networks", progress):
+        model = train_network(t, widths, seed)
+        probs = torch.softmax(models.predict(model, x_all).double(), 1).numpy()
+        predicted = probs.argmax(1)
+        row = {"seed": seed, "train_acc": float((predicted[t.train] == t.y[t.train]).mean()),
+               "unseen_acc": float((predicted[unseen] == t.y[unseen]).mean()),
+               "exact_log2_weakness": exact_log2_weakness(probs, tau, unseen)}
+        row["exact_per_input"] = row["exact_log2_weakness"] / len(unseen)
+        for name in NETWORK_MEASURES:
+            options = {"probe": x_all[probe_idx], "tau": tau} if name == "weakness_open_labels" else {}
+            row[name] = measures.MEASURES[name](model, train, **options)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def learner_summary(table, scores=("accuracy", "worst_case", "bennett", "log2_weakness")):
+    """One row per (rule, learner) of a ``compare`` table (with a ``rule`` column): the mean of
+    each score over draws and its 95 % Student-t half-width (``<score>_pm``)."""
+    import pandas as pd
+    from scipy import stats as sps
+
+    rows = []
+    for (rule, learner), part in table.groupby(["rule", "learner"], sort=False):
+        row = {"rule": rule, "learner": learner, "draws": len(part)}
+        for s in scores:
+            values = part[s].to_numpy(float)
+            half = float(sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))) \
+                if len(values) > 1 else math.nan
+            row[s], row[f"{s}_pm"] = float(values.mean()), half
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def weakest_minus(table, score: str, other: str) -> dict:
+    """The paired difference, over the draws of a ``compare`` table, of ``score`` between the
+    weakest learner and ``other``: mean, 95 % Student-t interval and p (``stats.paired_difference``)."""
+    from flatlib import stats
+
+    wide = table.pivot(index="draw", columns="learner", values=score)
+    d = stats.paired_difference(wide["weakest"], wide[other])
+    ci = d.confidence_interval()
+    return {"mean": d.mean, "ci_low": float(ci.low), "ci_high": float(ci.high), "p": d.pvalue, "draws": d.n}
