@@ -309,7 +309,7 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
                                f"see {failed}.")
         recorded = {k: v for k, v in params.items() if k != "out_dir"}
         summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
-        tidy(executed, source, out_dir / executed.name)
+        tidy(executed, source, out_dir / executed.name, {k: params[k] for k in overrides})
         out_dir.mkdir(exist_ok=True)
         for item in scratch.iterdir():
             target = out_dir / item.name
@@ -459,12 +459,14 @@ def _store_dir() -> Path:
     return store.cache_dir()
 
 
-def tidy(notebook: Path, source: Path, final: Path) -> None:
+def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = None) -> None:
     """Make the executed notebook a stable document: name the source and the final location
     (relative to the repository when inside it) instead of the scratch folder; drop per-cell
     timings and give cells ids from their position, so a re-run with unchanged numbers changes
     no line; on the site, fold every code cell behind a toggle (its outputs stay) and show the
-    parameters once, as the injected cell that holds the values this run used."""
+    parameters once, as a table of the values this run used. A run with ``overrides`` (the
+    Fashion-MNIST page of a chapter published twice) names them in its title, so that its page
+    and its entry in search differ from the default run's."""
     def shown(path: Path) -> str:
         return os.path.relpath(path, report.ROOT) if path.is_relative_to(report.ROOT) else str(path)
 
@@ -492,6 +494,14 @@ def tidy(notebook: Path, source: Path, final: Path) -> None:
         at = nb.cells.index(used[-1]) + 1
         nb.cells.insert(at, nbformat.v4.new_markdown_cell(_parameters_table(used[-1].source),
                                                           metadata={"tags": ["parameters-table"]}))
+    if overrides:
+        suffix = " (" + ", ".join(f"{k} = {v}" for k, v in overrides.items()) + ")"
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and cell.source.startswith("# "):
+                title, _, rest = cell.source.partition("\n")
+                if not title.endswith(suffix):
+                    cell.source = title + suffix + ("\n" + rest if rest else "")
+                break
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"
     nbformat.write(nb, notebook)

@@ -322,3 +322,20 @@ def test_params_as_one_string_reach_the_chapter(book, tmp_path):
     assert main(["run", "echo", "--out", str(out), "--no-progress", "--params", "widths=[8, 8] label='a b' n=2"]) == 0
     headline = json.loads((out / "summary.json").read_text())["headline"]
     assert headline == {"total": 3.0, "label": "a b", "widths": [8, 8]}
+
+
+def test_tidy_names_a_runs_overrides_in_its_title_once(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Head-to-head\n\nText."),
+        nbformat.v4.new_code_cell('dataset = "mnist"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('# Parameters\ndataset = "fashion_mnist"',
+                                  metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print(1)")])
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    for _ in range(2):  # tidying twice changes nothing more
+        runner.tidy(path, tmp_path / "x.md", tmp_path / "out" / "x.ipynb", {"dataset": "fashion_mnist"})
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].source == "# Head-to-head (dataset = fashion_mnist)\n\nText."
+    assert [c.source.count("| `dataset` | `\"fashion_mnist\"` |") for c in cells if c.cell_type == "markdown"] == [0, 1]
+    assert "hide-input" in cells[-1].metadata["tags"]
