@@ -115,11 +115,24 @@ def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scor
     return path
 
 
+def today() -> str:
+    """The date (UTC) a run is recorded under."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
 def add_provenance(path: Path, parameters: dict, wall_time_s: float, notebook: str) -> dict:
     """Add what only the runner knows to a summary the chapter wrote."""
+    import importlib.metadata
+    import sys
+
     summary = json.loads(Path(path).read_text())
     summary["parameters"] = parameters
     summary["wall_time_s"] = round(wall_time_s, 1)
     summary["notebook"] = notebook
+    summary["run_date"] = today()
+    summary["versions"] = {"python": sys.version.split()[0], **{
+        name: importlib.metadata.version(name) for name in ("torch", "numpy", "scipy", "pandas", "papermill")}}
     _atomic_write_json(Path(path), summary)
     return summary

@@ -309,7 +309,8 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
                                f"see {failed}.")
         recorded = {k: v for k, v in params.items() if k != "out_dir"}
         summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
-        tidy(executed, source, out_dir / executed.name, {k: params[k] for k in overrides})
+        tidy(executed, source, out_dir / executed.name, {k: params[k] for k in overrides}, summary,
+             _run_command(chapter, overrides, None if out_dir.is_relative_to(report.ROOT / "book") else out_dir))
         out_dir.mkdir(exist_ok=True)
         for item in scratch.iterdir():
             target = out_dir / item.name
@@ -459,14 +460,16 @@ def _store_dir() -> Path:
     return store.cache_dir()
 
 
-def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = None) -> None:
+def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = None, summary: dict | None = None,
+         rerun: str | None = None) -> None:
     """Make the executed notebook a stable document: name the source and the final location
     (relative to the repository when inside it) instead of the scratch folder; drop per-cell
     timings and give cells ids from their position, so a re-run with unchanged numbers changes
     no line; on the site, fold every code cell behind a toggle (its outputs stay) and show the
     parameters once, as a table of the values this run used. A run with ``overrides`` (the
     Fashion-MNIST page of a chapter published twice) names them in its title, so that its page
-    and its entry in search differ from the default run's."""
+    and its entry in search differ from the default run's. With ``summary``, the page ends with
+    its provenance (``_provenance``) and links to download the files beside it."""
     def shown(path: Path) -> str:
         return os.path.relpath(path, report.ROOT) if path.is_relative_to(report.ROOT) else str(path)
 
@@ -494,6 +497,12 @@ def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = Non
         at = nb.cells.index(used[-1]) + 1
         nb.cells.insert(at, nbformat.v4.new_markdown_cell(_parameters_table(used[-1].source),
                                                           metadata={"tags": ["parameters-table"]}))
+    nb.cells = [c for c in nb.cells if "provenance" not in c.metadata.get("tags", [])]
+    if summary is not None:
+        files = sorted(p.name for p in notebook.parent.iterdir()
+                       if p.suffix in (".csv", ".json") and p.is_file())
+        nb.cells.append(nbformat.v4.new_markdown_cell(_provenance(summary, files, rerun),
+                                                      metadata={"tags": ["provenance"]}))
     if overrides:
         suffix = " (" + ", ".join(f"{k} = {v}" for k, v in overrides.items()) + ")"
         for cell in nb.cells:
@@ -505,6 +514,28 @@ def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = Non
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"
     nbformat.write(nb, notebook)
+
+
+def _provenance(summary: dict, files: list[str], rerun: str | None) -> str:
+    """The provenance of a run, from its summary, as Markdown: when and where it ran, the code
+    and libraries, the data, the command that re-runs it, and the files to download."""
+    commit = summary.get("git_commit") or "unknown"
+    data = "; ".join(f"{name}: " + ", ".join(f"`{f}` {h[:12]}" for f, h in files_.items())
+                     for name, files_ in summary.get("data_checksums", {}).items()) or "none"
+    versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
+    rows = [("run", f"{summary.get('run_date', 'unknown')} (UTC); its wall time is in `summary.json`"),
+            ("device", summary.get("device", "unknown")),
+            ("code", f"git `{commit[:12]}`, flatlib {summary.get('flatlib_version', '?')} "
+                     f"(source hash `{summary.get('flatlib_source_hash', '?')}`)"),
+            ("libraries", versions or f"torch {summary.get('torch_version', '?')}"),
+            ("data (SHA-256)", data)]
+    if rerun:
+        rows.append(("re-run", f"`{rerun}`"))
+    bar = "\\|"  # a literal | inside a table cell
+    table = "\n".join(f"| {k} | {v.replace('|', bar)} |" for k, v in rows)
+    downloads = ", ".join(f"{{download}}`{name} <{name}>`" for name in files)
+    return (f"## Provenance\n\n| | |\n|---|---|\n{table}\n\n"
+            + (f"Downloads: {downloads}." if downloads else ""))
 
 
 def _parameters_table(source: str) -> str:

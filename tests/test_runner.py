@@ -182,7 +182,8 @@ def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_p
     assert table.count("| pending |") == len(claims.CLAIMS) - 1
 
 
-def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path):
+def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "today", lambda: "2026-01-01")  # two runs either side of midnight
     runner.run("echo", {"n": "2"}, out=tmp_path / "a", progress=False)
     a = (tmp_path / "a" / "echo.ipynb").read_text()
     runner.run("echo", {"n": "2"}, out=tmp_path / "a", progress=False)
@@ -198,6 +199,10 @@ def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path
             assert "remove-cell" in tags  # shown once, as the table
     tables = [c for c in nb.cells if "parameters-table" in c.metadata.get("tags", [])]
     assert len(tables) == 1 and "| `n` | `2` |" in tables[0].source
+    provenance = nb.cells[-1]
+    assert "provenance" in provenance.metadata["tags"] and provenance.source.startswith("## Provenance")
+    assert "2026-01-01" in provenance.source and "{download}`summary.json <summary.json>`" in provenance.source
+    assert "python -m flatlib run echo -p n 2 --out" in provenance.source
     assert nb.metadata["papermill"]["input_path"].endswith("echo.md")
 
 
