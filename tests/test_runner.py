@@ -178,7 +178,8 @@ def test_a_failing_chapter_leaves_no_half_written_output(book, tmp_path):
 def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_path):
     runner.run("echo", {"n": "2"}, out=book / "echo", progress=False)
     table = scoreboard.render(book)
-    assert "| [C1](echo/echo) |" in table and "| 3x | **inconclusive** |" in table
+    assert "| [C1](echo/echo): " in table and "| 3x | **inconclusive** |" in table
+    assert table.splitlines()[0] == "| claim | our figure | verdict |"
     assert table.count("| pending |") == len(claims.CLAIMS) - 1
 
 
