@@ -531,10 +531,14 @@ def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict
     """C8, on the finite domain (``flatlib.finite``).
 
     * Central, *minimax under exchangeable demands*: ``minimax`` holds the paired differences
-      (weakest minus shortest, weakest minus random; keys "shortest" and "random", each
-      ``{"mean", "ci_low", "ci_high"}``) of the worst-case accuracy over draws whose unseen
-      labels are exchangeable (a uniformly random completion). Supported if both intervals
-      lie at or above 0; contradicted if either lies below 0.
+      (weakest minus shortest, weakest minus any consistent hypothesis drawn at random; keys
+      "shortest" and "any", each ``{"mean", "ci_low", "ci_high"}``) of the worst-case accuracy
+      over draws whose unseen labels are exchangeable (a uniformly random completion).
+      Supported if both intervals lie at or above 0; contradicted if either lies below 0;
+      inconclusive if every difference is exactly 0 (every learner picked the same hypothesis,
+      so nothing was compared). In ``flatlib.finite``'s language the worst case counts only
+      the open inputs, which the weakest hypothesis maximises, so this check cannot come out
+      contradicted there: it measures the size of an advantage that holds by construction.
     * Boundary, *the advantage goes away when demands are structured*: ``structured`` holds the
       difference weakest minus shortest of expected accuracy under a target the language can
       express. Supported if its interval lies at or below 0. Reported; it bounds the claim and
@@ -547,11 +551,14 @@ def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict
 
     The headline follows the central check, lowered from supported to partly supported when
     either network check is not supported."""
-    states = [_difference_state(minimax[k], ">= 0") for k in ("shortest", "random")]
+    others = ("shortest", "any")
+    states = [_difference_state(minimax[k], ">= 0") for k in others]
+    compared = any(minimax[k]["ci_low"] != 0 or minimax[k]["ci_high"] != 0 for k in others)
     central = Check("weakest is minimax-optimal under exchangeable demands",
+                    "inconclusive" if not compared else  # every learner picked the same: nothing compared
                     "contradicted" if "contradicted" in states else
                     "supported" if all(x == "supported" for x in states) else "inconclusive",
-                    {k: minimax[k] for k in ("shortest", "random")})
+                    {**{k: minimax[k] for k in others}, "compared": compared})
     boundary = Check("the advantage goes away under structured demands", _difference_state(structured, "<= 0"),
                      dict(structured))
     track = directional("the sampled proxy tracks exact weakness", proxy["rho"], proxy["p"],

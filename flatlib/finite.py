@@ -20,8 +20,11 @@ per seen pattern (|J| pattern bits and 1 label bit).
   accuracy is (committed and correct + open / 2) / |U|;
 * ``worst_case``: the accuracy when the demands are chosen against the learner among every
   completion of the training data (every committed label wrong): (open / 2) / |U|;
-* ``bennett``: Bennett's criterion (2023), whether every correct label of U is among those the
-  hypothesis allows (an open input allows both): 1 if no committed label is wrong, else 0.
+* ``bennett``: Bennett's criterion as his binary-arithmetic experiments score it (2023; the code
+  of his technical appendix counts true positives): whether every correct label of U is among
+  those the hypothesis allows, an open input allowing both: 1 if no committed label is wrong;
+* ``bennett_strict``: the same with his definition of a model read strictly (the hypothesis
+  must allow the correct label and no other): 1 if every unseen input is committed and right.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# 2^16 inputs: every junta table and every network output on the domain stays cheap.
+# 2^16 inputs: the domain, its labels and a network's outputs on it stay cheap (the number of
+# junta tables grows as 2^bits too, so large domains want a small max_arity).
 MAX_BITS = 16
 
 
@@ -60,22 +64,32 @@ def _half(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 RULES = {
+    # exchangeable demands: every completion of the training labels equally likely
+    "exchangeable": lambda x, rng: rng.integers(0, 2, len(x)).astype(np.uint8),
     "parity2": lambda x, rng: x[:, 0] ^ x[:, 1],
     "parity3": lambda x, rng: x[:, 0] ^ x[:, 1] ^ x[:, 2],
     "and2": lambda x, rng: x[:, 0] & x[:, 1],
     "majority3": lambda x, rng: (x[:, :3].sum(1) >= 2).astype(np.uint8),
     # the carry out of adding the two halves: the top bit of binary addition
     "sum_carry": lambda x, rng: (np.add(*_half(x)) >= 2 ** (x.shape[1] // 2)).astype(np.uint8),
-    # exchangeable demands: every completion of the training labels equally likely
-    "random": lambda x, rng: rng.integers(0, 2, len(x)).astype(np.uint8),
 }
+# The fewest bits each rule reads.
+MIN_BITS = {"exchangeable": 2, "parity2": 2, "parity3": 3, "and2": 2, "majority3": 3, "sum_carry": 2}
+
+
+def check_rule(rule: str, bits: int) -> None:
+    """Refuse an unknown rule (listing the known ones) or a domain too short for it."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")
+    if bits < MIN_BITS[rule]:
+        raise ValueError(f"rule {rule!r} reads {MIN_BITS[rule]} bits; the domain has {bits}")
 
 
 def labels(rule: str, x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The labels ``rule`` gives the strings ``x`` (``"random"`` draws them with ``seed``)."""
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")
-    return RULES[rule](x, np.random.default_rng(seed)).astype(np.uint8)
+    """The labels ``rule`` gives the strings ``x`` (``"exchangeable"`` draws them, from a stream
+    of ``seed`` of their own)."""
+    check_rule(rule, x.shape[1])
+    return RULES[rule](x, np.random.default_rng([seed, 1])).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -95,11 +109,11 @@ class Task:
 
 def task(bits: int, rule: str, train_size: int, seed: int = 0) -> Task:
     """The domain of ``bits``-bit strings labelled by ``rule``, with a uniformly random
-    training set of ``train_size`` inputs (``seed`` draws it, and a random rule's labels)."""
+    training set of ``train_size`` inputs (``seed`` draws it, and an exchangeable rule's labels)."""
     x = domain(bits)
     if not 1 <= train_size < len(x):
         raise ValueError(f"train_size must be between 1 and {len(x) - 1} for {bits} bits, got {train_size}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 0])
     y = labels(rule, x, seed)
     train = np.sort(rng.choice(len(x), train_size, replace=False))
     return Task(bits, rule, x, y, train)
@@ -129,9 +143,8 @@ class Hypothesis:
 
     def log2_weakness(self) -> int:
         """log2 of the number of full labellings of the domain this hypothesis is compatible
-        with: the number of inputs it leaves open."""
-        committed, _ = self.predict(domain(self.bits))
-        return int((~committed).sum())
+        with: the number of inputs it leaves open, 2^bits - (seen patterns) 2^(bits - |J|)."""
+        return 2 ** self.bits - len(self.table) * 2 ** (self.bits - len(self.J))
 
     def description_length(self) -> int:
         """Bits to write the hypothesis in the stated language (module docstring)."""
@@ -164,15 +177,15 @@ def consistent(t: Task, max_arity: int) -> list[Hypothesis]:
     return found
 
 
-LEARNERS = ("weakest", "shortest", "random")
+LEARNERS = ("weakest", "shortest", "any")
 
 
 def choose(hypotheses: list[Hypothesis], learner: str, rng: np.random.Generator) -> Hypothesis:
-    """The weakest (most inputs left open), the shortest (least description length) or a
-    uniformly random one of ``hypotheses``; ties are broken uniformly at random."""
+    """The weakest (most inputs left open), the shortest (least description length) or any one
+    of ``hypotheses`` drawn uniformly at random ("any"); ties are broken uniformly at random."""
     if not hypotheses:
         raise ValueError("no consistent hypothesis in the language: raise max_arity")
-    if learner == "random":
+    if learner == "any":
         return hypotheses[int(rng.integers(len(hypotheses)))]
     if learner == "weakest":
         scores = np.array([h.log2_weakness() for h in hypotheses])
@@ -195,12 +208,12 @@ def score(t: Task, committed: np.ndarray, label: np.ndarray) -> dict:
     open_ = ~committed
     return {"accuracy": float((right.sum() + 0.5 * open_.sum()) / len(unseen)),
             "worst_case": float(0.5 * open_.sum() / len(unseen)),
-            "bennett": float(wrong.sum() == 0),
+            "bennett": float(wrong.sum() == 0), "bennett_strict": float(wrong.sum() == 0 and open_.sum() == 0),
             "committed": int(committed.sum()), "open": int(open_.sum())}
 
 
 def compare(bits: int, rule: str, train_size: int, max_arity: int, draws: int, seed: int = 0):
-    """One row per (draw, learner): a fresh training set (and, for the random rule, fresh
+    """One row per (draw, learner): a fresh training set (and, for the exchangeable rule, fresh
     labels) per draw, the hypothesis each learner picks from the consistent junta tables, its
     exact log2 weakness, description length and three scores on the unseen inputs."""
     import pandas as pd
@@ -312,7 +325,7 @@ def network_table(t: Task, networks: int, widths=(32, 32), tau: float = 0.1, pro
     return pd.DataFrame(rows)
 
 
-def learner_summary(table, scores=("accuracy", "worst_case", "bennett", "log2_weakness")):
+def learner_summary(table, scores=("accuracy", "worst_case", "bennett", "bennett_strict", "log2_weakness")):
     """One row per (rule, learner) of a ``compare`` table (with a ``rule`` column): the mean of
     each score over draws and its 95 % Student-t half-width (``<score>_pm``)."""
     import pandas as pd

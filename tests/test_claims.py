@@ -383,15 +383,17 @@ def _r(rho, p):
 
 
 def test_finite_weakness_states():
-    ahead = {"shortest": _d(0.3, 0.25, 0.35), "random": _d(0.1, 0.05, 0.15)}
-    tied = {"shortest": _d(0.0, 0.0, 0.0), "random": _d(0.0, 0.0, 0.0)}
-    behind = {"shortest": _d(-0.2, -0.3, -0.1), "random": _d(0.1, 0.05, 0.15)}
-    unsure = {"shortest": _d(0.1, -0.05, 0.25), "random": _d(0.1, 0.05, 0.15)}
+    ahead = {"shortest": _d(0.3, 0.25, 0.35), "any": _d(0.1, 0.05, 0.15)}
+    tied = {"shortest": _d(0.0, 0.0, 0.0), "any": _d(0.0, 0.0, 0.0)}
+    partly_tied = {"shortest": _d(0.0, 0.0, 0.0), "any": _d(0.1, 0.05, 0.15)}
+    behind = {"shortest": _d(-0.2, -0.3, -0.1), "any": _d(0.1, 0.05, 0.15)}
+    unsure = {"shortest": _d(0.1, -0.05, 0.25), "any": _d(0.1, 0.05, 0.15)}
     worse, good = _d(-0.4, -0.5, -0.3), _r(0.6, 0.001)
     v = claims.finite_weakness(ahead, worse, good, good)
     assert v.claim == "C8" and v.verdict == "supported"
     assert v.check("the advantage goes away under structured demands").state == "supported"
-    assert claims.finite_weakness(tied, worse, good, good).verdict == "supported"  # ties are minimax too
+    assert claims.finite_weakness(tied, worse, good, good).verdict == "inconclusive"  # nothing was compared
+    assert claims.finite_weakness(partly_tied, worse, good, good).verdict == "supported"  # a tie is minimax too
     assert claims.finite_weakness(behind, worse, good, good).verdict == "contradicted"
     assert claims.finite_weakness(unsure, worse, good, good).verdict == "inconclusive"
     assert claims.finite_weakness(ahead, worse, _r(0.05, 0.7), good).verdict == "partly supported"

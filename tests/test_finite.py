@@ -21,15 +21,20 @@ def test_a_domain_too_large_is_refused_with_the_largest_that_fits():
 
 
 def test_rules_on_hand_checked_strings():
-    x = np.array([[1, 1, 0, 1], [0, 1, 1, 0], [1, 0, 1, 1]], dtype=np.uint8)
-    assert finite.labels("parity2", x).tolist() == [0, 1, 1]
-    assert finite.labels("parity3", x).tolist() == [0, 0, 0]
-    assert finite.labels("and2", x).tolist() == [1, 0, 0]
-    assert finite.labels("majority3", x).tolist() == [1, 1, 1]
-    # halves: 11+01 = 3+1 = 4 -> carry; 01+10 = 1+2 = 3 -> none; 10+11 = 2+3 = 5 -> carry
-    assert finite.labels("sum_carry", x).tolist() == [1, 0, 1]
-    random = finite.labels("random", finite.domain(10), seed=1)
-    assert 0.45 < random.mean() < 0.55
+    x = np.array([[1, 1, 0, 1], [0, 1, 1, 0], [1, 0, 1, 1], [1, 0, 0, 0]], dtype=np.uint8)
+    assert finite.labels("parity2", x).tolist() == [0, 1, 1, 1]
+    assert finite.labels("parity3", x).tolist() == [0, 0, 0, 1]
+    assert finite.labels("and2", x).tolist() == [1, 0, 0, 0]
+    assert finite.labels("majority3", x).tolist() == [1, 1, 1, 0]
+    # halves: 11+01 = 3+1 = 4 -> carry; 01+10 = 1+2 = 3 -> none; 10+11 = 2+3 = 5 -> carry; 10+00 -> none
+    assert finite.labels("sum_carry", x).tolist() == [1, 0, 1, 0]
+    # odd length: the middle bit is read by neither half: 11|0|01 = 3+1 -> carry; 01|1|10 = 1+2 -> none
+    odd = np.array([[1, 1, 0, 0, 1], [0, 1, 1, 1, 0]], dtype=np.uint8)
+    assert finite.labels("sum_carry", odd).tolist() == [1, 0]
+    coin = finite.labels("exchangeable", finite.domain(10), seed=1)
+    assert 0.45 < coin.mean() < 0.55
+    with pytest.raises(ValueError, match="reads 3 bits; the domain has 2"):
+        finite.labels("parity3", finite.domain(2))
 
 
 @pytest.fixture
@@ -58,9 +63,11 @@ def test_the_learners_pick_by_hand_and_the_scores_follow(and2):
     assert weakest.J == (0, 1, 2) and shortest.J == (0,)
     # Unseen: 001, 010, 100, 101, all labelled 0. The shortest says bit 0: right, right, wrong, wrong.
     s = finite.score(and2, *shortest.predict(and2.x))
-    assert s == {"accuracy": 0.5, "worst_case": 0.0, "bennett": 0.0, "committed": 4, "open": 0}
+    assert s == {"accuracy": 0.5, "worst_case": 0.0, "bennett": 0.0, "bennett_strict": 0.0, "committed": 4, "open": 0}
     w = finite.score(and2, *weakest.predict(and2.x))
-    assert w == {"accuracy": 0.5, "worst_case": 0.5, "bennett": 1.0, "committed": 0, "open": 4}
+    assert w == {"accuracy": 0.5, "worst_case": 0.5, "bennett": 1.0, "bennett_strict": 0.0, "committed": 0, "open": 4}
+    right = finite.score(and2, np.ones(8, dtype=bool), and2.y)
+    assert right["bennett_strict"] == 1.0 and right["accuracy"] == 1.0
     with pytest.raises(ValueError, match="raise max_arity"):
         finite.choose([], "weakest", rng)
 
@@ -68,9 +75,10 @@ def test_the_learners_pick_by_hand_and_the_scores_follow(and2):
 def test_the_weakest_is_never_worse_in_the_worst_case():
     # Minimax by construction: the worst case over completions is half the open fraction,
     # which the weakest consistent table maximises.
-    table = finite.compare(bits=5, rule="random", train_size=12, max_arity=5, draws=20)
+    table = finite.compare(bits=5, rule="exchangeable", train_size=6, max_arity=5, draws=20)
     worst = table.pivot(index="draw", columns="learner", values="worst_case")
-    assert (worst["weakest"] >= worst["shortest"]).all() and (worst["weakest"] >= worst["random"]).all()
+    assert (worst["weakest"] >= worst["shortest"]).all() and (worst["weakest"] >= worst["any"]).all()
+    assert (worst["weakest"] > worst["shortest"]).any()  # something was compared
     assert (table.groupby("learner")["log2_weakness"].mean()["weakest"]
             >= table.groupby("learner")["log2_weakness"].mean()["shortest"])
 
@@ -79,6 +87,23 @@ def test_a_target_in_the_language_is_found_by_the_shortest():
     table = finite.compare(bits=6, rule="parity2", train_size=40, max_arity=2, draws=10)
     shortest = table[table.learner == "shortest"]
     assert (shortest["J"] == "01").all() and (shortest["accuracy"] == 1.0).all()
+
+
+def test_log2_weakness_closed_form_matches_counting_the_domain():
+    t = finite.task(6, "and2", 20, seed=3)
+    for h in finite.consistent(t, 3):
+        committed, _ = h.predict(t.x)
+        assert h.log2_weakness() == int((~committed).sum())
+
+
+def test_compare_is_reproducible_and_breaks_ties_at_random():
+    a = finite.compare(bits=5, rule="exchangeable", train_size=6, max_arity=3, draws=5, seed=7)
+    b = finite.compare(bits=5, rule="exchangeable", train_size=6, max_arity=3, draws=5, seed=7)
+    assert a.equals(b)
+    t = finite.task(4, "and2", 4, seed=0)
+    tied = [h for h in finite.consistent(t, 4) if h.log2_weakness() == 2 ** 4 - 4]  # e.g. the memoriser
+    picks = {finite.choose(tied + tied[:1], "weakest", np.random.default_rng(s)).J for s in range(40)}
+    assert len(picks) == len(set(h.J for h in tied))  # every tied hypothesis gets picked
 
 
 def test_exact_weakness_of_a_network_hypothesis_by_hand():
@@ -112,6 +137,8 @@ def test_network_table_has_a_row_per_seed_and_every_measure():
     assert list(table["seed"]) == [0, 1, 2]
     assert set(finite.NETWORK_MEASURES) <= set(table.columns)
     assert (table["exact_log2_weakness"] >= 0).all() and table["unseen_acc"].between(0, 1).all()
+    assert (table["exact_per_input"] == table["exact_log2_weakness"] / len(t.unseen)).all()
+    assert table.equals(finite.network_table(t, networks=3, widths=(8,), probe_n=8))  # seeded
 
 
 def test_learner_summary_and_paired_differences():
