@@ -150,7 +150,8 @@ def parameters(notebook: Path) -> dict:
         raise ChapterError(f"{notebook} must have exactly one cell tagged 'parameters', found {len(cells)}.")
     defaults = {}
     for node in ast.parse(cells[0].source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id != "out_dir":  # where the runner put the files, not a parameter
             defaults[node.targets[0].id] = ast.literal_eval(node.value)
     return defaults
 
@@ -542,7 +543,8 @@ def _parameters_table(source: str) -> str:
     """The assignments of a parameters cell as a Markdown table, for the page."""
     rows = []
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id != "out_dir":  # where the runner put the files, not a parameter
             value = ast.get_source_segment(source, node.value).replace("|", "\\|")
             rows.append(f"| `{node.targets[0].id}` | `{value}` |")
     return "**Parameters of this run**\n\n| parameter | value |\n|---|---|\n" + "\n".join(rows)
