@@ -7,7 +7,7 @@ JB_FLAGS := -W -n --keep-going
 # Run as root or with sudo, for Debian's Fashion-MNIST mirror.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup sysdeps data book test check reproduce chapter bench clean
+.PHONY: setup sysdeps mathjax data book test check reproduce chapter bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,14 +32,23 @@ sysdeps:
 	  fi; \
 	fi
 
+# MathJax served with the site (npm's mathjax 3.2.2), so that an offline copy renders its
+# mathematics; unpacked into book/_static/mathjax/ (not in git).
+MATHJAX := book/_static/mathjax/tex-mml-chtml.js
+$(MATHJAX): | sysdeps
+	rm -rf .mathjax && mkdir .mathjax && cd .mathjax && npm pack --silent mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz
+	rm -rf book/_static/mathjax && cp -r .mathjax/package/es5 book/_static/mathjax && rm -rf .mathjax
+
+mathjax: $(MATHJAX)
+
 data: setup sysdeps
 	$(BIN)/python -m flatlib fetch-data
 
-book: data
+book: data mathjax
 	$(BIN)/python -m flatlib scoreboard
 	$(BIN)/jupyter-book build $(JB_FLAGS) book/
 
-test: data
+test: data mathjax
 	$(BIN)/ruff check flatlib tests benchmarks
 	$(BIN)/python -m pytest tests
 
@@ -51,7 +60,7 @@ check: setup
 # FLATLIB_EXECUTOR=serial, or a Dask scheduler address, to choose another path.
 reproduce chapter: export FLATLIB_EXECUTOR ?= processes
 
-reproduce: data
+reproduce: data mathjax
 	$(BIN)/python -m flatlib reproduce
 	$(BIN)/jupyter-book build $(JB_FLAGS) book/
 

@@ -100,7 +100,10 @@ def test_book_builds_with_warnings_as_errors(tmp_path):
     out = subprocess.run([str(jb), "build", "-W", "-n", "--keep-going", "book/", "--path-output", str(tmp_path)],
                          cwd=report.ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert (tmp_path / "_build" / "html" / "intro.html").is_file()
+    html = tmp_path / "_build" / "html"
+    methods = (html / "methods.html").read_text()
+    assert "_static/mathjax/tex-mml-chtml.js" in methods and "cdn.jsdelivr.net/npm/mathjax" not in methods
+    assert (html / "_static" / "mathjax" / "tex-mml-chtml.js").is_file(), "MathJax is missing: run make test"
 
 
 def test_the_chapters_command_lists_each_parameter_with_its_range(capsys):
