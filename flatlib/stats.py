@@ -155,6 +155,11 @@ def _check_method(method: str) -> str:
     return method
 
 
+def _varies(*columns) -> bool:
+    """Whether every column takes at least two values (else no rank correlation is defined)."""
+    return all(np.unique(np.asarray(c, dtype=float)).size >= 2 for c in columns)
+
+
 def correlation(x, y, method: str = "spearman", n_resamples: int = 10000,
                 confidence_level: float = 0.95, seed: int = 0) -> CorrelationResult:
     """Rank correlation of ``x`` and ``y`` with scipy's asymptotic p-value, a paired bootstrap
@@ -162,7 +167,7 @@ def correlation(x, y, method: str = "spearman", n_resamples: int = 10000,
     ``x`` or ``y`` (a saturated bound, say) has no rank correlation: every number is NaN."""
     x, y = _pair(x, y)
     _check_method(method)
-    if np.unique(x).size < 2 or np.unique(y).size < 2:
+    if not _varies(x, y):
         return CorrelationResult(method=method, statistic=math.nan, pvalue=math.nan,
                                  interval=ConfidenceInterval(math.nan, math.nan), permutation_pvalue=math.nan,
                                  n=int(x.size), confidence_level=confidence_level, n_resamples=n_resamples)
@@ -238,8 +243,9 @@ def correlation_table(frame, columns, targets, n_resamples: int = 10000, confide
                    "ci_low": rho.interval.low, "ci_high": rho.interval.high,
                    "p_perm": rho.permutation_pvalue}
             if kendall_too:
-                tau = sps.kendalltau(pair[column], pair[target])
-                row.update({"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue)})
+                tau = sps.kendalltau(pair[column], pair[target]) if _varies(pair[column], pair[target]) else None
+                row.update({"kendall_tau": math.nan if tau is None else float(tau.statistic),
+                            "kendall_p": math.nan if tau is None else float(tau.pvalue)})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -628,7 +634,8 @@ def partial_table(frame, columns, target: str, given: str, n_resamples: int = 10
         triple = frame[[column, target, given]].astype(float)
         triple = triple[np.isfinite(triple).all(axis=1)]
         part = partial_spearman(triple[column], triple[target], triple[given], n_resamples, confidence_level, seed)
-        rho = float(sps.spearmanr(triple[column], triple[target]).statistic)
+        rho = float(sps.spearmanr(triple[column], triple[target]).statistic) \
+            if _varies(triple[column], triple[target]) else math.nan
         rows.append({"measure": column, "n": part.n, "rho": rho,
                      "partial_rho": part.statistic, "ci_low": part.interval.low, "ci_high": part.interval.high,
                      "p": part.pvalue, "p_perm": part.permutation_pvalue})

@@ -211,3 +211,13 @@ def test_an_undefined_partial_correlation_has_no_p_value():
     x, y = np.ones(20), np.arange(20.0)
     part = stats.partial_spearman(x, y, np.sin(y), n_resamples=200)
     assert np.isnan(part.statistic) and np.isnan(part.permutation_pvalue)
+
+
+def test_tables_with_a_constant_column_raise_no_warning():
+    import warnings
+    frame = pd.DataFrame({"flat": np.ones(20), "y": np.arange(20.0), "z": np.sin(np.arange(20.0))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would print the library's path into a page
+        table = stats.correlation_table(frame, ["flat"], ["y"], n_resamples=200)
+        part = stats.partial_table(frame, ["flat"], "y", "z", n_resamples=200)
+    assert np.isnan(table.loc[0, "kendall_tau"]) and np.isnan(part.loc[0, "rho"])

@@ -1,0 +1,133 @@
+"""The site as a reader meets it: built, served, and opened page by page in headless Chromium
+(Debian's ``chromium``, which ``make test`` installs where missing, driven by Playwright) at a
+desktop and a phone width. Screenshots of every page at both widths are saved under
+``_build/site-screenshots/`` (not in git) as test artefacts."""
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import pytest
+
+from flatlib import report
+
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+SHOTS = report.ROOT / "_build" / "site-screenshots"
+# What must never reach a published page: progress-bar noise and the build machine's paths.
+FORBIDDEN = [re.compile(p) for p in (r"TqdmWarning", r"IProgress not found", r"/root/", r"/work/", r"/home/\w+/",
+                                     r"\.venv/lib")]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The built site (html folder) and the base URL it is served at."""
+    if _chromium() is None:
+        pytest.skip("no Chromium on this machine: install Debian's chromium (make test does)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed: make test installs it")
+    out = tmp_path_factory.mktemp("site")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    built = subprocess.run([str(jb), "build", "book/", "--path-output", str(out)], cwd=report.ROOT,
+                           capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    html = out / "_build" / "html"
+    handler = functools.partial(_QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield html, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # no request log in the test output
+        pass
+
+
+def _pages(html: Path) -> list[str]:
+    """Every page of the book (the search page and the redirecting index aside)."""
+    return sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
+                  if p.parts[len(html.parts)] not in ("_static", "_sources", "_images")
+                  and p.name not in ("search.html", "genindex.html", "index.html"))
+
+
+def test_every_page_loads_cleanly_at_desktop_and_phone_width(site):
+    from playwright.sync_api import sync_playwright
+
+    html, base = site
+    pages = _pages(html)
+    assert "intro.html" in pages and "methods.html" in pages
+    problems: list[str] = []
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        for label, (width, height) in WIDTHS.items():
+            context = browser.new_context(viewport={"width": width, "height": height})
+            for name in pages:
+                page = context.new_page()
+                errors: list[str] = []
+                page.on("console", lambda m, e=errors: e.append(f"console {m.type}: {m.text}") if m.type == "error"
+                        else None)
+                page.on("pageerror", lambda exc, e=errors: e.append(f"page error: {exc}"))
+                page.on("requestfailed", lambda r, e=errors: e.append(f"failed request: {r.url}"))
+                page.on("response", lambda r, e=errors: e.append(f"HTTP {r.status}: {r.url}") if r.status >= 400
+                        else None)
+                page.goto(urljoin(base, name), wait_until="networkidle")
+                problems += [f"{name} @ {label}: {e}" for e in errors]
+                broken = page.eval_on_selector_all(
+                    "img", "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+                problems += [f"{name} @ {label}: image not loaded: {src}" for src in broken]
+                text = page.inner_text("body")
+                problems += [f"{name} @ {label}: page shows {rx.pattern!r}" for rx in FORBIDDEN if rx.search(text)]
+                if label == "phone":
+                    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                    if overflow > 1:
+                        problems.append(f"{name} @ phone: the page scrolls sideways by {overflow} px")
+                page.screenshot(path=str(SHOTS / f"{name.replace('/', '__')}-{label}.png"), full_page=False)
+                page.close()
+            context.close()
+        browser.close()
+    assert not problems, "\n".join(problems[:60])
+
+
+def test_every_internal_link_resolves(site):
+    html, _ = site
+    missing = []
+    for name in _pages(html):
+        text = (html / name).read_text()
+        for href in re.findall(r'href="([^"]+)"', text):
+            parsed = urlparse(href)
+            if parsed.scheme or href.startswith(("#", "mailto:")):
+                continue
+            target = (html / name).parent / unquote(parsed.path)
+            if parsed.path and not target.exists():
+                missing.append(f"{name}: {href}")
+    assert not missing, "\n".join(missing[:40])
+
+
+def test_the_scoreboard_fits_a_phone(site):
+    from playwright.sync_api import sync_playwright
+
+    _, base = site
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(urljoin(base, "intro.html"), wait_until="networkidle")
+        table = page.locator("table").first
+        assert "verdict" in table.inner_text()
+        box = table.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 + 1, box
+        browser.close()
