@@ -26,7 +26,9 @@ def style() -> None:
     """Apply the book's style: seaborn's white grid, paper context, readable sizes."""
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.2)
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight",
-                         "axes.spines.top": False, "axes.spines.right": False})
+                         "axes.spines.top": False, "axes.spines.right": False,
+                         # tick labels carry their own values: no "1e-7+9.99e-1" offset over an axis
+                         "axes.formatter.useoffset": False})
 
 
 def savefig(fig, out_dir: str | Path, name: str) -> Path:
