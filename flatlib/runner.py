@@ -150,8 +150,7 @@ def parameters(notebook: Path) -> dict:
         raise ChapterError(f"{notebook} must have exactly one cell tagged 'parameters', found {len(cells)}.")
     defaults = {}
     for node in ast.parse(cells[0].source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                and node.targets[0].id != "out_dir":  # where the runner put the files, not a parameter
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             defaults[node.targets[0].id] = ast.literal_eval(node.value)
     return defaults
 

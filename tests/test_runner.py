@@ -200,6 +200,7 @@ def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path
             assert "remove-cell" in tags  # shown once, as the table
     tables = [c for c in nb.cells if "parameters-table" in c.metadata.get("tags", [])]
     assert len(tables) == 1 and "| `n` | `2` |" in tables[0].source
+    assert "out_dir" not in tables[0].source
     provenance = nb.cells[-1]
     assert "provenance" in provenance.metadata["tags"] and provenance.source.startswith("## Provenance")
     assert "2026-01-01" in provenance.source and "{download}`summary.json <summary.json>`" in provenance.source
