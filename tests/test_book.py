@@ -31,7 +31,8 @@ def test_every_chapter_has_a_source_smoke_parameters_and_a_published_run():
         assert chapter.source.is_file(), chapter.source
         assert chapter.source.suffix == ".md", "chapter sources are MyST Markdown notebooks"
         assert chapter.smoke, f"{name} needs smoke parameters in chapters.yml"
-        assert chapter.published, f"{name} has no published run"
+        # a chapter with no published run yet (published: [] in chapters.yml) is in no page
+        assert chapter.published or f"{name}/{name}" not in _toc_order(), f"{name} is in the toc but unpublished"
         runner.validate(name, chapter.smoke)  # smoke parameters are real parameters of the source
 
 
