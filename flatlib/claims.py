@@ -513,6 +513,100 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
     return Verdict("C5", verdict, (predicts, explained, survives), values)
 
 
+# C6 ------------------------------------------------------------------------------------------
+
+# The metrics of the regularised-minima rule and the sign of the claimed change, regularised minus
+# baseline: sharpness up (raw, then invariant: both on a log10 scale, so a difference is a ratio),
+# accuracy, robustness and consistency up, calibration error down.
+REGULARISED_SHARPNESS = {"raw": "log10_top_eigenvalue", "invariant": "log10_adaptive_sharpness"}
+REGULARISED_BETTER = {"generalisation": ("test_acc", +1), "calibration": ("ece", -1),
+                      "robustness": ("noise_acc", +1), "consistency": ("consistency", +1)}
+
+
+def _cell_state(row, sign: int) -> str:
+    """One paired difference's interval against zero, in the direction ``sign``."""
+    low, high = sign * row["ci_low"], sign * row["ci_high"]
+    low, high = min(low, high), max(low, high)
+    return "supported" if low > 0 else "contradicted" if high < 0 else "inconclusive"
+
+
+def _often(name: str, states: list[str], values: dict) -> Check:
+    """A "often" claim over the cells: supported if at least half of them support it,
+    contradicted if at least half contradict it, otherwise inconclusive."""
+    half = math.ceil(len(states) / 2)
+    counts = {"supported": states.count("supported"), "contradicted": states.count("contradicted"),
+              "cells": len(states)}
+    state = ("supported" if counts["supported"] >= half else "contradicted" if counts["contradicted"] >= half
+             else "inconclusive")
+    return Check(name, state, {**counts, **values})
+
+
+def regularised(effects, weakness: dict | None = None, alpha: float = ALPHA) -> Verdict:
+    """C6, from ``effects`` (``flatlib.regularised.effects``): one row per (``dataset``,
+    ``regime``, ``metric``) with the paired difference regularised minus baseline and its
+    interval ``ci_low``/``ci_high`` (Bonferroni-corrected over the cells). A *cell* is one
+    regularised regime on one dataset; "often" means at least half the cells.
+
+    * Central, *regularised minima are sharper yet generalise better*: a cell fits when its
+      raw sharpness (log10 top Hessian eigenvalue) is significantly higher and its test
+      accuracy significantly higher. Supported if at least half the cells fit; contradicted if
+      at least half go the conventional way (significantly flatter and better, or sharper and
+      worse); not supported if no cell fits; inconclusive otherwise.
+    * Side, each judged over every cell by ``_often``: they *calibrate* better (lower ECE),
+      *resist noise* better (higher mean accuracy under input noise), and are *more consistent*
+      (higher agreement between seeds). Headline: the central state, lowered from supported to
+      partly supported unless every side claim is supported.
+    * Reported, not moving the headline: *sharper by an invariant measure too* (log10 adaptive
+      sharpness, judged by ``_often``): whether the sharpening survives reparameterisation; and,
+      with ``weakness`` (per dataset, the Spearman correlation across every network of the
+      primary weakness measure with test accuracy, ``{"rho", "p", "ci_low", "ci_high", "n"}``),
+      *weakness orders the networks as test accuracy does* (claimed positive, per dataset by
+      ``directional``, combined over datasets by ``_combined``)."""
+    cells = effects[["dataset", "regime"]].drop_duplicates().itertuples(index=False)
+    cells = [tuple(c) for c in cells]
+    if not cells:
+        raise ValueError("no regularised regime to judge")
+
+    def state(cell, metric, sign):
+        rows = effects[(effects["dataset"] == cell[0]) & (effects["regime"] == cell[1]) & (effects["metric"] == metric)]
+        if len(rows) != 1:
+            raise ValueError(f"effects needs exactly one row for {cell} and metric {metric!r}, found {len(rows)}")
+        return _cell_state(rows.iloc[0], sign)
+
+    raw = {c: state(c, REGULARISED_SHARPNESS["raw"], +1) for c in cells}
+    acc = {c: state(c, REGULARISED_BETTER["generalisation"][0], +1) for c in cells}
+    fits = [c for c in cells if raw[c] == "supported" and acc[c] == "supported"]
+    conventional = [c for c in cells if (raw[c], acc[c]) in (("contradicted", "supported"), ("supported", "contradicted"))]
+    half = math.ceil(len(cells) / 2)
+    central_state = ("supported" if len(fits) >= half else "contradicted" if len(conventional) >= half
+                     else "not supported" if not fits else "inconclusive")
+    label = [f"{d}/{r}" for d, r in cells]
+    central = Check("regularised minima are sharper yet generalise better", central_state,
+                    {"cells": len(cells), "fit": [f"{d}/{r}" for d, r in fits],
+                     "conventional": [f"{d}/{r}" for d, r in conventional],
+                     "sharper": [l for l, c in zip(label, cells) if raw[c] == "supported"],
+                     "flatter": [l for l, c in zip(label, cells) if raw[c] == "contradicted"],
+                     "better_accuracy": [l for l, c in zip(label, cells) if acc[c] == "supported"],
+                     "worse_accuracy": [l for l, c in zip(label, cells) if acc[c] == "contradicted"]})
+    sides = []
+    for name, key in (("they calibrate better", "calibration"), ("they resist input noise better", "robustness"),
+                      ("they are more consistent across seeds", "consistency")):
+        metric, sign = REGULARISED_BETTER[key]
+        states = [state(c, metric, sign) for c in cells]
+        sides.append(_often(name, states, {"metric": metric}))
+    invariant = _often("sharper by an invariant measure too",
+                       [state(c, REGULARISED_SHARPNESS["invariant"], +1) for c in cells],
+                       {"metric": REGULARISED_SHARPNESS["invariant"]})
+    checks = [central, *sides, invariant]
+    if weakness:
+        per = [directional(f"weakness predicts test accuracy ({d})", w["rho"], w["p"], (w["ci_low"], w["ci_high"]),
+                           +1, alpha) for d, w in weakness.items()]
+        checks.append(Check("weakness orders the networks as test accuracy does", _combined([c.state for c in per]),
+                            {d: {"state": c.state, **c.values} for d, c in zip(weakness, per)}))
+    verdict = _headline(central, sides)
+    return Verdict("C6", verdict, tuple(checks), {"cells": len(cells)})
+
+
 # C8 ------------------------------------------------------------------------------------------
 
 def _difference_state(d: dict, claimed: str) -> str:

@@ -404,3 +404,89 @@ def test_finite_weakness_states():
     assert claims._difference_state(_d(0, -0.1, 0.1), "<= 0") == "inconclusive"
     with pytest.raises(ValueError, match="claimed must be"):
         claims._difference_state(_d(0, 0, 0), "> 0")
+
+
+# ----------------------------------------------------------------------------- C6
+
+def c6_effects(cells: dict) -> pd.DataFrame:
+    """Effects rows from ``{(dataset, regime): {metric: (ci_low, ci_high)}}``; metrics left out
+    get an interval across zero."""
+    metrics = ["log10_top_eigenvalue", "log10_adaptive_sharpness", "test_acc", "ece", "noise_acc", "consistency"]
+    rows = []
+    for (dataset, regime), given in cells.items():
+        for metric in metrics:
+            low, high = given.get(metric, (-1.0, 1.0))
+            rows.append({"dataset": dataset, "regime": regime, "metric": metric, "difference": (low + high) / 2,
+                         "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+UP, DOWN, ZERO = (0.1, 0.3), (-0.3, -0.1), (-0.1, 0.1)
+C6_CELLS = [("mnist", r) for r in ("weight_decay", "augmentation", "sam", "all")]
+
+
+def test_c6_sharper_and_better_in_half_the_cells_with_every_side_claim_is_supported():
+    good = {"log10_top_eigenvalue": UP, "test_acc": UP, "ece": DOWN, "noise_acc": UP, "consistency": UP}
+    cells = {c: (good if i < 2 else {}) for i, c in enumerate(C6_CELLS)}
+    verdict = claims.regularised(c6_effects(cells))
+    assert verdict.verdict == "supported"
+    central = verdict.check("regularised minima are sharper yet generalise better")
+    assert central.values["fit"] == ["mnist/weight_decay", "mnist/augmentation"]
+    assert verdict.check("sharper by an invariant measure too").state == "inconclusive"
+
+
+def test_c6_a_side_claim_short_of_half_lowers_the_headline_to_partly_supported():
+    good = {"log10_top_eigenvalue": UP, "test_acc": UP, "ece": DOWN, "noise_acc": UP}  # consistency unchanged
+    verdict = claims.regularised(c6_effects({c: good for c in C6_CELLS}))
+    assert verdict.verdict == "partly supported"
+    assert verdict.check("they are more consistent across seeds").state == "inconclusive"
+    worse_calibrated = {**good, "consistency": UP, "ece": UP}
+    verdict = claims.regularised(c6_effects({c: worse_calibrated for c in C6_CELLS}))
+    assert verdict.check("they calibrate better").state == "contradicted"
+    assert verdict.verdict == "partly supported"
+
+
+def test_c6_flatter_and_better_minima_contradict_the_claim():
+    conventional = {"log10_top_eigenvalue": DOWN, "test_acc": UP}
+    verdict = claims.regularised(c6_effects({c: conventional for c in C6_CELLS}))
+    assert verdict.verdict == "contradicted"
+    sharper_and_worse = {"log10_top_eigenvalue": UP, "test_acc": DOWN}
+    assert claims.regularised(c6_effects({c: sharper_and_worse for c in C6_CELLS})).verdict == "contradicted"
+
+
+def test_c6_no_cell_fitting_is_not_supported_and_one_of_four_is_inconclusive():
+    sharper_only = {"log10_top_eigenvalue": UP, "test_acc": ZERO}
+    assert claims.regularised(c6_effects({c: sharper_only for c in C6_CELLS})).verdict == "not supported"
+    fit = {"log10_top_eigenvalue": UP, "test_acc": UP}
+    cells = {c: (fit if i == 0 else {}) for i, c in enumerate(C6_CELLS)}
+    assert claims.regularised(c6_effects(cells)).verdict == "inconclusive"
+
+
+def test_c6_half_is_counted_over_every_dataset_and_regime():
+    fit = {"log10_top_eigenvalue": UP, "test_acc": UP}
+    cells = {(d, r): (fit if d == "mnist" and r in ("sam", "all") else {}) for d in ("mnist", "fashion_mnist")
+             for r in ("weight_decay", "augmentation", "sam", "all")}
+    verdict = claims.regularised(c6_effects(cells))
+    assert verdict.values["cells"] == 8
+    assert verdict.check("regularised minima are sharper yet generalise better").state == "inconclusive"  # 2 of 8
+    cells.update({("fashion_mnist", "sam"): fit, ("fashion_mnist", "all"): fit})
+    assert claims.regularised(c6_effects(cells)).check(
+        "regularised minima are sharper yet generalise better").state == "supported"  # 4 of 8
+
+
+def test_c6_the_invariant_measure_and_weakness_are_reported_without_moving_the_headline():
+    fit = {"log10_top_eigenvalue": UP, "log10_adaptive_sharpness": DOWN, "test_acc": UP, "ece": DOWN,
+           "noise_acc": UP, "consistency": UP}
+    weakness = {"mnist": corr(-0.5, 0.001, -0.7, -0.2, 40), "fashion_mnist": corr(0.1, 0.5, -0.2, 0.4, 40)}
+    verdict = claims.regularised(c6_effects({c: fit for c in C6_CELLS}), weakness=weakness)
+    assert verdict.verdict == "supported"
+    assert verdict.check("sharper by an invariant measure too").state == "contradicted"
+    assert verdict.check("weakness orders the networks as test accuracy does").state == "contradicted"
+
+
+def test_c6_an_interval_on_zero_or_a_missing_metric_is_not_a_finding():
+    assert claims._cell_state({"ci_low": 0.0, "ci_high": 0.2}, +1) == "inconclusive"
+    assert claims._cell_state({"ci_low": -0.3, "ci_high": -0.1}, -1) == "supported"
+    effects = c6_effects({C6_CELLS[0]: {}})
+    with pytest.raises(ValueError, match="consistency"):
+        claims.regularised(effects[effects["metric"] != "consistency"])
