@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -504,6 +505,7 @@ def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = Non
         nb.cells.append(nbformat.v4.new_markdown_cell(_provenance(summary, files, rerun),
                                                       metadata={"tags": ["provenance"]}))
     if overrides:
+        _suffix_labels(nb, overrides)
         suffix = " (" + ", ".join(f"{k} = {v}" for k, v in overrides.items()) + ")"
         for cell in nb.cells:
             if cell.cell_type == "markdown" and cell.source.startswith("# "):
@@ -514,6 +516,22 @@ def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = Non
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"
     nbformat.write(nb, notebook)
+
+
+def _suffix_labels(nb, overrides: dict) -> None:
+    """Give every label a page defines (``:name:`` of a figure or table) a suffix from
+    ``overrides``, and every reference to it on the page the same, so that a chapter published
+    twice (once per dataset) defines each label once in the book."""
+    suffix = "-" + re.sub(r"[^a-z0-9]+", "-", "-".join(str(v) for v in overrides.values()).lower()).strip("-")
+    markdown = [c for c in nb.cells if c.cell_type == "markdown"]
+    names = {m for c in markdown for m in re.findall(r"^:name:\s*(\S+)\s*$", c.source, flags=re.M)}
+    names = {n for n in names if not n.endswith(suffix)}
+    if not names:
+        return
+    pattern = re.compile(r"(^:name:\s*|\{(?:numref|ref)\}`(?:[^`<]*<)?)(" + "|".join(map(re.escape, names)) + r")(?=\s*$|>?`)",
+                         flags=re.M)
+    for cell in markdown:
+        cell.source = pattern.sub(lambda m: m.group(1) + m.group(2) + suffix, cell.source)
 
 
 def _provenance(summary: dict, files: list[str], rerun: str | None) -> str:

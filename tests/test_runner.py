@@ -346,3 +346,23 @@ def test_tidy_names_a_runs_overrides_in_its_title_once(tmp_path):
     assert cells[0].source == "# Head-to-head (dataset = fashion_mnist)\n\nText."
     assert [c.source.count("| `dataset` | `\"fashion_mnist\"` |") for c in cells if c.cell_type == "markdown"] == [0, 1]
     assert "hide-input" in cells[-1].metadata["tags"]
+
+
+def test_a_run_with_overrides_suffixes_the_labels_it_defines_and_its_references_to_them():
+    import nbformat
+
+    from flatlib.runner import _suffix_labels
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("As {numref}`fig-a` shows, and {ref}`the table <tab-b>`; not {numref}`fig-other`."),
+        nbformat.v4.new_markdown_cell("```{glue:figure} fig_a\n:name: fig-a\n:alt: x\n\nCaption.\n```"),
+        nbformat.v4.new_markdown_cell(":name: tab-b"),
+        nbformat.v4.new_code_cell(":name: fig-a"),
+    ])
+    _suffix_labels(nb, {"dataset": "fashion_mnist"})
+    assert nb.cells[0].source == ("As {numref}`fig-a-fashion-mnist` shows, and {ref}`the table <tab-b-fashion-mnist>`; "
+                                  "not {numref}`fig-other`.")
+    assert ":name: fig-a-fashion-mnist\n" in nb.cells[1].source
+    assert nb.cells[2].source == ":name: tab-b-fashion-mnist"
+    assert nb.cells[3].source == ":name: fig-a"  # code is not touched
+    _suffix_labels(nb, {"dataset": "fashion_mnist"})  # idempotent
+    assert ":name: fig-a-fashion-mnist\n" in nb.cells[1].source
