@@ -18,6 +18,7 @@ raise a failed central claim.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ class Claim:
     against: str  # what our figure is measured against
     source: str
     figures: dict[str, Figure] = field(default_factory=dict)
+    topic: str = ""  # a few words, for the landing page's figure
 
 
 _RHO = "Spearman rho with test accuracy"
@@ -93,6 +95,14 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
     Claim("C8", "Choosing the weakest hypothesis is minimax-optimal under exchangeable demands",
           "theorem (Bennett)", "exact weakness on a finite domain", "Bennett 2026"),
 ]}
+
+
+_TOPICS = {"C1": "a reparameterisation inflates the Hessian", "C2": "weakness predicts generalisation (MNIST)",
+           "C3": "weakness predicts generalisation (Fashion-MNIST)", "C4": "the large-batch gap vanishes with data",
+           "C2+": "weakness predicts across training recipes", "C5": "PAC-Bayes bounds work through weakness",
+           "C6": "regularised minima: sharper yet better", "C7": "the flattest interpolators generalise",
+           "C8": "the weakest hypothesis is minimax-optimal"}
+CLAIMS = {cid: dataclasses.replace(claim, topic=_TOPICS[cid]) for cid, claim in CLAIMS.items()}
 
 
 def paper(claim: str, figure: str) -> Figure:

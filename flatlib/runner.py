@@ -287,6 +287,7 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         if "out_dir" in params:
             params["out_dir"] = "."  # the kernel runs in the scratch folder, which becomes ``out``
         executed = scratch / f"{chapter}.ipynb"
+        before = _code_on_disk()
         start = time.perf_counter()
         try:
             _execute(source, executed, params, progress, kernels)
@@ -308,6 +309,12 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
             _keep_failed(scratch, failed)
             raise ChapterError(f"Chapter {chapter!r} ran but wrote no {report.SUMMARY_NAME} into out_dir; "
                                f"see {failed}.")
+        edited = sorted(name for name, version in json.loads(summary_path.read_text()).get("code_versions", {}).items()
+                        if before.get(name) != version)
+        if edited:
+            _keep_failed(scratch, failed)
+            raise ChapterError(f"Chapter {chapter!r}: flatlib changed on disk while it ran ({', '.join(edited)}), so its "
+                               f"numbers may come from either version and it is not published; re-run it (see {failed}).")
         recorded = {k: v for k, v in params.items() if k != "out_dir"}
         summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
         tidy(executed, source, out_dir / executed.name, {k: params[k] for k in overrides}, summary,
@@ -321,6 +328,18 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         scratch.rmdir()
         shutil.rmtree(failed, ignore_errors=True)
     return summary
+
+
+def _code_on_disk() -> dict[str, str]:
+    """The code version of every flatlib module as the files on disk are now (read afresh, not
+    this process's memoised versions), keyed as ``report.code_versions`` keys them: the runner
+    takes it before a kernel starts, and a summary whose recorded versions differ was written
+    by a kernel that may have run code edited half-way."""
+    from flatlib._version import code_version
+
+    package = report.ROOT / "flatlib"
+    return {f"flatlib.{path.stem}": code_version(f"flatlib.{path.stem}", report.ROOT)
+            for path in sorted(package.glob("*.py")) if not path.stem.startswith("_")}
 
 
 def _execute(source: Path, executed: Path, params: dict, progress: bool, kernels: list) -> None:

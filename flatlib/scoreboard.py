@@ -45,8 +45,55 @@ def render(book: Path = BOOK) -> str:
     return "\n".join(lines)
 
 
+# The verdicts' colours on the landing page's figure, from good news for the claim to bad.
+VERDICT_COLORS = {"supported": "#1a9850", "partly supported": "#a6d96a", "inconclusive": "#bdbdbd",
+                  "not supported": "#fdae61", "contradicted": "#d73027", "pending": "#ffffff"}
+FIGURE = BOOK / "_static" / "claims.svg"
+
+
+def verdicts(book: Path = BOOK) -> dict[str, str]:
+    """Each claim's verdict from the published summaries ("pending" where none judges it)."""
+    found = {row["claim"]: row["verdict"] for _, summary in summaries(book) for row in summary.get("scoreboard", [])}
+    return {cid: found.get(cid, "pending") for cid in claims.CLAIMS}
+
+
+def figure(book: Path = BOOK) -> str:
+    """The landing page's figure, the claims at a glance: one row per claim, a chip coloured by
+    its verdict, as SVG text. Deterministic (no date, fixed ids, text kept as text), so the
+    committed file can be checked against the summaries as the table is."""
+    import io
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    state = verdicts(book)
+    with matplotlib.rc_context({"svg.hashsalt": "flatbook", "svg.fonttype": "none", "font.size": 11,
+                                "font.family": "DejaVu Sans"}):
+        fig, ax = plt.subplots(figsize=(4.6, 0.42 * len(state) + 0.3))
+        ax.set(xlim=(0, 1), ylim=(len(state) - 0.5, -0.5))
+        ax.axis("off")
+        for i, (cid, verdict) in enumerate(state.items()):
+            ax.text(0.0, i, cid, va="center", fontweight="bold")
+            ax.add_patch(FancyBboxPatch((0.12, i - 0.33), 0.36, 0.66, boxstyle="round,pad=0,rounding_size=0.02",
+                                        facecolor=VERDICT_COLORS[verdict], edgecolor="#636363", lw=0.8))
+            dark = verdict in ("supported", "contradicted")
+            ax.text(0.30, i, verdict, va="center", ha="center", fontsize=10, color="white" if dark else "black")
+            ax.text(0.52, i, claims.CLAIMS[cid].topic, va="center")
+        out = io.StringIO()
+        fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight")
+        plt.close(fig)
+    return out.getvalue()
+
+
 def update(intro: Path = BOOK / "intro.md") -> bool:
-    """Rewrite the block between the markers in ``intro``; True if it changed."""
+    """Rewrite the block between the markers in ``intro`` and the figure beside it; True if
+    either changed."""
+    drawn = figure(intro.parent)
+    path = intro.parent / "_static" / FIGURE.name
+    redrawn = not path.is_file() or path.read_text() != drawn
+    if redrawn:
+        path.write_text(drawn)
     text = intro.read_text()
     if START not in text or END not in text:
         raise ValueError(f"{intro} lacks the scoreboard markers:\n{START}\n{END}")
@@ -55,7 +102,7 @@ def update(intro: Path = BOOK / "intro.md") -> bool:
     new = f"{head}{START}\n{render(intro.parent)}\n{END}{tail}"
     if new != text:
         intro.write_text(new)
-    return new != text
+    return new != text or redrawn
 
 
 def current(intro: Path = BOOK / "intro.md") -> str:

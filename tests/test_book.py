@@ -95,6 +95,22 @@ def test_toc_symlink_points_at_the_root_toc():
 
 def test_committed_scoreboard_is_generated_from_the_summaries():
     assert scoreboard.current() == scoreboard.render(), "run `python -m flatlib scoreboard` and commit"
+    assert scoreboard.FIGURE.read_text() == scoreboard.figure(), "run `python -m flatlib scoreboard` and commit"
+
+
+def test_the_landing_figure_colours_each_claim_by_its_verdict(tmp_path):
+    book = tmp_path / "book"
+    (book / "c").mkdir(parents=True)
+    (book / "c" / "summary.json").write_text(json.dumps({"chapter": "c", "scoreboard": [
+        {"claim": "C1", "ours": "x", "verdict": "supported"}, {"claim": "C4", "ours": "y", "verdict": "contradicted"}]}))
+    assert scoreboard.verdicts(book) == {cid: {"C1": "supported", "C4": "contradicted"}.get(cid, "pending")
+                                         for cid in claims.CLAIMS}
+    svg = scoreboard.figure(book)
+    assert svg == scoreboard.figure(book)  # deterministic: the committed file can be checked
+    assert svg.count(scoreboard.VERDICT_COLORS["pending"]) >= len(claims.CLAIMS) - 2
+    assert scoreboard.VERDICT_COLORS["supported"] in svg and scoreboard.VERDICT_COLORS["contradicted"] in svg
+    for claim in claims.CLAIMS.values():
+        assert claim.topic and claim.topic in svg.replace("&#39;", "'")
 
 
 def test_book_builds_with_warnings_as_errors(tmp_path):

@@ -366,3 +366,15 @@ def test_a_run_with_overrides_suffixes_the_labels_it_defines_and_its_references_
     assert nb.cells[3].source == ":name: fig-a"  # code is not touched
     _suffix_labels(nb, {"dataset": "fashion_mnist"})  # idempotent
     assert ":name: fig-a-fashion-mnist\n" in nb.cells[1].source
+
+
+def test_a_chapter_whose_code_changed_on_disk_while_it_ran_is_not_published(book, tmp_path):
+    source = book / "echo" / "echo.md"
+    # the kernel reports another version of flatlib.claims than the one on disk when the run began
+    source.write_text(source.read_text().replace(
+        "from flatlib import claims, report\n",
+        "from flatlib import claims, report\nreport.code_versions = lambda: {'flatlib.claims': 'edited'}\n", 1))
+    out = tmp_path / "runs" / "target"
+    with pytest.raises(runner.ChapterError, match="changed on disk while it ran .flatlib.claims."):
+        runner.run("echo", {}, out=out, progress=False)
+    assert not out.exists() and (tmp_path / "runs" / "target.failed").is_dir()
