@@ -617,6 +617,77 @@ def regularised(effects, weakness: dict | None = None, alpha: float = ALPHA) -> 
     return Verdict("C6", verdict, tuple(checks), {"cells": len(cells)})
 
 
+# C7 ------------------------------------------------------------------------------------------
+
+# An interpolator "generalises" when its population loss is at most this fraction of the zero
+# function's (it explains at least half of the target's mean square), "fails" when it does no
+# better than the zero function.
+GENERALISES_BELOW = 0.5
+# A separation counts as clean when a generalising interpolator is flatter than a
+# non-generalising one in at least this share of pairs (the AUC).
+CLEAN_SEPARATION = 0.9
+
+
+def _separation_state(s: dict, alpha: float) -> str:
+    if s["p_flatter"] < alpha and s["auc"] >= CLEAN_SEPARATION:
+        return "supported"
+    if s["p_sharper"] < alpha:
+        return "contradicted"
+    return "inconclusive"
+
+
+def flattest_interpolators(conditions, alpha: float = ALPHA) -> Verdict:
+    """C7, from ``conditions``: one dict per (label noise, approximation error) condition with
+    ``noise``, ``approximation``, ``separation`` (``flatlib.interpolators.separation`` of the
+    trace minimised over rescalings, generalising kinds against non-generalising ones, over the
+    interpolators that reached the interpolation tolerance), ``raw_attack`` (the same for the
+    generalising interpolators' raw trace as trained against the non-generalising ones' raw
+    trace after their flattest rescaling) and ``flattest_relative_loss`` (the median population
+    loss of the trace-penalised interpolators over the zero function's). The *benign*
+    condition is the one with the least noise and the least approximation error.
+
+    * Central, at the benign condition, *non-generalising interpolators cannot be made as
+      flat*: supported if the generalising interpolators have the smaller minimised trace with a
+      one-sided Mann-Whitney p below ``alpha`` and an AUC of at least ``CLEAN_SEPARATION``;
+      contradicted if they have the larger one (p below ``alpha`` the other way); otherwise
+      inconclusive.
+    * Side, at the benign condition, *the flattest interpolators generalise*: supported if the
+      median relative population loss of the trace-penalised interpolators is at most
+      ``GENERALISES_BELOW``; contradicted if it is 1 or more (no better than predicting zero);
+      otherwise inconclusive. The headline is the central state, lowered from supported to
+      partly supported when this does not hold.
+    * Reported: *the raw trace can be fooled by a rescaling* (supported if the raw-trace attack's
+      AUC is below ``CLEAN_SEPARATION`` while the minimised trace's is not), and *separation
+      weakens outside the theorem's conditions* (supported if the minimised trace's AUC at the
+      condition with the most noise and approximation error is below the benign one's)."""
+    if not conditions:
+        raise ValueError("no conditions to judge")
+    benign = min(conditions, key=lambda c: (c["noise"], c["approximation"]))
+    harsh = max(conditions, key=lambda c: (c["noise"], c["approximation"]))
+    if any(c["noise"] < benign["noise"] or c["approximation"] < benign["approximation"] for c in conditions):
+        raise ValueError("the conditions need one with both the least noise and the least approximation error")
+    sep = benign["separation"]
+    central = Check("non-generalising interpolators cannot be made as flat", _separation_state(sep, alpha),
+                    {**sep, "noise": benign["noise"], "approximation": benign["approximation"]})
+    loss = benign["flattest_relative_loss"]
+    flattest = Check("the flattest interpolators generalise",
+                     "inconclusive" if not math.isfinite(loss) else
+                     "supported" if loss <= GENERALISES_BELOW else "contradicted" if loss >= 1 else "inconclusive",
+                     {"median_relative_population_loss": loss, "threshold": GENERALISES_BELOW})
+    attack = benign["raw_attack"]
+    fooled = Check("the raw trace can be fooled by a rescaling",
+                   "supported" if attack["auc"] < CLEAN_SEPARATION <= sep["auc"] else
+                   "contradicted" if attack["auc"] >= CLEAN_SEPARATION else "inconclusive",
+                   {"raw_attack_auc": attack["auc"], "min_trace_auc": sep["auc"]})
+    weakens = Check("separation weakens outside the theorem's conditions",
+                    "inconclusive" if harsh is benign else
+                    "supported" if harsh["separation"]["auc"] < sep["auc"] else "not supported",
+                    {"benign_auc": sep["auc"], "harsh_auc": harsh["separation"]["auc"],
+                     "harsh_noise": harsh["noise"], "harsh_approximation": harsh["approximation"]})
+    return Verdict("C7", _headline(central, [flattest]), (central, flattest, fooled, weakens),
+                   {"conditions": len(conditions)})
+
+
 # C8 ------------------------------------------------------------------------------------------
 
 def _difference_state(d: dict, claimed: str) -> str:

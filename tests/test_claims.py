@@ -490,3 +490,52 @@ def test_c6_an_interval_on_zero_or_a_missing_metric_is_not_a_finding():
     effects = c6_effects({C6_CELLS[0]: {}})
     with pytest.raises(ValueError, match="consistency"):
         claims.regularised(effects[effects["metric"] != "consistency"])
+
+
+# ----------------------------------------------------------------------------- C7
+
+def c7_condition(noise, approximation, auc=1.0, p_flatter=1e-4, p_sharper=0.99, attack_auc=0.5, loss=0.1):
+    return {"noise": noise, "approximation": approximation,
+            "separation": {"auc": auc, "p_flatter": p_flatter, "p_sharper": p_sharper},
+            "raw_attack": {"auc": attack_auc}, "flattest_relative_loss": loss}
+
+
+def test_c7_clean_separation_and_generalising_flattest_interpolators_are_supported():
+    verdict = claims.flattest_interpolators([c7_condition(0, 0), c7_condition(1.0, 1.0, auc=0.6, p_flatter=0.2)])
+    assert verdict.verdict == "supported"
+    assert verdict.check("the raw trace can be fooled by a rescaling").state == "supported"
+    assert verdict.check("separation weakens outside the theorem's conditions").state == "supported"
+
+
+def test_c7_the_benign_condition_decides_whatever_the_order():
+    conditions = [c7_condition(1.0, 0, auc=0.5, p_flatter=0.5, p_sharper=0.5), c7_condition(0, 0)]
+    verdict = claims.flattest_interpolators(conditions)
+    assert verdict.check("non-generalising interpolators cannot be made as flat").values["noise"] == 0
+    with pytest.raises(ValueError, match="least noise and the least approximation"):
+        claims.flattest_interpolators([c7_condition(0, 1.0), c7_condition(1.0, 0)])
+
+
+@pytest.mark.parametrize("auc,p_flatter,p_sharper,state", [
+    (0.95, 0.001, 0.99, "supported"),
+    (0.85, 0.001, 0.99, "inconclusive"),  # significant but not clean
+    (0.95, 0.2, 0.8, "inconclusive"),  # clean but too few interpolators to be significant
+    (0.1, 0.99, 0.001, "contradicted"),  # the generalising ones are the sharper
+])
+def test_c7_separation_states(auc, p_flatter, p_sharper, state):
+    verdict = claims.flattest_interpolators([c7_condition(0, 0, auc, p_flatter, p_sharper)])
+    assert verdict.check("non-generalising interpolators cannot be made as flat").state == state
+    assert verdict.check("separation weakens outside the theorem's conditions").state == "inconclusive"
+
+
+@pytest.mark.parametrize("loss,state,headline", [(0.3, "supported", "supported"), (0.7, "inconclusive", "partly supported"),
+                                                 (1.2, "contradicted", "partly supported"),
+                                                 (math.nan, "inconclusive", "partly supported")])
+def test_c7_flattest_interpolators_that_do_not_generalise_lower_the_headline(loss, state, headline):
+    verdict = claims.flattest_interpolators([c7_condition(0, 0, loss=loss)])
+    assert verdict.check("the flattest interpolators generalise").state == state
+    assert verdict.verdict == headline
+
+
+def test_c7_a_raw_trace_that_still_separates_after_the_attack_was_not_fooled():
+    verdict = claims.flattest_interpolators([c7_condition(0, 0, attack_auc=0.95)])
+    assert verdict.check("the raw trace can be fooled by a rescaling").state == "contradicted"
