@@ -131,3 +131,20 @@ def test_the_scoreboard_fits_a_phone(site):
         box = table.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 + 1, box
         browser.close()
+
+
+def test_every_figure_opens_at_full_size(site):
+    from playwright.sync_api import sync_playwright
+
+    _, base = site
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        for name in ("intro.html", "primer/primer.html"):
+            page.goto(urljoin(base, name), wait_until="networkidle")
+            figures = page.eval_on_selector_all("figure img", "imgs => imgs.length")
+            links = page.eval_on_selector_all("a.enlarge-figure", "links => links.map(a => a.href)")
+            assert figures > 0 and len(links) >= figures, (name, figures, links)
+            for href in links:
+                assert page.request.get(href).ok, href
+        browser.close()
