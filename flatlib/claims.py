@@ -586,18 +586,19 @@ def regularised(effects, weakness: dict | None = None, alpha: float = ALPHA) -> 
     raw = {c: state(c, REGULARISED_SHARPNESS["raw"], +1) for c in cells}
     acc = {c: state(c, REGULARISED_BETTER["generalisation"][0], +1) for c in cells}
     fits = [c for c in cells if raw[c] == "supported" and acc[c] == "supported"]
-    conventional = [c for c in cells if (raw[c], acc[c]) in (("contradicted", "supported"), ("supported", "contradicted"))]
+    conventional = [c for c in cells
+                    if (raw[c], acc[c]) in (("contradicted", "supported"), ("supported", "contradicted"))]
     half = math.ceil(len(cells) / 2)
     central_state = ("supported" if len(fits) >= half else "contradicted" if len(conventional) >= half
                      else "not supported" if not fits else "inconclusive")
-    label = [f"{d}/{r}" for d, r in cells]
+    names = dict(zip(cells, (f"{d}/{r}" for d, r in cells)))
     central = Check("regularised minima are sharper yet generalise better", central_state,
-                    {"cells": len(cells), "fit": [f"{d}/{r}" for d, r in fits],
-                     "conventional": [f"{d}/{r}" for d, r in conventional],
-                     "sharper": [l for l, c in zip(label, cells) if raw[c] == "supported"],
-                     "flatter": [l for l, c in zip(label, cells) if raw[c] == "contradicted"],
-                     "better_accuracy": [l for l, c in zip(label, cells) if acc[c] == "supported"],
-                     "worse_accuracy": [l for l, c in zip(label, cells) if acc[c] == "contradicted"]})
+                    {"cells": len(cells), "fit": [names[c] for c in fits],
+                     "conventional": [names[c] for c in conventional],
+                     "sharper": [names[c] for c in cells if raw[c] == "supported"],
+                     "flatter": [names[c] for c in cells if raw[c] == "contradicted"],
+                     "better_accuracy": [names[c] for c in cells if acc[c] == "supported"],
+                     "worse_accuracy": [names[c] for c in cells if acc[c] == "contradicted"]})
     sides = []
     for name, key in (("they calibrate better", "calibration"), ("they resist input noise better", "robustness"),
                       ("they are more consistent across seeds", "consistency")):

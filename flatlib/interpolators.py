@@ -54,7 +54,8 @@ NON_GENERALISING = ("shuffled", "adversarial")
 KINDS = GENERALISING + NON_GENERALISING
 # The approximation-error term of the target: a high-frequency link on the first index, which a
 # small network approximates poorly; its weight is the task's ``approximation``.
-HARD_LINK = (lambda z: torch.cos(3 * z))
+def HARD_LINK(z):  # noqa: N802 (a constant of the task, named like LINKS)
+    return torch.cos(3 * z)
 
 
 # ----------------------------------------------------------------------------- data
@@ -320,7 +321,8 @@ def separation(values_generalising, values_other) -> dict:
     from scipy import stats as sps
     g, o = np.asarray(values_generalising, dtype=float), np.asarray(values_other, dtype=float)
     if len(g) == 0 or len(o) == 0:
-        return {"auc": math.nan, "p_flatter": math.nan, "p_sharper": math.nan, "n_generalising": len(g), "n_other": len(o)}
+        return {"auc": math.nan, "p_flatter": math.nan, "p_sharper": math.nan, "n_generalising": len(g),
+                "n_other": len(o)}
     auc = float(((g[:, None] < o[None, :]) + 0.5 * (g[:, None] == o[None, :])).mean())
     return {"auc": auc, "p_flatter": float(sps.mannwhitneyu(g, o, alternative="less").pvalue),
             "p_sharper": float(sps.mannwhitneyu(g, o, alternative="greater").pvalue),

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flatlib import data as fdata
 from flatlib import executors, models, stats, store, study
 from flatlib import train as ftrain
 from flatlib._io import progress as progress_bar
@@ -61,8 +60,9 @@ def check(regimes, weight_decay: float, sam_rho: float, arch: str) -> None:
     if "sam_rho" in uses and sam_rho == 0:
         problems.append("a regime with SAM needs sam_rho > 0 (at 0 it is the baseline)")
     if "augment" in uses and arch not in AUGMENTABLE:
+        augmented = sorted(r for r in regimes if "augment" in SWITCHES.get(r, ()))
         problems.append(f"augmentation shifts 28x28 images; arch {arch!r} cannot take it: use one of "
-                        f"{list(AUGMENTABLE)} or drop the regimes {sorted(r for r in regimes if 'augment' in SWITCHES.get(r, ()))}")
+                        f"{list(AUGMENTABLE)} or drop the regimes {augmented}")
     if problems:
         raise ValueError("Invalid regularised-minima study: " + "; ".join(problems) + ".")
 

@@ -313,8 +313,9 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
                         if before.get(name) != version)
         if edited:
             _keep_failed(scratch, failed)
-            raise ChapterError(f"Chapter {chapter!r}: flatlib changed on disk while it ran ({', '.join(edited)}), so its "
-                               f"numbers may come from either version and it is not published; re-run it (see {failed}).")
+            raise ChapterError(f"Chapter {chapter!r}: flatlib changed on disk while it ran ({', '.join(edited)}), "
+                               "so its numbers may come from either version and it is not published; re-run it "
+                               f"(see {failed}).")
         recorded = {k: v for k, v in params.items() if k != "out_dir"}
         summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
         tidy(executed, source, out_dir / executed.name, {k: params[k] for k in overrides}, summary,
@@ -547,8 +548,8 @@ def _suffix_labels(nb, overrides: dict) -> None:
     names = {n for n in names if not n.endswith(suffix)}
     if not names:
         return
-    pattern = re.compile(r"(^:name:\s*|\{(?:numref|ref)\}`(?:[^`<]*<)?)(" + "|".join(map(re.escape, names)) + r")(?=\s*$|>?`)",
-                         flags=re.M)
+    alternatives = "|".join(map(re.escape, names))
+    pattern = re.compile(r"(^:name:\s*|\{(?:numref|ref)\}`(?:[^`<]*<)?)(" + alternatives + r")(?=\s*$|>?`)", flags=re.M)
     for cell in markdown:
         cell.source = pattern.sub(lambda m: m.group(1) + m.group(2) + suffix, cell.source)
 

@@ -102,7 +102,8 @@ def test_the_landing_figure_colours_each_claim_by_its_verdict(tmp_path):
     book = tmp_path / "book"
     (book / "c").mkdir(parents=True)
     (book / "c" / "summary.json").write_text(json.dumps({"chapter": "c", "scoreboard": [
-        {"claim": "C1", "ours": "x", "verdict": "supported"}, {"claim": "C4", "ours": "y", "verdict": "contradicted"}]}))
+        {"claim": "C1", "ours": "x", "verdict": "supported"},
+        {"claim": "C4", "ours": "y", "verdict": "contradicted"}]}))
     assert scoreboard.verdicts(book) == {cid: {"C1": "supported", "C4": "contradicted"}.get(cid, "pending")
                                          for cid in claims.CLAIMS}
     svg = scoreboard.figure(book)

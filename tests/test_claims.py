@@ -527,7 +527,8 @@ def test_c7_separation_states(auc, p_flatter, p_sharper, state):
     assert verdict.check("separation weakens outside the theorem's conditions").state == "inconclusive"
 
 
-@pytest.mark.parametrize("loss,state,headline", [(0.3, "supported", "supported"), (0.7, "inconclusive", "partly supported"),
+@pytest.mark.parametrize("loss,state,headline", [(0.3, "supported", "supported"),
+                                                 (0.7, "inconclusive", "partly supported"),
                                                  (1.2, "contradicted", "partly supported"),
                                                  (math.nan, "inconclusive", "partly supported")])
 def test_c7_flattest_interpolators_that_do_not_generalise_lower_the_headline(loss, state, headline):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatlib import landscape, models, reparam, train as ftrain
+from flatlib import landscape, models, reparam
+from flatlib import train as ftrain
 
 
 def test_a_slice_of_a_quadratic_is_the_parabola_with_its_known_curvature():
@@ -41,7 +42,8 @@ def test_filter_normalisation_matches_a_hand_computation():
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([[[[6.0, 8.0]]], [[[0.0, 2.0]]]]))  # channel norms 10 and 2
     d = {"weight": torch.tensor([[[[1.0, 0.0]]], [[[0.0, 4.0]]]]), "bias": torch.ones(2)}
-    assert torch.allclose(landscape.filter_normalise(d, conv)["weight"], torch.tensor([[[[10.0, 0.0]]], [[[0.0, 2.0]]]]))
+    expected = torch.tensor([[[[10.0, 0.0]]], [[[0.0, 2.0]]]])
+    assert torch.allclose(landscape.filter_normalise(d, conv)["weight"], expected)
 
 
 def test_directions_are_seeded_and_plain_ones_have_unit_length():
@@ -71,7 +73,8 @@ def test_alpha_scaling_leaves_the_normalised_slice_and_moves_the_plain_one():
     both = landscape.slice_2d(model, (x, y), landscape.random_direction(model, 0), landscape.random_direction(model, 1),
                               steps[:3], steps)
     assert both.loss.shape == (3, 7)
-    first_row = landscape.slice_1d(model, (x, y), {k: v * steps[0] for k, v in landscape.random_direction(model, 0).items()},
+    scaled_first = {k: v * steps[0] for k, v in landscape.random_direction(model, 0).items()}
+    first_row = landscape.slice_1d(model, (x, y), scaled_first,
                                    [1.0]).loss[0]
     assert both.loss[0, 3] == pytest.approx(first_row, rel=1e-5)  # steps[3] = 0 along the second direction
 

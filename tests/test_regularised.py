@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from scipy import stats as sps
 from torch import nn
 
-from flatlib import regularised, train as ftrain
+from flatlib import regularised
+from flatlib import train as ftrain
 
 SMALL = dict(dataset="mnist", n=100, arch="mlp", widths=(8,), lr=0.05, batch_size=50, epochs=1,
              weight_decay=5e-4, sam_rho=0.05)
@@ -27,7 +28,8 @@ def test_each_regime_switches_on_only_its_own_regularisation():
     assert configs["sam"].sam_rho == 0.05 and not configs["sam"].augment
     assert (configs["all"].weight_decay, configs["all"].sam_rho, configs["all"].augment) == (5e-4, 0.05, True)
     # the same seed, data and budget in every regime: regularisation is the only difference
-    assert {(c.seed, c.n, c.data_seed, c.epochs, c.target_train_acc, c.target_train_loss) for c in configs.values()} == {
+    shared = {(c.seed, c.n, c.data_seed, c.epochs, c.target_train_acc, c.target_train_loss) for c in configs.values()}
+    assert shared == {
         (3, 100, 0, 1, None, None)}
 
 
@@ -163,7 +165,8 @@ def test_effects_are_paired_t_intervals_bonferroni_corrected_over_the_cells():
     for dataset in ("mnist", "fashion_mnist"):
         for regime, shift in (("baseline", 0.0), ("sam", 0.5), ("all", -0.2)):
             for seed in range(6):
-                rows.append({"dataset": dataset, "regime": regime, "seed": seed, "acc": seed * 0.1 + shift + rng.normal(0, 0.1)})
+                acc = seed * 0.1 + shift + rng.normal(0, 0.1)
+                rows.append({"dataset": dataset, "regime": regime, "seed": seed, "acc": acc})
     table = pd.DataFrame(rows)
     out = regularised.effects(table, ["acc"])
     assert len(out) == 4 and set(out["level"]) == {1 - 0.05 / 4}

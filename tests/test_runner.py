@@ -353,7 +353,8 @@ def test_a_run_with_overrides_suffixes_the_labels_it_defines_and_its_references_
 
     from flatlib.runner import _suffix_labels
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("As {numref}`fig-a` shows, and {ref}`the table <tab-b>`; not {numref}`fig-other`."),
+        nbformat.v4.new_markdown_cell("As {numref}`fig-a` shows, and {ref}`the table <tab-b>`; "
+                                      "not {numref}`fig-other`."),
         nbformat.v4.new_markdown_cell("```{glue:figure} fig_a\n:name: fig-a\n:alt: x\n\nCaption.\n```"),
         nbformat.v4.new_markdown_cell(":name: tab-b"),
         nbformat.v4.new_code_cell(":name: fig-a"),
