@@ -541,13 +541,15 @@ def _cell_state(row, sign: int) -> str:
 
 
 def _often(name: str, states: list[str], values: dict) -> Check:
-    """A "often" claim over the cells: supported if at least half of them support it,
-    contradicted if at least half contradict it, otherwise inconclusive."""
+    """A "often" claim over the cells: supported if at least half of them support it and more
+    support than contradict it, contradicted if at least half contradict it and more contradict
+    than support it, otherwise (a tie included) inconclusive."""
     half = math.ceil(len(states) / 2)
     counts = {"supported": states.count("supported"), "contradicted": states.count("contradicted"),
               "cells": len(states)}
-    state = ("supported" if counts["supported"] >= half else "contradicted" if counts["contradicted"] >= half
-             else "inconclusive")
+    up, down = counts["supported"], counts["contradicted"]
+    state = ("supported" if up >= half and up > down else
+             "contradicted" if down >= half and down > up else "inconclusive")
     return Check(name, state, {**counts, **values})
 
 
@@ -559,9 +561,10 @@ def regularised(effects, weakness: dict | None = None, alpha: float = ALPHA) -> 
 
     * Central, *regularised minima are sharper yet generalise better*: a cell fits when its
       raw sharpness (log10 top Hessian eigenvalue) is significantly higher and its test
-      accuracy significantly higher. Supported if at least half the cells fit; contradicted if
-      at least half go the conventional way (significantly flatter and better, or sharper and
-      worse); not supported if no cell fits; inconclusive otherwise.
+      accuracy significantly higher. Supported if at least half the cells fit and more fit than go the
+      conventional way; contradicted if at least half go the conventional way (significantly
+      flatter and better, or sharper and worse) and more than fit; not supported if no cell
+      fits; inconclusive otherwise (a tie included).
     * Side, each judged over every cell by ``_often``: they *calibrate* better (lower ECE),
       *resist noise* better (higher mean accuracy under input noise), and are *more consistent*
       (higher agreement between seeds). Headline: the central state, lowered from supported to
@@ -589,8 +592,9 @@ def regularised(effects, weakness: dict | None = None, alpha: float = ALPHA) -> 
     conventional = [c for c in cells
                     if (raw[c], acc[c]) in (("contradicted", "supported"), ("supported", "contradicted"))]
     half = math.ceil(len(cells) / 2)
-    central_state = ("supported" if len(fits) >= half else "contradicted" if len(conventional) >= half
-                     else "not supported" if not fits else "inconclusive")
+    central_state = ("supported" if len(fits) >= half and len(fits) > len(conventional) else
+                     "contradicted" if len(conventional) >= half and len(conventional) > len(fits) else
+                     "not supported" if not fits else "inconclusive")
     names = dict(zip(cells, (f"{d}/{r}" for d, r in cells)))
     central = Check("regularised minima are sharper yet generalise better", central_state,
                     {"cells": len(cells), "fit": [names[c] for c in fits],
@@ -657,10 +661,13 @@ def flattest_interpolators(conditions, alpha: float = ALPHA) -> Verdict:
       ``GENERALISES_BELOW``; contradicted if it is 1 or more (no better than predicting zero);
       otherwise inconclusive. The headline is the central state, lowered from supported to
       partly supported when this does not hold.
-    * Reported: *the raw trace can be fooled by a rescaling* (supported if the raw-trace attack's
-      AUC is below ``CLEAN_SEPARATION`` while the minimised trace's is not), and *separation
-      weakens outside the theorem's conditions* (supported if the minimised trace's AUC at the
-      condition with the most noise and approximation error is below the benign one's)."""
+    * Reported: *flattening the non-generalising interpolators closes the raw-trace gap*
+      (supported if the raw-trace attack's AUC is below ``CLEAN_SEPARATION`` while the minimised
+      trace's is not; sharpening the generalising ones instead always would, since the trace is
+      unbounded above along a rescaling orbit), and *separation weakens outside the theorem's
+      conditions* (supported if the minimised trace's AUC at the condition with the most noise,
+      then the most approximation error, is below the benign one's, by any amount; inconclusive
+      if either is undefined)."""
     if not conditions:
         raise ValueError("no conditions to judge")
     benign = min(conditions, key=lambda c: (c["noise"], c["approximation"]))
@@ -676,12 +683,13 @@ def flattest_interpolators(conditions, alpha: float = ALPHA) -> Verdict:
                      "supported" if loss <= GENERALISES_BELOW else "contradicted" if loss >= 1 else "inconclusive",
                      {"median_relative_population_loss": loss, "threshold": GENERALISES_BELOW})
     attack = benign["raw_attack"]
-    fooled = Check("the raw trace can be fooled by a rescaling",
+    fooled = Check("flattening the non-generalising interpolators closes the raw-trace gap",
                    "supported" if attack["auc"] < CLEAN_SEPARATION <= sep["auc"] else
                    "contradicted" if attack["auc"] >= CLEAN_SEPARATION else "inconclusive",
                    {"raw_attack_auc": attack["auc"], "min_trace_auc": sep["auc"]})
     weakens = Check("separation weakens outside the theorem's conditions",
-                    "inconclusive" if harsh is benign else
+                    "inconclusive" if harsh is benign or not (math.isfinite(harsh["separation"]["auc"])
+                                                              and math.isfinite(sep["auc"])) else
                     "supported" if harsh["separation"]["auc"] < sep["auc"] else "not supported",
                     {"benign_auc": sep["auc"], "harsh_auc": harsh["separation"]["auc"],
                      "harsh_noise": harsh["noise"], "harsh_approximation": harsh["approximation"]})

@@ -249,6 +249,17 @@ def train(fit: Fit) -> dict:
     cached = store.get_torch(fit.key())
     if cached is not None:
         return cached
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as flatlib.train: the same fit gives the same weights whatever the core count
+    try:
+        result = _train(fit)
+    finally:
+        torch.set_num_threads(threads)
+    store.put_torch(fit.key(), result)
+    return result
+
+
+def _train(fit: Fit) -> dict:
     x_fit, y_fit, y_own = _fitted_data(fit)
     x, _ = training_set(fit)
     model = TwoLayer(fit.task.d, fit.width, fit.init_scale, seed=fit.seed)
@@ -277,11 +288,9 @@ def train(fit: Fit) -> dict:
         own_loss = float(loss(model, x, y_own))
     if fit.kind == "flattest":  # the same function at its flattest rescaling: the trace it was searched for
         model = rescaled(model, flattest_rescaling(model, x))
-    result = {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "status": status,
-              "steps": step, "train_loss": own_loss, "fitted_loss": float(loss(model, x_fit, y_fit).detach()),
-              "interpolated": status == "interpolated"}
-    store.put_torch(fit.key(), result)
-    return result
+    return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "status": status,
+            "steps": step, "train_loss": own_loss, "fitted_loss": float(loss(model, x_fit, y_fit).detach()),
+            "interpolated": status == "interpolated"}
 
 
 def network(fit: Fit, result: dict) -> TwoLayer:
@@ -312,6 +321,24 @@ def row(fit: Fit) -> dict:
             "population_loss": population_loss(model, fit.task),
             "zero_function_loss": population_loss(TwoLayer(fit.task.d, 1, init_scale=0.0), fit.task),
             "trace": trace(model, x), "min_trace": min_rescaled_trace(model, x)}
+
+
+def per_seed_separation(table, value: str = "min_trace") -> dict:
+    """The separation counted per training set: the runs of one seed share their training
+    inputs, so they are not independent. A seed separates when every generalising interpolator
+    of it has a smaller ``value`` than every non-generalising one; under no link between
+    flatness and kind, each seed would do so with probability at most 1/2, so the one-sided
+    sign-test p-value is P(Binomial(seeds, 1/2) >= separating seeds) (scipy's binomtest).
+    Seeds lacking either group are not counted."""
+    from scipy import stats as sps
+    separating = seeds = 0
+    for _, runs in table.groupby("seed"):
+        good, bad = runs.loc[runs["generalising_kind"], value], runs.loc[~runs["generalising_kind"], value]
+        if len(good) and len(bad):
+            seeds += 1
+            separating += int(good.max() < bad.min())
+    p = float(sps.binomtest(separating, seeds, 0.5, alternative="greater").pvalue) if seeds else math.nan
+    return {"seeds": seeds, "separating": separating, "p": p}
 
 
 def separation(values_generalising, values_other) -> dict:

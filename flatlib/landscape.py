@@ -172,8 +172,8 @@ def trajectory(config: ftrain.TrainConfig) -> list[dict]:
 @dataclasses.dataclass(frozen=True)
 class Projection:
     """The trajectory in the plane of its top two principal directions: ``coords`` (one row
-    per state, the final state at the origin), the share of the trajectory's variance each
-    direction explains, and the directions themselves (flattened, unit length)."""
+    per state, the final state at the origin), the share of the path's squared distance to the
+    final weights each direction holds, and the directions themselves (flattened, unit length)."""
 
     coords: np.ndarray
     explained: np.ndarray
@@ -181,8 +181,11 @@ class Projection:
 
 
 def project_trajectory(states: list[dict]) -> Projection:
-    """PCA of the trajectory (Li et al. 2018): the matrix of w_t - w_final over the states, its
-    top two right singular vectors as the plane, and each state's coordinates in it."""
+    """The trajectory's plane (after Li et al. 2018): the matrix of w_t - w_final over the
+    states, its top two right singular vectors as the plane, and each state's coordinates in
+    it. Not centred (Li et al. centre it, as sklearn's PCA does), so the plane passes through
+    the final weights, the origin of the picture; ``explained`` is each direction's share of
+    the path's summed squared distance to the final weights."""
     if len(states) < 3:
         raise ValueError("a trajectory needs at least three states to span a plane")
     flat = np.stack([torch.cat([t.reshape(-1).double() for t in s.values()]).numpy() for s in states])

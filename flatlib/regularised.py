@@ -204,10 +204,11 @@ def consistency(table, by=("dataset", "regime")):
     """Functional consistency: within each group of ``by``, the seeds in order are paired
     (first with second, third with fourth, ...) and each pair's ``agreement`` on the test set is
     one row; disjoint pairs keep the rows independent. Pairs are numbered from 0 within a group,
-    so pair k of two regimes shares its seeds and can be compared paired."""
+    so pair k of two regimes shares its seeds and can be compared paired. With an odd number of
+    seeds the last one is left out of this metric."""
     import pandas as pd
     rows = []
-    for keys, group in table.sort_values("seed").groupby(list(by), sort=False):
+    for keys, group in table.sort_values("seed", kind="stable").groupby(list(by), sort=False):
         preds = group["predictions"].tolist()
         seeds = group["seed"].tolist()
         for k in range(len(preds) // 2):
@@ -235,6 +236,9 @@ def effects(table, metrics, baseline: str = "baseline", pair_on: str = "seed", b
     level = 1 - alpha / max(cells, 1)
     rows = []
     for key, group in groups:
+        lacking = sorted({baseline, *regimes} - set(group["regime"]))
+        if lacking:
+            raise ValueError(f"{by}={key} has no networks of regime(s) {lacking}; every {by} needs every regime")
         wide = {metric: group.pivot(index=pair_on, columns="regime", values=metric) for metric in metrics}
         for regime in regimes:
             for metric in metrics:

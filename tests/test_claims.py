@@ -503,7 +503,7 @@ def c7_condition(noise, approximation, auc=1.0, p_flatter=1e-4, p_sharper=0.99, 
 def test_c7_clean_separation_and_generalising_flattest_interpolators_are_supported():
     verdict = claims.flattest_interpolators([c7_condition(0, 0), c7_condition(1.0, 1.0, auc=0.6, p_flatter=0.2)])
     assert verdict.verdict == "supported"
-    assert verdict.check("the raw trace can be fooled by a rescaling").state == "supported"
+    assert verdict.check("flattening the non-generalising interpolators closes the raw-trace gap").state == "supported"
     assert verdict.check("separation weakens outside the theorem's conditions").state == "supported"
 
 
@@ -539,4 +539,21 @@ def test_c7_flattest_interpolators_that_do_not_generalise_lower_the_headline(los
 
 def test_c7_a_raw_trace_that_still_separates_after_the_attack_was_not_fooled():
     verdict = claims.flattest_interpolators([c7_condition(0, 0, attack_auc=0.95)])
-    assert verdict.check("the raw trace can be fooled by a rescaling").state == "contradicted"
+    check = verdict.check("flattening the non-generalising interpolators closes the raw-trace gap")
+    assert check.state == "contradicted"
+
+
+def test_c6_a_tie_between_cells_for_and_against_is_inconclusive():
+    fit = {"log10_top_eigenvalue": UP, "test_acc": UP, "ece": DOWN, "noise_acc": UP, "consistency": UP}
+    against = {"log10_top_eigenvalue": DOWN, "test_acc": UP, "ece": UP, "noise_acc": DOWN, "consistency": DOWN}
+    cells = {c: (fit if i < 2 else against) for i, c in enumerate(C6_CELLS)}
+    verdict = claims.regularised(c6_effects(cells))
+    assert verdict.check("regularised minima are sharper yet generalise better").state == "inconclusive"
+    for side in ("they calibrate better", "they resist input noise better", "they are more consistent across seeds"):
+        assert verdict.check(side).state == "inconclusive"
+    assert verdict.verdict == "inconclusive"
+
+
+def test_c7_an_undefined_separation_at_the_harshest_condition_is_inconclusive():
+    verdict = claims.flattest_interpolators([c7_condition(0, 0), c7_condition(1.0, 1.0, auc=math.nan)])
+    assert verdict.check("separation weakens outside the theorem's conditions").state == "inconclusive"

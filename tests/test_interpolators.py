@@ -100,3 +100,16 @@ def test_separation_is_the_mann_whitney_auc():
     assert out["auc"] == pytest.approx(u / (len(g) * len(o)))
     assert out["p_flatter"] == pytest.approx(sps.mannwhitneyu(g, o, alternative="less").pvalue)
     assert math.isnan(I.separation([], o)["auc"])
+
+
+def test_per_seed_separation_is_a_sign_test_over_training_sets():
+    import pandas as pd
+    rows = []
+    for seed, (good, bad) in enumerate([(1.0, 2.0), (1.0, 2.0), (1.0, 2.0), (3.0, 2.0)]):
+        rows += [{"seed": seed, "generalising_kind": True, "min_trace": good},
+                 {"seed": seed, "generalising_kind": True, "min_trace": good * 0.9},
+                 {"seed": seed, "generalising_kind": False, "min_trace": bad}]
+    rows.append({"seed": 9, "generalising_kind": True, "min_trace": 0.1})  # no non-generalising run: not counted
+    out = I.per_seed_separation(pd.DataFrame(rows))
+    assert (out["seeds"], out["separating"]) == (4, 3)
+    assert out["p"] == pytest.approx(5 / 16)  # P(Binomial(4, 1/2) >= 3)

@@ -177,6 +177,9 @@ def test_effects_are_paired_t_intervals_bonferroni_corrected_over_the_cells():
     assert (row["ci_low"], row["ci_high"], row["p"]) == pytest.approx((ci.low, ci.high, ref.pvalue))
     with pytest.raises(ValueError, match="missing"):
         regularised.effects(table.drop(index=0), ["acc"])
+    lacking = table[~((table["dataset"] == "mnist") & (table["regime"] == "all"))]
+    with pytest.raises(ValueError, match=r"dataset=mnist has no networks of regime\(s\) \['all'\]"):
+        regularised.effects(lacking, ["acc"])
 
 
 def test_regime_means_are_student_t_intervals():
