@@ -16,7 +16,6 @@ number.
 from __future__ import annotations
 
 import math
-import os
 import socket
 
 import numpy as np
@@ -154,12 +153,8 @@ def network_behaviour(config: ftrain.TrainConfig, noise=NOISE, bins: int = ECE_B
     result = study.trained(config)
     if result.diverged:
         raise ValueError(f"network seed={config.seed} diverged; it has no behaviour to measure")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with study._one_thread():
         entry = behaviour(result.model, study._dataset(config.dataset, "test"), noise, bins, seed)
-    finally:
-        torch.set_num_threads(threads)
     store.put_json(key, entry)
     return entry
 
@@ -169,16 +164,8 @@ def _behaviour_task(config, noise, bins, seed, store_root) -> dict:
     ``store_root``, one task at a time per process (training seeds torch's global generator and
     sets the process's thread count, so two tasks in threads of one process would disturb each
     other), under the same lock as ``flatlib.study``'s tasks."""
-    with study._TASK_LOCK:
-        previous = os.environ.get("FLATLIB_CACHE")
-        os.environ["FLATLIB_CACHE"] = store_root
-        try:
-            network_behaviour(config, noise, bins, seed)
-        finally:
-            if previous is None:
-                del os.environ["FLATLIB_CACHE"]
-            else:
-                os.environ["FLATLIB_CACHE"] = previous
+    with study._TASK_LOCK, study._task_environment(store_root):
+        network_behaviour(config, noise, bins, seed)
     return {"host": socket.gethostname(), "code": code_version(__name__)}
 
 
