@@ -1,0 +1,555 @@
+"""Optimised PAC-Bayes certificates: the posterior chosen to minimise the bound (Dziugaite & Roy
+2017), with the prior at the initial weights or learned on data the bound does not see
+(Perez-Ortiz, Rivasplata, Shawe-Taylor & Szepesvari 2021), certified with many weight draws.
+
+The posterior is Q = N(mu, diag s^2) over the weights of a ReLU MLP, the prior P = N(p, s_P^2 I).
+With probability at least 1 - delta over the bound's sample S of n examples, for every Q and for
+every prior scale s_P of the grid ``PRIOR_SCALES`` (J values, fixed before any data is seen, so a
+union bound costs ln J),
+
+    kl( e_S(Q) || e(Q) ) <= ( KL(Q || P) + ln(2 sqrt(n) J / delta) ) / n        (Maurer 2004),
+
+where e_S(Q) and e(Q) are the expected 0-1 errors of a network drawn from Q on S and on the data
+distribution; the certificate is the largest e(Q) this allows (``pacbayes.kl_inverse``).
+The prior's centre p is the network's initial weights (drawn from its seed before any data) or
+the weights of a network trained on a part of the training split disjoint from S: either way P
+depends on nothing in S. The posterior may depend on anything.
+
+e_S(Q) is estimated by Monte Carlo: each of ``passes`` passes over S evaluates every example under
+its own independent draw from Q. The m = passes * n errors are independent [0, 1] variables whose
+mean has expectation exactly e_S(Q), so with probability at least 1 - delta_mc
+e_S(Q) <= kl^{-1}(mean, ln(1 / delta_mc) / m) (the Chernoff bound in kl form, Hoeffding 1963,
+which holds for independent, not necessarily identical, [0, 1] variables; Langford & Caruana 2002
+use it for the draws). A draw per example costs little by the local reparameterisation of Kingma,
+Salimans & Welling (2015): for one input, the pre-activations of a layer whose weights are
+independent Gaussians are themselves independent Gaussians (mean h mu^T, variance h^2 s^2^T), so
+sampling them layer by layer is distributed exactly as evaluating the input under a full weight
+draw, at the cost of one normal per unit instead of one per weight. The certificate then holds with
+probability at least 1 - delta - delta_mc.
+
+The posterior is optimised by stochastic gradient descent (momentum, or Adam) on the
+reparameterised Gaussian of the bound's relaxation ``quad_objective`` (Perez-Ortiz et al.'s
+f_quad) with the 0-1 error replaced by the cross-entropy bounded by clamping p(y|x) at ``pmin``
+and scaled to [0, 1]; during
+optimisation the prior scale is the one minimising the KL (closed form), and the certificate then
+takes the best scale of the grid.
+
+``CertificateSpec`` names a certificate of a network of the store (``flatlib.study``), and
+``certificate`` computes it or reads it from the store, keyed by the spec, the network's key and
+the source of this module with everything it imports.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flatlib import data as fdata
+from flatlib import executors, models, pacbayes, store, study
+from flatlib import train as ftrain
+from flatlib._io import progress as progress_bar
+from flatlib._version import code_version
+
+# The prior scales s_P the certificate may choose among, fixed before any certificate was computed:
+# 0.1 * 10^(-j/2000) for j = 0..6000, from 0.1 down to 1e-4 in steps of 0.115 %. The union bound
+# over them costs ln 6001 = 8.7 nats; the step is fine because a network has up to a million
+# weights and the KL pays for a prior scale off the best one per weight: about P (step/2)^2, under
+# half a nat for P = 10^6 (a grid of 13 values cost thousands of nats).
+PRIOR_SCALES = tuple(0.1 * 10 ** (-j / 2000) for j in range(6001))
+DELTA, DELTA_MC = 0.025, 0.01  # Perez-Ortiz et al.'s confidence levels
+PMIN = 1e-4  # the bounded cross-entropy's floor on p(y|x)
+# The isotropic widths ``starting_scale`` tries for the posterior's start: 10^(-k/4), 1 to 1e-4.
+SIGMA_STARTS = tuple(10 ** (-k / 4) for k in range(17))
+PRIORS = ("init", "data")
+OPTIMIZERS = ("sgd", "adam")
+TRAIN_SIZE = 60000  # the training split of MNIST and of Fashion-MNIST (flatlib.data checks the files)
+
+
+class CertificateError(ValueError):
+    """A certificate that cannot be computed as asked, or would not be valid."""
+
+
+# ----------------------------------------------------------------------------- the posterior
+
+def linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers of ``model``, an MLP of ``flatlib.models.mlp``'s form (Flatten, then
+    Linear layers with a ReLU between each two). The local reparameterisation is exact for it;
+    anything else is refused."""
+    modules = list(model.children()) if isinstance(model, nn.Sequential) else [model]
+    if modules and isinstance(modules[0], nn.Flatten):
+        modules = modules[1:]
+    ok = bool(modules) and len(modules) % 2 == 1 and all(
+        isinstance(m, nn.Linear) if i % 2 == 0 else isinstance(m, nn.ReLU) for i, m in enumerate(modules))
+    if not ok or any(m.bias is None for m in modules[::2]):
+        raise CertificateError("certificates take a ReLU MLP (flatlib.models.mlp: Flatten, Linear, ReLU, ..., "
+                               f"Linear, with biases); got {type(model).__name__} with layers "
+                               f"{[type(m).__name__ for m in modules]}")
+    return list(modules[::2])
+
+
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    """weight, bias of every Linear layer, in order, detached copies in float32."""
+    return [t.detach().float().clone() for layer in linear_layers(model) for t in (layer.weight, layer.bias)]
+
+
+def _state_tensors(model: nn.Module, state: dict) -> list[torch.Tensor]:
+    """The same tensors as ``_tensors`` read from a state dict of ``model`` (e.g. its initial one)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    out = []
+    for layer in linear_layers(model):
+        for p in (layer.weight, layer.bias):
+            if names[id(p)] not in state:
+                raise CertificateError(f"the state dict lacks {names[id(p)]!r}")
+            out.append(state[names[id(p)]].detach().float().clone())
+    return out
+
+
+@dataclass
+class Posterior:
+    """Q = N(means, diag stds^2) over weight, bias of each layer, in order; the prior's centre
+    ``prior_means`` (same shapes) and the grid of prior scales it was optimised under."""
+
+    means: list[torch.Tensor]
+    stds: list[torch.Tensor]
+    prior_means: list[torch.Tensor]
+    grid: tuple[float, ...] = PRIOR_SCALES
+    history: list[dict] = field(default_factory=list)  # per epoch of ``optimise``
+    epoch: int = 0  # the epoch of ``optimise`` this posterior is from (0: its start)
+
+    def kl(self, prior_scale: float) -> float:
+        return float(gaussian_kl(self.means, self.stds, self.prior_means, prior_scale))
+
+    def kl_by_scale(self, scales) -> "np.ndarray":
+        """``kl`` at every prior scale of ``scales`` at once, from three sums: with
+        A = sum_i (s_i^2 + (mu_i - p_i)^2), B = sum_i ln s_i and P parameters,
+        KL(s_P) = P ln s_P - B + A / (2 s_P^2) - P / 2."""
+        a = float(sum(((s.double() ** 2 + (m.double() - p.double()) ** 2).sum()
+                       for m, s, p in zip(self.means, self.stds, self.prior_means))))
+        b = float(sum(torch.log(s.double()).sum() for s in self.stds))
+        count = sum(m.numel() for m in self.means)
+        scales = np.asarray(scales, dtype=np.float64)
+        return count * np.log(scales) - b + a / (2 * scales ** 2) - count / 2
+
+    def mean_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the deterministic network at the posterior mean."""
+        return _mean_logits(self.means, x)
+
+
+def gaussian_kl(means, stds, prior_means, prior_scale) -> torch.Tensor:
+    """KL(N(means, diag stds^2) || N(prior_means, prior_scale^2 I)) in nats:
+    sum_i ln(s_P / s_i) + (s_i^2 + (mu_i - p_i)^2) / (2 s_P^2) - 1/2. ``prior_scale`` may be a
+    tensor (differentiable)."""
+    s_p = torch.as_tensor(prior_scale, dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    for m, s, p in zip(means, stds, prior_means):
+        m, s, p = m.double(), s.double(), p.double()
+        total = total + (torch.log(s_p / s) + (s ** 2 + (m - p) ** 2) / (2 * s_p ** 2) - 0.5).sum()
+    return total
+
+
+def best_prior_scale(means, stds, prior_means) -> torch.Tensor:
+    """The s_P minimising ``gaussian_kl`` for fixed Q: s_P^2 = mean_i (s_i^2 + (mu_i - p_i)^2)."""
+    total = sum(((s.double() ** 2 + (m.double() - p.double()) ** 2).sum() for m, s, p in zip(means, stds, prior_means)))
+    count = sum(m.numel() for m in means)
+    return torch.sqrt(total / count)
+
+
+def _mean_logits(means, x):
+    h = x.flatten(1)
+    for k in range(0, len(means), 2):
+        h = h @ means[k].T + means[k + 1]
+        if k + 2 < len(means):
+            h = torch.relu(h)
+    return h
+
+
+def stochastic_logits(means, stds, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Logits of every input of ``x`` under its own independent draw of the weights from
+    N(means, diag stds^2), by the local reparameterisation (module docstring): per layer the
+    pre-activations are drawn as mean h W_mu^T + b_mu plus sqrt(h^2 W_s^2^T + b_s^2) times a
+    standard normal."""
+    h = x.flatten(1)
+    for k in range(0, len(means), 2):
+        mean = h @ means[k].T + means[k + 1]
+        var = (h * h) @ (stds[k] * stds[k]).T + stds[k + 1] * stds[k + 1]
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        h = mean + torch.sqrt(var) * noise
+        if k + 2 < len(means):
+            h = torch.relu(h)
+    return h
+
+
+def bounded_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, pmin: float = PMIN) -> torch.Tensor:
+    """Mean of -ln max(p(y|x), pmin) / ln(1/pmin): the cross-entropy bounded to [0, 1], the
+    differentiable stand-in for the 0-1 error (Perez-Ortiz et al. 2021)."""
+    if not 0 < pmin < 1:
+        raise CertificateError(f"pmin must lie in (0, 1), got {pmin!r}")
+    logp = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+    return (-torch.clamp(logp, min=math.log(pmin))).mean() / math.log(1 / pmin)
+
+
+def complexity(kl, n: int, delta: float = DELTA, grid_size: int = len(PRIOR_SCALES)):
+    """(KL + ln(2 sqrt(n) J / delta)) / n: the right-hand side of the kl bound (module docstring)."""
+    check_delta(delta, "delta")
+    return (kl + math.log(2 * math.sqrt(n) * grid_size / delta)) / n
+
+
+def quad_objective(error, kl, n: int, delta: float = DELTA, grid_size: int = len(PRIOR_SCALES)):
+    """Perez-Ortiz et al.'s f_quad, (sqrt(e + c/2) + sqrt(c/2))^2 with c = ``complexity``: an upper
+    bound on the kl bound's certificate for an error e in [0, 1], smooth in e and the KL."""
+    half = complexity(kl, n, delta, grid_size) / 2
+    return (torch.sqrt(error + half) + torch.sqrt(half)) ** 2
+
+
+def check_delta(value: float, name: str) -> None:
+    if not (isinstance(value, (int, float)) and 0 < value < 1):
+        raise CertificateError(f"{name} is a probability of failure and must lie in (0, 1), got {value!r}")
+
+
+def check_split(prior_indices: torch.Tensor, bound_indices: torch.Tensor, split: str = "train") -> None:
+    """Refuse a prior that was learned on any example the bound is evaluated on: the bound holds
+    only for a prior independent of its sample. Indices are positions in the full ``split``."""
+    shared = set(map(int, prior_indices.tolist())) & set(map(int, bound_indices.tolist()))
+    if shared:
+        raise CertificateError(f"the prior was learned on {len(shared)} example(s) of the bound's sample (e.g. "
+                               f"{split} index {min(shared)}); a PAC-Bayes prior must not depend on the data "
+                               "the bound is evaluated on: learn it on a disjoint part of the split")
+
+
+def optimise(model: nn.Module, prior_means: list[torch.Tensor], data, *, init_means=None, init_stds=None,
+             epochs: int = 10,
+             lr: float = 1e-3, batch_size: int = 250, sigma_init: float = 0.01, pmin: float = PMIN,
+             delta: float = DELTA, grid: tuple[float, ...] = PRIOR_SCALES, seed: int = 0, optimizer: str = "sgd",
+             momentum: float = 0.95, sigma_lr: float | None = None, progress: bool = False) -> Posterior:
+    """The posterior minimising ``quad_objective`` on ``data`` (the bound's sample, (x, y)), by
+    SGD with ``momentum`` (or Adam) on (mu, rho) with s = softplus(rho), one draw per example per
+    step (local reparameterisation), ``epochs`` passes in a seeded order; with ``sigma_lr`` the
+    widths rho get their own Adam at that rate (Dziugaite & Roy adapt them per coordinate too,
+    with RMSprop), which lets them grow in the directions the error does not need. The means start at
+    ``init_means`` (default: ``model``'s weights), the standard deviations at ``init_stds``
+    (default: ``sigma_init`` everywhere). ``epochs=0`` gives
+    that starting posterior unchanged. Of the starting posterior and the one at the end of each
+    epoch, the one with the lowest ``estimate`` is returned (its ``epoch`` says which; its
+    ``history`` has every epoch's). Deterministic for a given ``seed`` on one thread."""
+    linear_layers(model)
+    check_delta(delta, "delta")
+    if not grid or any(not (s > 0) for s in grid) or list(grid) != sorted(set(grid), reverse=True):
+        raise CertificateError(f"the prior-scale grid must be distinct positive values, largest first; got {grid!r}")
+    if epochs < 0 or batch_size < 1 or not lr > 0 or not sigma_init > 0:
+        raise CertificateError("epochs >= 0, batch_size >= 1, lr > 0 and sigma_init > 0 are needed")
+    x, y = data
+    n = len(y)
+    start = _tensors(model) if init_means is None else [t.detach().float().clone() for t in init_means]
+    prior_means = [t.detach().float() for t in prior_means]
+    if [t.shape for t in start] != [t.shape for t in prior_means]:
+        raise CertificateError("the prior's centre and the posterior's means have different shapes")
+    means = [t.clone().requires_grad_(True) for t in start]
+    if init_stds is None:
+        init_stds = [torch.full_like(t, sigma_init) for t in start]
+    rhos = [torch.log(torch.expm1(s.detach().float().clamp_min(1e-8))).requires_grad_(True) for s in init_stds]
+    if optimizer not in OPTIMIZERS:
+        raise CertificateError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    together = means + rhos if sigma_lr is None else means
+    opts = [torch.optim.SGD(together, lr=lr, momentum=momentum) if optimizer == "sgd" else
+            torch.optim.Adam(together, lr=lr)]
+    if sigma_lr is not None:  # the widths by Adam at their own rate (Dziugaite & Roy use RMSprop)
+        opts.append(torch.optim.Adam(rhos, lr=sigma_lr))
+    gen = torch.Generator().manual_seed(seed)
+    def current():
+        with torch.no_grad():
+            return Posterior(means=[m.detach().clone() for m in means],
+                             stds=[F.softplus(r).detach().clone() for r in rhos], prior_means=prior_means,
+                             grid=tuple(grid))
+
+    # The iterate with the lowest estimated bound is kept (the start included): the bound's
+    # relaxation can lead the optimiser past the posterior it would certify best.
+    best = current()
+    best_value, best_epoch = estimate(best, data, n, delta, seed=seed)["bound"], 0
+    history = []
+    for epoch in progress_bar(range(1, epochs + 1), "posterior", progress, leave=False):
+        order = torch.randperm(n, generator=gen)
+        total, steps = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            stds = [F.softplus(r) for r in rhos]
+            error = bounded_cross_entropy(stochastic_logits(means, stds, x[idx], gen), y[idx], pmin)
+            kl = gaussian_kl(means, stds, prior_means, best_prior_scale(means, stds, prior_means))
+            loss = quad_objective(error.double(), kl, n, delta, len(grid))
+            for opt in opts:
+                opt.zero_grad()
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            total, steps = total + loss.item(), steps + 1
+        posterior = current()
+        checked = estimate(posterior, data, n, delta, seed=seed)
+        history.append({"epoch": epoch, "objective": total / steps, **checked})
+        if checked["bound"] < best_value:
+            best, best_value, best_epoch = posterior, checked["bound"], epoch
+    best.history, best.epoch = history, best_epoch
+    return best
+
+
+def estimate(posterior: Posterior, data, n: int, delta: float = DELTA, seed: int = 0, limit: int = 5000) -> dict:
+    """A quick estimate of ``posterior``'s certificate, to choose among posteriors (never to
+    report): its error from one draw per example on at most ``limit`` examples of ``data``, the
+    least KL over the grid and the kl bound for a sample of ``n``, without the Monte Carlo
+    correction."""
+    x, y = data
+    wrong, draws = stochastic_errors(posterior, (x[:limit], y[:limit]), seed=seed + 7919)
+    kl = float(posterior.kl_by_scale(posterior.grid).min())
+    return {"error": wrong / draws, "kl": kl,
+            "bound": pacbayes.kl_inverse(wrong / draws, complexity(kl, n, delta, len(posterior.grid)))}
+
+
+@torch.no_grad()
+def stochastic_errors(posterior: Posterior, data, passes: int = 1, seed: int = 0,
+                      batch_size: int = 4096) -> tuple[int, int]:
+    """(errors, draws): ``passes`` passes over ``data``, every example under its own independent
+    draw from the posterior; errors counts the misclassified draws."""
+    if passes < 1:
+        raise CertificateError(f"passes must be at least 1, got {passes!r}")
+    x, y = data
+    gen = torch.Generator().manual_seed(seed)
+    wrong = 0
+    for _ in range(passes):
+        for i in range(0, len(y), batch_size):
+            logits = stochastic_logits(posterior.means, posterior.stds, x[i:i + batch_size], gen)
+            wrong += int((logits.argmax(1) != y[i:i + batch_size]).sum())
+    return wrong, passes * len(y)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    bound: float  # the certificate: an upper bound on the expected test error of Q
+    prior_scale: float  # the grid's s_P that gives it
+    kl: float  # KL(Q || P) at that scale, nats
+    error_mc: float  # Monte Carlo estimate of Q's error on the bound's sample
+    error_upper: float  # its upper confidence bound (delta_mc)
+    draws: int  # weight draws (one example each) behind error_mc
+    n: int  # size of the bound's sample
+    delta: float
+    delta_mc: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def certify(posterior: Posterior, data, passes: int = 1, delta: float = DELTA, delta_mc: float = DELTA_MC,
+            grid: tuple[float, ...] | None = None, seed: int = 0) -> Certificate:
+    """The certificate of ``posterior`` on the bound's sample ``data`` (module docstring), valid
+    with probability at least 1 - delta - delta_mc. ``grid`` may only repeat the grid the
+    posterior was optimised under: a grid chosen after seeing the posterior is refused (the union
+    bound would not cover the choice)."""
+    check_delta(delta, "delta")
+    check_delta(delta_mc, "delta_mc")
+    if delta + delta_mc >= 1:
+        raise CertificateError(f"delta + delta_mc must stay below 1, got {delta + delta_mc}")
+    if grid is not None and tuple(grid) != tuple(posterior.grid):
+        raise CertificateError(f"the prior-scale grid is fixed before the posterior is optimised; this posterior "
+                               f"was optimised under {posterior.grid}, so a certificate over {tuple(grid)} would "
+                               "not be valid")
+    wrong, draws = stochastic_errors(posterior, data, passes, seed)
+    error_mc = wrong / draws
+    error_upper = pacbayes.kl_inverse(error_mc, math.log(1 / delta_mc) / draws)
+    n, size = len(data[1]), len(posterior.grid)
+    # the bound grows with the KL and nothing else depends on the scale: the best scale has the least KL
+    kls = posterior.kl_by_scale(posterior.grid)
+    best = int(np.argmin(kls))
+    kl = float(kls[best])
+    bound = pacbayes.kl_inverse(error_upper, complexity(kl, n, delta, size))
+    return Certificate(bound=bound, prior_scale=float(posterior.grid[best]), kl=kl, error_mc=error_mc,
+                       error_upper=error_upper, draws=draws, n=n, delta=delta, delta_mc=delta_mc)
+
+
+# ----------------------------------------------------------------------------- in the store
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    """A certificate of the stored network ``network`` (a ``flatlib.train.TrainConfig``).
+
+    ``prior="init"``: the prior is centred at the network's initial weights, the posterior's
+    means start at its trained weights, and the bound's sample is the network's own training
+    subset. ``prior="data"``: the network, trained on its subset, is the prior's centre; the
+    bound's sample is ``bound_n`` images (default: all) of the training split outside that
+    subset, and the posterior starts at the prior. ``passes`` Monte Carlo passes over the bound's
+    sample give the certificate; ``test_passes`` over the test split estimate Q's test error."""
+
+    network: ftrain.TrainConfig
+    prior: str = "init"
+    bound_n: int | None = None
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 250
+    sigma_init: float | None = None
+    pmin: float = PMIN
+    optimizer: str = "sgd"
+    momentum: float = 0.95
+    sigma_lr: float | None = None
+    delta: float = DELTA
+    delta_mc: float = DELTA_MC
+    passes: int = 1
+    test_passes: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = []
+        if self.prior not in PRIORS:
+            problems.append(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.network.arch != "mlp":
+            problems.append(f"certificates take MLPs (arch 'mlp'), got arch {self.network.arch!r}")
+        for name in ("delta", "delta_mc"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 1):
+                problems.append(f"{name} must lie in (0, 1), got {value!r}")
+        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or not (self.sigma_init is None
+                                                                              or self.sigma_init > 0):
+            problems.append("epochs >= 0, batch_size >= 1, lr > 0 and sigma_init > 0 (or None) are needed")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.sigma_lr is not None and not self.sigma_lr > 0:
+            problems.append(f"sigma_lr must be positive (or None), got {self.sigma_lr!r}")
+        if self.passes < 1 or self.test_passes < 1:
+            problems.append("passes and test_passes must be at least 1")
+        if not 0 < self.pmin < 1:
+            problems.append(f"pmin must lie in (0, 1), got {self.pmin!r}")
+        if self.prior == "init" and self.bound_n is not None:
+            problems.append("bound_n is for prior='data'; with prior='init' the bound uses the network's own "
+                            "training subset")
+        if self.prior == "data":
+            full = TRAIN_SIZE
+            held_out = full - (self.network.n or full)
+            if held_out < 1:
+                problems.append("prior='data' needs a network trained on part of the training split (n below "
+                                f"{full}), so the bound has images the prior never saw")
+            elif self.bound_n is not None and not 1 <= self.bound_n <= held_out:
+                problems.append(f"bound_n must lie in [1, {held_out}] (the images outside the prior's subset), "
+                                f"got {self.bound_n!r}")
+        if problems:
+            raise CertificateError("Invalid certificate: " + "; ".join(problems) + ".")
+
+    def key(self) -> str:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "network"}
+        return store.digest({"network": self.network.key(), **fields, "grid": PRIOR_SCALES,
+                             "code": code_version(__name__)})
+
+
+def samples(spec: CertificateSpec):
+    """(prior's data, bound's sample) of ``spec`` as ``flatlib.data.Dataset``s; the prior's data
+    is None for a prior at initialisation. Refuses overlapping ones (``check_split``)."""
+    subset = fdata.load(spec.network.dataset, "train", n=spec.network.n, seed=spec.network.data_seed)
+    if spec.prior == "init":
+        return None, subset
+    bound = fdata.complement(subset, n=spec.bound_n, seed=spec.seed)
+    check_split(subset.indices, bound.indices)
+    return subset, bound
+
+
+def starting_scale(start, prior_means, data, n: int, delta: float = DELTA, candidates=SIGMA_STARTS,
+                   seed: int = 0) -> float:
+    """The isotropic posterior width to start the optimisation from: the candidate whose
+    posterior N(start, s^2 I) has the lowest ``estimate``. Only a starting point: the posterior
+    may depend on the data, the prior may not."""
+    values = {sigma: estimate(Posterior(start, [torch.full_like(t, sigma) for t in start], prior_means), data, n,
+                              delta, seed)["bound"] for sigma in candidates}
+    return float(min(values, key=values.get))
+
+
+def compute(spec: CertificateSpec, progress: bool = False) -> dict:
+    """The certificate of ``spec``, computed here (on one thread) from the stored network
+    (trained first if the store lacks it).
+
+    The posterior starts at the means of ``CertificateSpec`` with the isotropic width
+    ``sigma_init`` (None: ``starting_scale``) and is optimised for ``epochs`` epochs; both the
+    starting and the optimised posterior are certified, each with delta_mc / 2 (a union bound
+    over the two Monte Carlo estimates; the PAC-Bayes bound holds for every posterior at once), and
+    the lower certificate is kept, so optimising never makes the certificate worse. Returns the
+    ``Certificate``'s fields, which posterior gave it, the other's certificate, the stochastic and
+    posterior-mean test errors, the network's own test error, the sizes and the history."""
+    result = study.trained(spec.network)
+    if result.diverged:
+        raise CertificateError(f"network seed={spec.network.seed} diverged; it has no certificate")
+    prior_data, bound = samples(spec)
+    bound_data = (bound.images, bound.labels)
+    test = study._dataset(spec.network.dataset, "test")
+    with study._one_thread():
+        model = result.model.float()
+        trained_weights = _tensors(model)
+        prior_means = _state_tensors(model, result.initial_state) if spec.prior == "init" else trained_weights
+        sigma = spec.sigma_init
+        if sigma is None:
+            sigma = starting_scale(trained_weights, prior_means, bound_data, len(bound), spec.delta, seed=spec.seed)
+        settings = dict(init_means=trained_weights, lr=spec.lr, batch_size=spec.batch_size, sigma_init=sigma,
+                        pmin=spec.pmin, delta=spec.delta, seed=spec.seed, optimizer=spec.optimizer,
+                        momentum=spec.momentum, sigma_lr=spec.sigma_lr)
+        posteriors = {"start": optimise(model, prior_means, bound_data, epochs=0, **settings)}
+        if spec.epochs > 0:
+            posteriors["optimised"] = optimise(model, prior_means, bound_data, epochs=spec.epochs, progress=progress,
+                                               **settings)
+        delta_mc = spec.delta_mc / len(posteriors)
+        candidates = {name: certify(q, bound_data, spec.passes, spec.delta, delta_mc, seed=spec.seed + 1)
+                      for name, q in posteriors.items()}
+        chosen = min(candidates, key=lambda name: candidates[name].bound)
+        posterior, cert = posteriors[chosen], candidates[chosen]
+        wrong, draws = stochastic_errors(posterior, (test.images, test.labels), spec.test_passes, seed=spec.seed + 2)
+        with torch.no_grad():
+            mean_error = (posterior.mean_logits(test.images).argmax(1) != test.labels).double().mean().item()
+            network_error = (models.predict(model, test.images).argmax(1) != test.labels).double().mean().item()
+    return {**cert.as_dict(), "posterior": chosen, "sigma_start": sigma,
+            "start_bound": candidates["start"].bound,
+            "optimised_bound": candidates["optimised"].bound if "optimised" in candidates else None,
+            "epoch": posterior.epoch, "stochastic_test_error": wrong / draws, "test_draws": draws,
+            "mean_test_error": mean_error, "network_test_error": network_error,
+            "prior_n": 0 if prior_data is None else len(prior_data), "bound_n": len(bound),
+            "history": posterior.history}
+
+
+def _key(spec: CertificateSpec) -> str:
+    return f"certificates/{spec.key()}.json"
+
+
+def certificate(spec: CertificateSpec, progress: bool = False) -> dict:
+    """``compute(spec)``, from the store if it is there, else computed and stored."""
+    entry = store.get_json(_key(spec))
+    if isinstance(entry, dict) and "bound" in entry:
+        return entry
+    entry = compute(spec, progress)
+    store.put_json(_key(spec), entry)
+    return entry
+
+
+def _task(spec: CertificateSpec, store_root: str) -> dict:
+    """One certificate as an executor's worker computes it: into the store at ``store_root``, one
+    task at a time per process, under ``flatlib.study``'s lock and task environment."""
+    with study._TASK_LOCK, study._task_environment(store_root):
+        certificate(spec)
+    return {"host": socket.gethostname(), "code": code_version(__name__)}
+
+
+def certificate_table(specs, executor=None, progress: bool = True):
+    """One row per spec (in order): ``certificate``'s numbers (the history left out), the
+    missing ones computed where ``executor`` says (``flatlib.executors``) and read from the
+    store."""
+    import pandas as pd
+    specs = list(specs)
+    executor = executors.chosen(executor)
+    executors.validate(executor)
+    store.check_writable()
+    missing = [s for s in dict.fromkeys(specs) if store.get_json(_key(s)) is None]
+    if missing and not executors.is_serial(executor):
+        root = str(store.cache_dir())
+        for receipt in executors.run(_task, [(s, root) for s in missing], executor, "certificates", progress):
+            if receipt["code"] != code_version(__name__):
+                raise executors.ExecutorError(f"the worker on {receipt['host']} runs other code than this process; "
+                                              "install the same flatlib on every worker")
+    rows = []
+    for spec in progress_bar(specs, "certificates", progress):
+        entry = certificate(spec)
+        rows.append({k: v for k, v in entry.items() if k != "history"})
+    return pd.DataFrame(rows)
