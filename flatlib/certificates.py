@@ -13,7 +13,12 @@ where e_S(Q) and e(Q) are the expected 0-1 errors of a network drawn from Q on S
 distribution; the certificate is the largest e(Q) this allows (``pacbayes.kl_inverse``).
 The prior's centre p is the network's initial weights (drawn from its seed before any data) or
 the weights of a network trained on a part of the training split disjoint from S: either way P
-depends on nothing in S. The posterior may depend on anything.
+depends on nothing in S. The posterior may depend on anything. Every prior centre tried on the same
+sample must be paid for: ``priors_tried`` multiplies J. One approximation remains: the book's
+training subsets are class-stratified (``flatlib.data.load``), so a sample that is such a subset,
+or the images outside one, has class counts tied to the split's (to within an image per class)
+rather than varying as an i.i.d. sample's would. The bound treats the split as an i.i.d. sample and
+this coupling as negligible; the chapters that report certificates say so.
 
 e_S(Q) is estimated by Monte Carlo: each of ``passes`` passes over S evaluates every example under
 its own independent draw from Q. The m = passes * n errors are independent [0, 1] variables whose
@@ -41,6 +46,7 @@ the source of this module with everything it imports.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import socket
 from dataclasses import dataclass, field
@@ -195,9 +201,21 @@ def bounded_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, pmin: floa
 
 
 def complexity(kl, n: int, delta: float = DELTA, grid_size: int = len(PRIOR_SCALES)):
-    """(KL + ln(2 sqrt(n) J / delta)) / n: the right-hand side of the kl bound (module docstring)."""
+    """(KL + ln(2 sqrt(n) J / delta)) / n: the right-hand side of the kl bound (module docstring),
+    with J the number of priors the union bound covers. Maurer's bound needs n >= 8."""
     check_delta(delta, "delta")
+    if n < 8:
+        raise CertificateError(f"Maurer's bound needs a sample of at least 8 examples, got {n}")
     return (kl + math.log(2 * math.sqrt(n) * grid_size / delta)) / n
+
+
+KL_TOL = 1e-12
+
+
+def kl_upper(q: float, c: float) -> float:
+    """The largest p with kl(q || p) <= c, rounded up: ``pacbayes.kl_inverse`` bisects to within
+    ``KL_TOL`` from below, so adding it makes the value an upper bound, as a certificate must be."""
+    return min(1.0, pacbayes.kl_inverse(q, c, KL_TOL) + KL_TOL)
 
 
 def quad_objective(error, kl, n: int, delta: float = DELTA, grid_size: int = len(PRIOR_SCALES)):
@@ -279,7 +297,8 @@ def optimise(model: nn.Module, prior_means: list[torch.Tensor], data, *, init_me
             idx = order[i:i + batch_size]
             stds = [F.softplus(r) for r in rhos]
             error = bounded_cross_entropy(stochastic_logits(means, stds, x[idx], gen), y[idx], pmin)
-            kl = gaussian_kl(means, stds, prior_means, best_prior_scale(means, stds, prior_means))
+            scale = best_prior_scale(means, stds, prior_means).clamp(min(grid), max(grid))
+            kl = gaussian_kl(means, stds, prior_means, scale)
             loss = quad_objective(error.double(), kl, n, delta, len(grid))
             for opt in opts:
                 opt.zero_grad()
@@ -305,7 +324,7 @@ def estimate(posterior: Posterior, data, n: int, delta: float = DELTA, seed: int
     wrong, draws = stochastic_errors(posterior, (x[:limit], y[:limit]), seed=seed + 7919)
     kl = float(posterior.kl_by_scale(posterior.grid).min())
     return {"error": wrong / draws, "kl": kl,
-            "bound": pacbayes.kl_inverse(wrong / draws, complexity(kl, n, delta, len(posterior.grid)))}
+            "bound": kl_upper(wrong / draws, complexity(kl, n, delta, len(posterior.grid)))}
 
 
 @torch.no_grad()
@@ -342,11 +361,14 @@ class Certificate:
 
 
 def certify(posterior: Posterior, data, passes: int = 1, delta: float = DELTA, delta_mc: float = DELTA_MC,
-            grid: tuple[float, ...] | None = None, seed: int = 0) -> Certificate:
+            grid: tuple[float, ...] | None = None, seed: int = 0, priors: int = 1) -> Certificate:
     """The certificate of ``posterior`` on the bound's sample ``data`` (module docstring), valid
     with probability at least 1 - delta - delta_mc. ``grid`` may only repeat the grid the
     posterior was optimised under: a grid chosen after seeing the posterior is refused (the union
-    bound would not cover the choice)."""
+    bound would not cover the choice). ``priors``: how many prior centres were tried on this
+    sample before this one was kept; the union bound then covers all of them (J x priors)."""
+    if not (isinstance(priors, int) and priors >= 1):
+        raise CertificateError(f"priors counts the prior centres tried and must be a positive integer, got {priors!r}")
     check_delta(delta, "delta")
     check_delta(delta_mc, "delta_mc")
     if delta + delta_mc >= 1:
@@ -357,13 +379,13 @@ def certify(posterior: Posterior, data, passes: int = 1, delta: float = DELTA, d
                                "not be valid")
     wrong, draws = stochastic_errors(posterior, data, passes, seed)
     error_mc = wrong / draws
-    error_upper = pacbayes.kl_inverse(error_mc, math.log(1 / delta_mc) / draws)
+    error_upper = kl_upper(error_mc, math.log(1 / delta_mc) / draws)
     n, size = len(data[1]), len(posterior.grid)
     # the bound grows with the KL and nothing else depends on the scale: the best scale has the least KL
     kls = posterior.kl_by_scale(posterior.grid)
     best = int(np.argmin(kls))
     kl = float(kls[best])
-    bound = pacbayes.kl_inverse(error_upper, complexity(kl, n, delta, size))
+    bound = kl_upper(error_upper, complexity(kl, n, delta, size * priors))
     return Certificate(bound=bound, prior_scale=float(posterior.grid[best]), kl=kl, error_mc=error_mc,
                        error_upper=error_upper, draws=draws, n=n, delta=delta, delta_mc=delta_mc)
 
@@ -392,6 +414,7 @@ class CertificateSpec:
     optimizer: str = "sgd"
     momentum: float = 0.95
     sigma_lr: float | None = None
+    priors_tried: int = 1
     delta: float = DELTA
     delta_mc: float = DELTA_MC
     passes: int = 1
@@ -413,6 +436,13 @@ class CertificateSpec:
             problems.append("epochs >= 0, batch_size >= 1, lr > 0 and sigma_init > 0 (or None) are needed")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (isinstance(self.priors_tried, int) and self.priors_tried >= 1):
+            problems.append(f"priors_tried must be a positive integer, got {self.priors_tried!r}")
+        if all(isinstance(getattr(self, k), (int, float)) for k in ("delta", "delta_mc")) and \
+                self.delta + self.delta_mc >= 1:
+            problems.append(f"delta + delta_mc must stay below 1, got {self.delta + self.delta_mc}")
+        if self.bound_n is not None and (isinstance(self.bound_n, bool) or not isinstance(self.bound_n, int)):
+            problems.append(f"bound_n must be an integer, got {self.bound_n!r}")
         if self.sigma_lr is not None and not self.sigma_lr > 0:
             problems.append(f"sigma_lr must be positive (or None), got {self.sigma_lr!r}")
         if self.passes < 1 or self.test_passes < 1:
@@ -479,7 +509,7 @@ def compute(spec: CertificateSpec, progress: bool = False) -> dict:
     bound_data = (bound.images, bound.labels)
     test = study._dataset(spec.network.dataset, "test")
     with study._one_thread():
-        model = result.model.float()
+        model = result.model.float().cpu()
         trained_weights = _tensors(model)
         prior_means = _state_tensors(model, result.initial_state) if spec.prior == "init" else trained_weights
         sigma = spec.sigma_init
@@ -493,8 +523,8 @@ def compute(spec: CertificateSpec, progress: bool = False) -> dict:
             posteriors["optimised"] = optimise(model, prior_means, bound_data, epochs=spec.epochs, progress=progress,
                                                **settings)
         delta_mc = spec.delta_mc / len(posteriors)
-        candidates = {name: certify(q, bound_data, spec.passes, spec.delta, delta_mc, seed=spec.seed + 1)
-                      for name, q in posteriors.items()}
+        candidates = {name: certify(q, bound_data, spec.passes, spec.delta, delta_mc, seed=spec.seed + 1,
+                                    priors=spec.priors_tried) for name, q in posteriors.items()}
         chosen = min(candidates, key=lambda name: candidates[name].bound)
         posterior, cert = posteriors[chosen], candidates[chosen]
         wrong, draws = stochastic_errors(posterior, (test.images, test.labels), spec.test_passes, seed=spec.seed + 2)
@@ -506,19 +536,31 @@ def compute(spec: CertificateSpec, progress: bool = False) -> dict:
             "optimised_bound": candidates["optimised"].bound if "optimised" in candidates else None,
             "epoch": posterior.epoch, "stochastic_test_error": wrong / draws, "test_draws": draws,
             "mean_test_error": mean_error, "network_test_error": network_error,
+            "confidence": 1 - spec.delta - spec.delta_mc, "priors_tried": spec.priors_tried,
             "prior_n": 0 if prior_data is None else len(prior_data), "bound_n": len(bound),
+            "prior_indices_sha256": None if prior_data is None else _indices_hash(prior_data.indices),
+            "bound_indices_sha256": _indices_hash(bound.indices),
             "history": posterior.history}
+
+
+def _indices_hash(indices: torch.Tensor) -> str:
+    """The SHA-256 of a sample's positions in the full split (sorted, int64): which images it is."""
+    return hashlib.sha256(torch.sort(indices.long()).values.numpy().tobytes()).hexdigest()
 
 
 def _key(spec: CertificateSpec) -> str:
     return f"certificates/{spec.key()}.json"
 
 
+def _stored(spec: CertificateSpec) -> bool:
+    entry = store.get_json(_key(spec))
+    return isinstance(entry, dict) and "bound" in entry
+
+
 def certificate(spec: CertificateSpec, progress: bool = False) -> dict:
     """``compute(spec)``, from the store if it is there, else computed and stored."""
-    entry = store.get_json(_key(spec))
-    if isinstance(entry, dict) and "bound" in entry:
-        return entry
+    if _stored(spec):
+        return store.get_json(_key(spec))
     entry = compute(spec, progress)
     store.put_json(_key(spec), entry)
     return entry
@@ -541,7 +583,7 @@ def certificate_table(specs, executor=None, progress: bool = True):
     executor = executors.chosen(executor)
     executors.validate(executor)
     store.check_writable()
-    missing = [s for s in dict.fromkeys(specs) if store.get_json(_key(s)) is None]
+    missing = [s for s in dict.fromkeys(specs) if not _stored(s)]
     if missing and not executors.is_serial(executor):
         root = str(store.cache_dir())
         for receipt in executors.run(_task, [(s, root) for s in missing], executor, "certificates", progress):

@@ -71,6 +71,16 @@ def test_local_reparameterisation_is_distributed_as_full_weight_draws():
     assert np.corrcoef(local.T.numpy())[0, 1] == pytest.approx(np.corrcoef(full.T.numpy())[0, 1], abs=0.03)
 
 
+def test_inputs_of_one_batch_get_independent_draws():
+    model = _tiny_model(5, sizes=(4, 5, 3))
+    means = C._tensors(model)
+    stds = [0.3 * torch.ones_like(t) for t in means]
+    x = torch.tensor([[0.5, -1.0, 2.0, 0.3]]).expand(40000, 4)
+    out = C.stochastic_logits(means, stds, x, torch.Generator().manual_seed(1))
+    first, second = out[0::2, 0].numpy(), out[1::2, 0].numpy()  # the same input, neighbours in the batch
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.03
+
+
 def test_one_layer_draws_have_the_analytic_mean_and_variance():
     gen = torch.Generator().manual_seed(3)
     w, b = torch.randn(2, 3, generator=gen), torch.randn(2, generator=gen)
@@ -123,19 +133,20 @@ def test_quad_objective_bounds_the_kl_inverse_from_above(error, kl):
     quad = C.quad_objective(torch.tensor(error, dtype=torch.float64), torch.tensor(kl, dtype=torch.float64), n).item()
     assert c == pytest.approx((kl + math.log(2 * math.sqrt(n) * len(C.PRIOR_SCALES) / C.DELTA)) / n)
     assert quad >= pacbayes.kl_inverse(error, c) - 1e-12
-    assert quad == pytest.approx((math.sqrt(error + c / 2) + math.sqrt(c / 2)) ** 2)
+    assert quad >= error
 
 
 def test_certificate_by_hand():
     model = _tiny_model(4, sizes=(4, 6, 3))
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(500, 4, generator=gen), torch.randint(0, 3, (500,), generator=gen)
-    means, _, prior = _gaussians(5, shapes=[tuple(t.shape) for t in C._tensors(model)])
-    stds = [torch.full_like(m, 0.2) for m in means]
+    means, _, offsets = _gaussians(5, shapes=[tuple(t.shape) for t in C._tensors(model)])
+    prior = [m + 0.01 * o for m, o in zip(means, offsets)]  # near the means, so the bound is not saturated
+    stds = [torch.full_like(m, 0.05) for m in means]
     posterior = C.Posterior(means, stds, prior)
     cert = C.certify(posterior, (x, y), passes=4, seed=9)
     wrong, draws = C.stochastic_errors(posterior, (x, y), passes=4, seed=9)
-    upper = pacbayes.kl_inverse(wrong / draws, math.log(1 / C.DELTA_MC) / draws)
+    upper = pacbayes.kl_inverse(wrong / draws, math.log(1 / C.DELTA_MC) / draws) + C.KL_TOL
     by_scale = []
     for s_p in C.PRIOR_SCALES:
         kl = sum(torch.distributions.kl_divergence(torch.distributions.Normal(m.double(), s.double()),
@@ -147,6 +158,11 @@ def test_certificate_by_hand():
     assert cert.error_upper == pytest.approx(upper, abs=1e-12)
     assert cert.bound == pytest.approx(min(by_scale), abs=1e-9)
     assert cert.prior_scale == C.PRIOR_SCALES[int(np.argmin(by_scale))]
+    # two prior centres tried on this sample: the union bound covers 2 J priors
+    kl = cert.kl
+    twice = pacbayes.kl_inverse(upper, (kl + math.log(2 * math.sqrt(500) * 2 * len(C.PRIOR_SCALES) / C.DELTA)) / 500)
+    assert C.certify(posterior, (x, y), passes=4, seed=9, priors=2).bound == pytest.approx(twice, abs=1e-9)
+    assert cert.bound < 1 and twice > cert.bound
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -171,6 +187,11 @@ def test_sigma_lr_gives_the_widths_their_own_optimiser():
     held = C.optimise(model, start, data, epochs=3, lr=1e-12, batch_size=50)
     assert max(h["kl"] for h in moved.history) > 1e-3
     assert max(h["kl"] for h in held.history) < 1e-7
+
+
+def test_maurers_bound_needs_eight_examples():
+    with pytest.raises(C.CertificateError, match="at least 8"):
+        C.complexity(10.0, 7)
 
 
 def test_a_grid_chosen_after_the_posterior_is_refused():
@@ -207,6 +228,9 @@ def test_a_data_dependent_prior_and_its_bound_sample_are_disjoint():
     ({"prior": "data", "bound_n": 60000}, r"bound_n must lie in \[1, 59700\]"),
     ({"passes": 0}, "passes"),
     ({"pmin": 0.0}, "pmin"),
+    ({"delta": 0.5, "delta_mc": 0.5}, "delta \\+ delta_mc must stay below 1"),
+    ({"prior": "data", "bound_n": 500.0}, "bound_n must be an integer"),
+    ({"priors_tried": 0}, "priors_tried"),
 ])
 def test_an_invalid_spec_is_refused_before_any_work(changes, match):
     network = ftrain.TrainConfig(dataset="mnist", n=300, widths=(8,), epochs=1, batch_size=50)
@@ -234,6 +258,10 @@ def test_the_optimised_certificate_is_below_the_unoptimised_ones_and_above_the_h
     optimised = C.certificate(C.CertificateSpec(SMALL, prior="data", bound_n=4000, epochs=5, passes=5))
     assert optimised["bound"] == min(optimised["start_bound"], optimised["optimised_bound"])
     assert optimised["optimised_bound"] < optimised["start_bound"]  # and here the optimisation helped
+    # two posteriors were certified, so each Monte Carlo bound is at delta_mc / 2
+    assert optimised["delta_mc"] == C.DELTA_MC / 2 and optimised["confidence"] == 1 - C.DELTA - C.DELTA_MC
+    assert optimised["error_upper"] == pytest.approx(
+        pacbayes.kl_inverse(optimised["error_mc"], math.log(2 / C.DELTA_MC) / optimised["draws"]), abs=1e-11)
     # a valid bound lies above the error it bounds (estimated on the 10,000 test images), and here
     # it says something
     assert optimised["stochastic_test_error"] < optimised["bound"] < 0.9
