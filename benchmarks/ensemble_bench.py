@@ -1,0 +1,64 @@
+"""Networks per second: ``--members`` networks that differ only in their seed, trained one after
+another by ``flatlib.train.train`` (the loop) and together by ``flatlib.ensemble.train_ensemble``,
+side by side in one process, on every device present (CPU, and CUDA when there is one). Each
+network trains for exactly ``--epochs`` epochs (no early stop), so both paths do the same work.
+
+Writes ``benchmarks/results/ensemble.json`` with the device, torch version and date. Run with
+``make bench`` or ``python -m benchmarks.ensemble_bench [--members M] [--n N] ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from flatlib import ensemble, report
+from flatlib import train as ftrain
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ensemble.json"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        base = ftrain.TrainConfig(dataset="mnist", n=args.n, widths=tuple(args.widths), optimizer="adam", lr=1e-3,
+                                  batch_size=args.batch_size, epochs=args.epochs, target_train_acc=None, device=device)
+        configs = [dataclasses.replace(base, seed=s) for s in range(args.members)]
+        ftrain.train(configs[0])  # first-call costs out of the timing
+        start = time.perf_counter()
+        for config in configs:
+            ftrain.train(config)
+        loop = time.perf_counter() - start
+        ensemble.train_ensemble(configs[:2])
+        start = time.perf_counter()
+        ensemble.train_ensemble(configs)
+        together = time.perf_counter() - start
+        rows.append({"device": report.device_description(device), "members": args.members,
+                     "loop_networks_per_s": args.members / loop, "ensemble_networks_per_s": args.members / together,
+                     "ensemble_vs_loop": loop / together})
+        print(json.dumps(rows[-1]), flush=True)
+    results = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "git_commit": report.git_commit(),
+               "setup": {"n": args.n, "widths": args.widths, "epochs": args.epochs, "batch_size": args.batch_size,
+                         "optimizer": "adam", "lr": 1e-3},
+               "gpu": "present" if torch.cuda.is_available() else "none on this machine: no GPU rows",
+               "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
