@@ -75,12 +75,8 @@ def train_ensemble(configs, progress: bool = False) -> list[ftrain.TrainResult]:
     check(configs)
     if torch.device(configs[0].device).type != "cpu":
         return _train(configs, progress)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with study._one_thread():
         return _train(configs, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(configs, progress):
