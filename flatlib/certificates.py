@@ -128,9 +128,6 @@ class Posterior:
     history: list[dict] = field(default_factory=list)  # per epoch of ``optimise``
     epoch: int = 0  # the epoch of ``optimise`` this posterior is from (0: its start)
 
-    def kl(self, prior_scale: float) -> float:
-        return float(gaussian_kl(self.means, self.stds, self.prior_means, prior_scale))
-
     def kl_by_scale(self, scales) -> "np.ndarray":
         """``kl`` at every prior scale of ``scales`` at once, from three sums: with
         A = sum_i (s_i^2 + (mu_i - p_i)^2), B = sum_i ln s_i and P parameters,
@@ -388,6 +385,18 @@ def certify(posterior: Posterior, data, passes: int = 1, delta: float = DELTA, d
     bound = kl_upper(error_upper, complexity(kl, n, delta, size * priors))
     return Certificate(bound=bound, prior_scale=float(posterior.grid[best]), kl=kl, error_mc=error_mc,
                        error_upper=error_upper, draws=draws, n=n, delta=delta, delta_mc=delta_mc)
+
+
+def over_posteriors_tried(entry: dict, tries: int) -> float:
+    """The certificate of ``entry`` (a ``certificate`` result) when ``tries`` posteriors were
+    evaluated on the same sample before this one was reported: the PAC-Bayes term already holds for
+    every posterior at once, but the Monte Carlo term of one chosen among them pays a union bound,
+    kl^{-1}(kl^{-1}(e_mc, ln(tries / delta_mc) / m), c). ``tries=1`` gives the certificate itself."""
+    if not (isinstance(tries, int) and tries >= 1):
+        raise CertificateError(f"tries counts the posteriors evaluated and must be a positive integer, got {tries!r}")
+    upper = kl_upper(entry["error_mc"], math.log(tries / entry["delta_mc"]) / entry["draws"])
+    return kl_upper(upper, complexity(entry["kl"], entry["n"], entry["delta"],
+                                      len(PRIOR_SCALES) * entry.get("priors_tried", 1)))
 
 
 # ----------------------------------------------------------------------------- in the store

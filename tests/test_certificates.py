@@ -189,6 +189,18 @@ def test_sigma_lr_gives_the_widths_their_own_optimiser():
     assert max(h["kl"] for h in held.history) < 1e-7
 
 
+def test_a_certificate_over_posteriors_tried_pays_for_them_in_the_monte_carlo_term():
+    entry = {"error_mc": 0.03, "delta_mc": 0.005, "draws": 300000, "kl": 12.0, "n": 30000, "delta": C.DELTA,
+             "priors_tried": 2}
+    c = (12.0 + math.log(2 * math.sqrt(30000) * 2 * len(C.PRIOR_SCALES) / C.DELTA)) / 30000
+    by_hand = {t: pacbayes.kl_inverse(pacbayes.kl_inverse(0.03, math.log(t / 0.005) / 300000), c) for t in (1, 16)}
+    assert C.over_posteriors_tried(entry, 1) == pytest.approx(by_hand[1], abs=1e-9)
+    assert C.over_posteriors_tried(entry, 16) == pytest.approx(by_hand[16], abs=1e-9)
+    assert by_hand[16] > by_hand[1]
+    with pytest.raises(C.CertificateError, match="positive integer"):
+        C.over_posteriors_tried(entry, 0)
+
+
 def test_maurers_bound_needs_eight_examples():
     with pytest.raises(C.CertificateError, match="at least 8"):
         C.complexity(10.0, 7)
