@@ -91,6 +91,14 @@ def breakdown(args) -> dict:
             "summary": summary}
 
 
+def _malloc_trim():
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+DASK_NO_TRIM = "dask-no-trim"
+TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+
 def throughput(args, executor_names: list[str]) -> dict:
     seeds = range(args.first_seed, args.first_seed + args.sweep_networks)
     configs = [head_to_head_config(args, seed) for seed in seeds]
@@ -99,15 +107,24 @@ def throughput(args, executor_names: list[str]) -> dict:
     for name in executor_names:
         with tempfile.TemporaryDirectory(prefix="study-bench-") as root:
             os.environ["FLATLIB_CACHE"] = root
-            executor, cluster, start_s = (None if name == "serial" else name), None, None
-            if name == "dask":
+            executor, cluster, start_s, worker_trim = (None if name == "serial" else name), None, None, None
+            if name in ("dask", DASK_NO_TRIM):
+                import dask
                 from distributed import Client, LocalCluster
 
                 start = time.perf_counter()
-                cluster = LocalCluster(n_workers=executors.cores(), threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 for their workers by default, which
+                # also switches off glibc's adaptive mmap threshold; DASK_NO_TRIM unsets it. A local
+                # cluster's nannies run in this process and write it into os.environ (inherited by
+                # every process started afterwards), so the environment is put back after each run.
+                environ = dict(os.environ)
+                trim = {TRIM_KEY: None} if name == DASK_NO_TRIM else {}
+                with dask.config.set(trim):
+                    cluster = LocalCluster(n_workers=executors.cores(), threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
                 executor = Client(cluster, set_as_default=False)
                 start_s = time.perf_counter() - start
+                worker_trim = sorted({str(v) for v in executor.run(_malloc_trim).values()})
             try:
                 start = time.perf_counter()
                 study.network_table(configs, executor=executor, desc=name)
@@ -116,8 +133,11 @@ def throughput(args, executor_names: list[str]) -> dict:
                 if cluster is not None:
                     executor.close()
                     cluster.close()
+                    os.environ.clear()
+                    os.environ.update(environ)
         out["runs"][name] = {"seconds": seconds, "networks_per_minute": 60 * len(configs) / seconds,
-                             **({"cluster_start_s": start_s} if start_s is not None else {})}
+                             **({"cluster_start_s": start_s} if start_s is not None else {}),
+                             **({"workers_MALLOC_TRIM_THRESHOLD_": worker_trim} if worker_trim else {})}
         print(name, json.dumps(out["runs"][name]), flush=True)
     if store_before is None:
         os.environ.pop("FLATLIB_CACHE", None)
@@ -139,10 +159,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-epochs", type=int, default=150)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--executors", nargs="*", default=["serial", "processes", "dask"],
-                        choices=["serial", "processes", "dask"],
+    parser.add_argument("--executors", nargs="*", default=["serial", "processes", "dask", DASK_NO_TRIM],
+                        choices=["serial", "processes", "dask", DASK_NO_TRIM],
                         help="executors to time on one sweep each (none: skip)")
-    parser.add_argument("--sweep-networks", type=int, default=8, help="networks per timed sweep (default 8)")
+    parser.add_argument("--sweep-networks", type=int, default=24, help="networks per timed sweep (default 24)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.networks < 1 or args.sweep_networks < 1:
