@@ -80,6 +80,7 @@ bench: data
 	$(BIN)/python -m benchmarks.study_bench
 	$(BIN)/python -m benchmarks.ensemble_bench
 	$(BIN)/python -m benchmarks.diagonal_bench
+	$(BIN)/python -m benchmarks.malloc_bench
 
 # Also the leftovers of `make reproduce`: a killed run's hidden scratch folder, book/.<run>.partial,
 # and a failed run's book/<run>.failed (those of `make chapter` are inside runs/). A new run into
