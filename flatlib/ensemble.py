@@ -15,6 +15,13 @@ histories and predictions against the loop on CPU).
 SAM and augmentation are not vectorised here and are refused. ``sweep`` stores the members in the
 store under their configs' keys, on CUDA only: on CPU the loop is as fast and bit-reproducible,
 and a network in the store must not depend on which path trained it.
+
+The curvature measures batch the same way, for trained MLPs of one architecture measured on the
+same data (``stack``): ``hessian_diagonals`` gives every member's exact Hessian diagonal (as
+``flatlib.hessian.diagonal``) and ``top_eigenvalues`` runs one Lanczos iteration per member side by
+side (as ``flatlib.hessian.top_eigenvalues`` with ``k=1``), each Hessian-vector product taken for
+all members at once on the stacked weights. ``tests/test_ensemble.py`` checks both against the
+loop and against dense Hessians.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from flatlib import data as fdata
-from flatlib import study
+from flatlib import hessian, study
 from flatlib import train as ftrain
 from flatlib._io import progress as progress_bar
 
@@ -201,3 +208,190 @@ def sweep(configs, progress: bool = True) -> list[ftrain.TrainResult]:
             study.save_network(result)
             found[result.config] = result
     return [found[c] for c in configs]
+
+
+# ----------------------------------------------------------------------------- batched curvature
+
+@dataclasses.dataclass
+class Stack:
+    """The weights of M ReLU MLPs of one architecture (``flatlib.models.mlp``), stacked:
+    ``weights[l]`` is (M, out, in) and ``biases[l]`` (M, out) for the l-th Linear layer. The
+    stacked tensors are copies; the members are left as they are."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+
+    @property
+    def members(self) -> int:
+        return len(self.weights[0])
+
+    @property
+    def num_params(self) -> int:
+        """Parameters per member."""
+        return sum(w[0].numel() + b[0].numel() for w, b in zip(self.weights, self.biases))
+
+    def params(self) -> list[torch.Tensor]:
+        """The stacked tensors in each member's ``parameters()`` order (weight, bias per layer)."""
+        return [t for pair in zip(self.weights, self.biases) for t in pair]
+
+    def flat(self, tensors) -> torch.Tensor:
+        """Per-member tensors in ``params()`` order, flattened to (M, num_params)."""
+        return torch.cat([t.reshape(self.members, -1) for t in tensors], dim=1)
+
+    def forward(self, x: torch.Tensor, params=None, keep: bool = False):
+        """Logits (M, N, classes) of every member on the same inputs ``x`` (N, ...); with
+        ``keep``, also each Linear layer's input (the first shared, (N, in)) and the ReLU masks."""
+        params = self.params() if params is None else params
+        a = x.reshape(len(x), -1)
+        inputs, masks = [a], []
+        for i in range(0, len(params), 2):
+            w, b = params[i], params[i + 1]
+            z = torch.matmul(a, w.transpose(1, 2)) + b[:, None, :]
+            if i + 2 == len(params):
+                return (z, inputs, masks) if keep else z
+            mask = z > 0
+            a = z * mask  # ReLU, with PyTorch's zero gradient at 0
+            inputs.append(a)
+            masks.append(mask)
+
+
+def stack(models) -> Stack:
+    """Stack trained ``flatlib.models.mlp`` networks (``Flatten -> [Linear -> ReLU]* -> Linear``
+    with biases, no BatchNorm) of one architecture, device and dtype. Anything else is refused:
+    the loop (``flatlib.hessian``) measures it."""
+    models = list(models)
+    if not models:
+        raise EnsembleError("stack needs at least one model")
+    linears = [_linear_layers(model, k) for k, model in enumerate(models)]
+    layouts = {k: ([tuple(m.weight.shape) for m in ms], str(ms[0].weight.device), ms[0].weight.dtype)
+               for k, ms in enumerate(linears)}
+    if len({str(v) for v in layouts.values()}) > 1:
+        raise EnsembleError("the models differ in architecture, device or dtype: "
+                            + "; ".join(f"model {k}: {v}" for k, v in layouts.items()))
+    layers = range(len(linears[0]))
+    return Stack(weights=[torch.stack([ms[j].weight.detach() for ms in linears]) for j in layers],
+                 biases=[torch.stack([ms[j].bias.detach() for ms in linears]) for j in layers])
+
+
+def _linear_layers(model, k):
+    body = list(model) if isinstance(model, torch.nn.Sequential) else []
+    if body and isinstance(body[0], torch.nn.Flatten):
+        body = body[1:]
+    plain = len(body) % 2 == 1 and all(isinstance(m, torch.nn.Linear if j % 2 == 0 else torch.nn.ReLU)
+                                       for j, m in enumerate(body))
+    if not plain or any(m.bias is None for m in body[::2]):
+        raise EnsembleError(f"model {k} is not a plain ReLU MLP (Flatten -> [Linear -> ReLU]* -> Linear with "
+                            "biases, flatlib.models.mlp without BatchNorm): measure it with flatlib.hessian")
+    return body[::2]
+
+
+def _as_stack(models) -> Stack:
+    return models if isinstance(models, Stack) else stack(models)
+
+
+@torch.no_grad()
+def hessian_diagonals(models, data, batch_size: int | None = 1000) -> torch.Tensor:
+    """Every member's exact Hessian diagonal of the mean training cross-entropy, (M, num_params)
+    in ``parameters()`` order: row m equals ``flatlib.hessian.diagonal(models[m], data,
+    batch_size)`` up to rounding.
+
+    The same identity as there (``H_ii`` is the Gauss-Newton diagonal for ReLU MLPs), with the
+    output gradients of all C directions ``s_c = sqrt(p_c) (e_c - p)`` back-propagated together
+    through the stacked weights, and summed over the directions before the one product per layer:
+    the diagonal of layer l's weights is ``sum_n (sum_c g_nc^2)^T a_n^2`` (float64, as there)."""
+    st = _as_stack(models)
+    inputs, _ = data
+    w0 = st.weights[0]
+    inputs = inputs.to(w0.device, w0.dtype)
+    n = len(inputs)
+    if n == 0:
+        raise ValueError("data is empty")
+    batch_size = n if batch_size is None else int(batch_size)
+    acc_w = [torch.zeros(w.shape, dtype=torch.float64, device=w.device) for w in st.weights]
+    acc_b = [torch.zeros(b.shape, dtype=torch.float64, device=b.device) for b in st.biases]
+    for start in range(0, n, batch_size):
+        logits, acts, masks = st.forward(inputs[start:start + batch_size], keep=True)
+        p = torch.softmax(logits, dim=2)  # (M, B, C)
+        eye = torch.eye(p.shape[2], dtype=p.dtype, device=p.device)
+        g = p.sqrt()[..., :, None] * (eye - p[..., None, :])  # (M, B, direction c, logit): s_c
+        for layer in range(len(st.weights) - 1, -1, -1):
+            squares = (g.double() ** 2).sum(2)  # (M, B, out), summed over the directions
+            a2 = acts[layer].double() ** 2  # (B, in) for the first layer, (M, B, in) after
+            acc_w[layer] += torch.matmul(squares.transpose(1, 2), a2)
+            acc_b[layer] += squares.sum(1)
+            if layer:
+                g = torch.matmul(g, st.weights[layer][:, None]) * masks[layer - 1][:, :, None, :]
+    flat = st.flat([t for pair in zip(acc_w, acc_b) for t in pair])
+    return (flat / n).to(w0.dtype)
+
+
+def top_eigenvalues(models, data, tol: float = 1e-3, max_iter: int = 200, seed: int = 0) -> list[hessian.EigenResult]:
+    """Every member's largest Hessian eigenvalue of the mean training cross-entropy, as
+    ``flatlib.hessian.top_eigenvalues(models[m], data, k=1, tol=tol, max_iter=max_iter,
+    seed=seed)`` gives it: the same start vector, Lanczos with full reorthogonalisation, and the
+    same stopping rule (residual at most ``tol`` times the Ritz value), run for all members side
+    by side. Each product takes one double backward through the stacked graph, built once; a
+    member that has stopped rides along until the last one stops. One ``EigenResult`` per member,
+    whose ``num_hvps`` counts that member's own products."""
+    st = _as_stack(models)
+    x, y = data
+    w0 = st.weights[0]
+    x, y = x.to(w0.device, w0.dtype), y.to(w0.device)
+    if len(y) == 0:
+        raise ValueError("data is empty")
+    params = [t.clone().requires_grad_(True) for t in st.params()]
+    count, size = st.members, st.num_params
+    with torch.enable_grad():
+        logits = st.forward(x, params)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(count), reduction="sum") / len(y)  # sum of means
+        grad = st.flat(torch.autograd.grad(loss, params, create_graph=True))
+
+        def matvec(v):
+            return st.flat(torch.autograd.grad(grad, params, grad_outputs=v, retain_graph=True)).detach()
+
+        gen = torch.Generator().manual_seed(seed)
+        v0 = torch.randn(size, generator=gen, dtype=torch.float64).to(w0.device, w0.dtype)
+        q = (v0 / v0.norm()).expand(count, size).clone()
+        steps = min(max_iter, size)
+        basis = torch.empty(count, min(steps, 16), size, device=w0.device, dtype=w0.dtype)
+        alphas, betas = [[] for _ in range(count)], [[] for _ in range(count)]
+        results: list[hessian.EigenResult | None] = [None] * count
+        for j in range(steps):
+            if j == basis.shape[1]:
+                grow = torch.empty(count, min(basis.shape[1], steps - j), size, device=w0.device, dtype=w0.dtype)
+                basis = torch.cat([basis, grow], dim=1)
+            basis[:, j] = q
+            w = matvec(q)
+            alpha = (w * q).sum(1)
+            past = basis[:, : j + 1]
+            for _ in range(2):  # classical Gram-Schmidt twice, as hessian._lanczos
+                w = w - torch.bmm(past.transpose(1, 2), torch.bmm(past, w[:, :, None]))[:, :, 0]
+            beta = w.norm(dim=1)
+            for m in range(count):
+                if results[m] is not None:
+                    continue
+                alphas[m].append(alpha[m].item())
+                betas[m].append(beta[m].item())
+                done = _ritz(alphas[m], betas[m], tol)
+                if done[0] or betas[m][-1] <= 1e-12 * max(1.0, abs(alphas[m][-1])) or j + 1 == steps:
+                    results[m] = _eigen_result(done, past[m], tol, size, w0)
+            if all(r is not None for r in results):
+                break
+            q = w / beta.clamp_min(torch.finfo(w.dtype).tiny)[:, None]
+    return results
+
+
+def _ritz(alphas, betas, tol):
+    """(converged, theta, s, residual) of the top Ritz pair, as hessian.top_eigenvalues (k=1)."""
+    theta, s = torch.linalg.eigh(hessian._tridiagonal(alphas, betas))
+    residual = abs(betas[-1] * s[-1, -1].item())
+    return residual <= tol * max(abs(theta[-1].item()), 1e-30), theta, s, residual
+
+
+def _eigen_result(done, basis, tol, size, like):
+    converged, theta, s, residual = done
+    steps = len(theta)
+    vector = s[:, -1].to(like.dtype).to(like.device) @ basis[:steps]
+    return hessian.EigenResult(eigenvalues=theta[-1:].to(like.dtype), eigenvectors=vector[None],
+                               residuals=torch.tensor([residual], dtype=torch.float64), num_hvps=steps,
+                               converged=bool(converged) or steps == size)

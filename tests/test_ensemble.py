@@ -1,14 +1,16 @@
 """flatlib.ensemble: networks trained as one vectorised ensemble equal the networks the loop
 (flatlib.train.train) trains, member by member, to float tolerance: weights, histories, stopping
-epochs, divergence and test predictions."""
+epochs, divergence and test predictions; and the batched curvature measures equal the loop's
+(flatlib.hessian) member by member, and the dense Hessian's on tiny float64 networks."""
 import dataclasses
 
 import pytest
 import torch
 
 from flatlib import data as fdata
-from flatlib import ensemble, models
+from flatlib import ensemble, hessian, models
 from flatlib import train as ftrain
+from oracles import dense_hessian, tiny_cnn, tiny_mlp
 
 BASE = ftrain.TrainConfig(dataset="mnist", n=300, widths=(16, 16), optimizer="sgd", lr=0.05, batch_size=50, epochs=4,
                           target_train_acc=None)
@@ -78,3 +80,83 @@ def test_groups_split_by_recipe_and_keep_order():
 def test_the_store_is_not_filled_from_cpu_ensembles():
     with pytest.raises(ensemble.EnsembleError, match="for CUDA configs"):
         ensemble.sweep([BASE])
+
+
+# ----------------------------------------------------------------------------- batched curvature
+
+@pytest.fixture(scope="module")
+def trained_members():
+    """Three trained 784-16-16-10 MNIST MLPs that differ in their seed, and 300 other training images."""
+    members = [r.model for r in ensemble.train_ensemble([dataclasses.replace(BASE, seed=s) for s in (0, 1, 2)])]
+    other = fdata.load("mnist", "train", n=600, seed=1)
+    return members, (other.images[:300], other.labels[:300])
+
+
+def _tiny_members(count=3):
+    """``count`` 6-5-4-3 float64 MLPs with different weights on the data of ``tiny_mlp(seed=0)``."""
+    models_ = [tiny_mlp(seed=s)[0] for s in range(count)]
+    return models_, tiny_mlp(seed=0)[1]
+
+
+def test_the_stacked_forward_gives_each_members_logits(trained_members):
+    members, (x, _) = trained_members
+    logits = ensemble.stack(members).forward(x)
+    for member, mine in zip(members, logits):
+        torch.testing.assert_close(mine, models.predict(member, x), atol=1e-5, rtol=1e-5)
+
+
+def test_batched_diagonals_equal_the_dense_hessians_diagonals():
+    members, data = _tiny_members()
+    diagonals = ensemble.hessian_diagonals(members, data, batch_size=16)  # batches of 16, 16 and 8
+    assert diagonals.shape == (3, 74) and diagonals.dtype == torch.float64
+    for member, mine in zip(members, diagonals):
+        torch.testing.assert_close(mine, torch.diagonal(dense_hessian(member, data)), atol=1e-12, rtol=1e-10)
+
+
+def test_batched_diagonals_equal_the_loops_on_trained_networks(trained_members):
+    members, data = trained_members
+    diagonals = ensemble.hessian_diagonals(members, data)
+    for member, mine in zip(members, diagonals):
+        loop = hessian.diagonal(member, data)
+        assert ((mine - loop).abs().max() / loop.abs().max()).item() < 1e-5
+        assert mine.sum().item() == pytest.approx(loop.sum().item(), rel=1e-5)  # the exact hessian_trace
+
+
+def test_batched_top_eigenvalues_equal_the_dense_hessians():
+    members, data = _tiny_members()
+    results = ensemble.top_eigenvalues(members, data, tol=1e-10, max_iter=74)
+    for member, result in zip(members, results):
+        dense = dense_hessian(member, data)
+        assert result.eigenvalues[0].item() == pytest.approx(torch.linalg.eigvalsh(dense)[-1].item(), rel=1e-8)
+        vector = result.eigenvectors[0]
+        assert ((dense @ vector - result.eigenvalues[0] * vector).norm() / result.eigenvalues[0].abs()).item() < 1e-5
+
+
+def test_batched_top_eigenvalues_follow_the_loop_step_for_step(trained_members):
+    members, data = trained_members
+    results = ensemble.top_eigenvalues(members, data, tol=1e-4)
+    for member, result in zip(members, results):
+        loop = hessian.top_eigenvalues(member, data, k=1, tol=1e-4)
+        assert result.converged and loop.converged
+        assert result.num_hvps == loop.num_hvps  # each member stopped where it would alone
+        assert result.eigenvalues[0].item() == pytest.approx(loop.eigenvalues[0].item(), rel=1e-5)
+        assert result.residuals[0].item() == pytest.approx(loop.residuals[0].item(), rel=1e-3, abs=1e-7)
+    assert len({r.num_hvps for r in results}) > 1  # and they did stop at different steps
+
+
+def test_a_member_that_exhausts_max_iter_is_marked_unconverged():
+    members, data = _tiny_members(2)
+    results = ensemble.top_eigenvalues(members, data, tol=1e-14, max_iter=3)
+    assert [r.num_hvps for r in results] == [3, 3] and not any(r.converged for r in results)
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: [], "at least one model"),
+    (lambda: [tiny_cnn()[0]], "not a plain ReLU MLP"),
+    (lambda: [models.mlp((8,), batchnorm=True)], "not a plain ReLU MLP"),
+    (lambda: [models.mlp((8,)), models.mlp((9,))], "differ in architecture"),
+    (lambda: [models.mlp((8,)), models.mlp((8,)).double()], "differ in architecture, device or dtype"),
+])
+def test_what_cannot_be_stacked_is_refused(build, match):
+    with pytest.raises(ensemble.EnsembleError, match=match):
+        ensemble.stack(build())
