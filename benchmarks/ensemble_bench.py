@@ -3,12 +3,19 @@ another by ``flatlib.train.train`` (the loop) and together by ``flatlib.ensemble
 side by side in one process, on every device present (CPU, and CUDA when there is one). Each
 network trains for exactly ``--epochs`` epochs (no early stop), so both paths do the same work.
 
+Then the trained members' curvature on their training subset, the loop's (``flatlib.hessian.diagonal``
+and ``top_eigenvalues`` with k=1, tol 1e-3, member by member, as the study measures them) against
+the batched (``flatlib.ensemble.hessian_diagonals`` and ``top_eigenvalues`` on the stacked members),
+side by side, both on one thread on CPU, each after one untimed call; with the largest relative
+difference between the two paths' numbers.
+
 Writes ``benchmarks/results/ensemble.json`` with the device, torch version and date. Run with
 ``make bench`` or ``python -m benchmarks.ensemble_bench [--members M] [--n N] ...``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -17,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from flatlib import ensemble, report
+from flatlib import data as fdata
+from flatlib import ensemble, hessian, report, study
 from flatlib import train as ftrain
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ensemble.json"
@@ -45,11 +53,11 @@ def main(argv=None):
         loop = time.perf_counter() - start
         ensemble.train_ensemble(configs[:2])
         start = time.perf_counter()
-        ensemble.train_ensemble(configs)
+        members = [r.model for r in ensemble.train_ensemble(configs)]
         together = time.perf_counter() - start
         rows.append({"device": report.device_description(device), "members": args.members,
                      "loop_networks_per_s": args.members / loop, "ensemble_networks_per_s": args.members / together,
-                     "ensemble_vs_loop": loop / together})
+                     "ensemble_vs_loop": loop / together, "measures": measure_rows(members, base)})
         print(json.dumps(rows[-1]), flush=True)
     results = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "git_commit": report.git_commit(),
                "setup": {"n": args.n, "widths": args.widths, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -58,6 +66,40 @@ def main(argv=None):
                "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _seconds(fn, device):
+    fn()  # first-call costs out of the timing
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def measure_rows(members, base) -> list[dict]:
+    """The loop against the batched path for the exact diagonal and the top eigenvalue."""
+    device = torch.device(base.device)
+    subset = fdata.load(base.dataset, "train", n=base.n, seed=base.data_seed)
+    data = (subset.images.to(device), subset.labels.to(device))
+    pairs = {
+        "hessian_diagonal": (lambda: torch.stack([hessian.diagonal(m, data) for m in members]),
+                             lambda: ensemble.hessian_diagonals(members, data)),
+        "top_eigenvalue": (lambda: torch.stack([hessian.top_eigenvalues(m, data, k=1).eigenvalues[0] for m in members]),
+                           lambda: torch.stack([r.eigenvalues[0] for r in ensemble.top_eigenvalues(members, data)])),
+    }
+    rows = []
+    with study._one_thread() if device.type == "cpu" else contextlib.nullcontext():
+        for name, (loop_fn, batched_fn) in pairs.items():
+            loop_s, loop = _seconds(loop_fn, device)
+            batched_s, batched = _seconds(batched_fn, device)
+            difference = ((batched - loop).abs().max() / loop.abs().max()).item()
+            rows.append({"measure": name, "loop_networks_per_s": len(members) / loop_s,
+                         "batched_networks_per_s": len(members) / batched_s, "batched_vs_loop": loop_s / batched_s,
+                         "max_relative_difference": difference})
+    return rows
 
 
 if __name__ == "__main__":

@@ -246,7 +246,10 @@ class Stack:
         inputs, masks = [a], []
         for i in range(0, len(params), 2):
             w, b = params[i], params[i + 1]
-            z = torch.matmul(a, w.transpose(1, 2)) + b[:, None, :]
+            if i == 0:  # the inputs are shared: one product with every member's first layer side by side
+                z = (a @ w.flatten(0, 1).T).view(len(a), *w.shape[:2]).transpose(0, 1) + b[:, None, :]
+            else:
+                z = torch.baddbmm(b[:, None, :], a, w.transpose(1, 2))
             if i + 2 == len(params):
                 return (z, inputs, masks) if keep else z
             mask = z > 0
@@ -298,7 +301,10 @@ def hessian_diagonals(models, data, batch_size: int | None = 1000) -> torch.Tens
     The same identity as there (``H_ii`` is the Gauss-Newton diagonal for ReLU MLPs), with the
     output gradients of all C directions ``s_c = sqrt(p_c) (e_c - p)`` back-propagated together
     through the stacked weights, and summed over the directions before the one product per layer:
-    the diagonal of layer l's weights is ``sum_n (sum_c g_nc^2)^T a_n^2`` (float64, as there)."""
+    the diagonal of layer l's weights is ``sum_n (sum_c g_nc^2)^T a_n^2``. Squares and products are
+    taken in the model's precision (as BackPACK does; ``hessian.diagonal`` squares in float64) and
+    summed over batches in float64: in float32 the two agree to about 1e-6 relative
+    (``benchmarks/diagonal_bench.py``), in float64 to rounding."""
     st = _as_stack(models)
     inputs, _ = data
     w0 = st.weights[0]
@@ -315,12 +321,14 @@ def hessian_diagonals(models, data, batch_size: int | None = 1000) -> torch.Tens
         eye = torch.eye(p.shape[2], dtype=p.dtype, device=p.device)
         g = p.sqrt()[..., :, None] * (eye - p[..., None, :])  # (M, B, direction c, logit): s_c
         for layer in range(len(st.weights) - 1, -1, -1):
-            squares = (g.double() ** 2).sum(2)  # (M, B, out), summed over the directions
-            a2 = acts[layer].double() ** 2  # (B, in) for the first layer, (M, B, in) after
+            squares = g.square().sum(2)  # (M, B, out), summed over the directions
+            a2 = acts[layer].square()  # (B, in) for the first layer, (M, B, in) after
             acc_w[layer] += torch.matmul(squares.transpose(1, 2), a2)
             acc_b[layer] += squares.sum(1)
             if layer:
-                g = torch.matmul(g, st.weights[layer][:, None]) * masks[layer - 1][:, :, None, :]
+                shape = g.shape[:3] + (st.weights[layer].shape[2],)
+                g = torch.bmm(g.flatten(1, 2), st.weights[layer]).view(shape)  # one product for every direction
+                g.mul_(masks[layer - 1][:, :, None, :])
     flat = st.flat([t for pair in zip(acc_w, acc_b) for t in pair])
     return (flat / n).to(w0.dtype)
 
@@ -330,55 +338,83 @@ def top_eigenvalues(models, data, tol: float = 1e-3, max_iter: int = 200, seed: 
     ``flatlib.hessian.top_eigenvalues(models[m], data, k=1, tol=tol, max_iter=max_iter,
     seed=seed)`` gives it: the same start vector, Lanczos with full reorthogonalisation, and the
     same stopping rule (residual at most ``tol`` times the Ritz value), run for all members side
-    by side. Each product takes one double backward through the stacked graph, built once; a
-    member that has stopped rides along until the last one stops. One ``EigenResult`` per member,
-    whose ``num_hvps`` counts that member's own products."""
+    by side. Each step takes one double backward through the stacked graph of the members still
+    running; when some stop, the graph is rebuilt for the rest. One ``EigenResult`` per member."""
     st = _as_stack(models)
     x, y = data
     w0 = st.weights[0]
     x, y = x.to(w0.device, w0.dtype), y.to(w0.device)
     if len(y) == 0:
         raise ValueError("data is empty")
+    size = st.num_params
+    steps = min(max_iter, size)
+    gen = torch.Generator().manual_seed(seed)
+    v0 = torch.randn(size, generator=gen, dtype=torch.float64).to(w0.device, w0.dtype)
+    runs = {m: _LanczosRun(v0, steps) for m in range(st.members)}
+    results: list[hessian.EigenResult | None] = [None] * st.members
+    while runs:
+        active = list(runs)
+        matvec = _hvp(Stack([w[active] for w in st.weights], [b[active] for b in st.biases]), x, y)
+        while len(runs) == len(active):
+            products = matvec(torch.stack([runs[m].q for m in active]))
+            for row, m in enumerate(active):
+                run = runs[m]
+                run.step(products[row])
+                done = _ritz(run.alphas, run.betas, tol)
+                if done[0] or run.invariant() or len(run.alphas) == steps:
+                    results[m] = _eigen_result(done, run.basis, size, w0)
+                    del runs[m]
+    return results
+
+
+def _hvp(st: Stack, x, y):
+    """``V -> (H_m v_m)_m`` for the members of ``st``, the first-order graph built once."""
     params = [t.clone().requires_grad_(True) for t in st.params()]
-    count, size = st.members, st.num_params
     with torch.enable_grad():
         logits = st.forward(x, params)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(count), reduction="sum") / len(y)  # sum of means
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(st.members), reduction="sum") / len(y)  # sum of means
         grad = st.flat(torch.autograd.grad(loss, params, create_graph=True))
 
-        def matvec(v):
+    def matvec(v):
+        with torch.enable_grad():
             return st.flat(torch.autograd.grad(grad, params, grad_outputs=v, retain_graph=True)).detach()
+    return matvec
 
-        gen = torch.Generator().manual_seed(seed)
-        v0 = torch.randn(size, generator=gen, dtype=torch.float64).to(w0.device, w0.dtype)
-        q = (v0 / v0.norm()).expand(count, size).clone()
-        steps = min(max_iter, size)
-        basis = torch.empty(count, min(steps, 16), size, device=w0.device, dtype=w0.dtype)
-        alphas, betas = [[] for _ in range(count)], [[] for _ in range(count)]
-        results: list[hessian.EigenResult | None] = [None] * count
-        for j in range(steps):
-            if j == basis.shape[1]:
-                grow = torch.empty(count, min(basis.shape[1], steps - j), size, device=w0.device, dtype=w0.dtype)
-                basis = torch.cat([basis, grow], dim=1)
-            basis[:, j] = q
-            w = matvec(q)
-            alpha = (w * q).sum(1)
-            past = basis[:, : j + 1]
-            for _ in range(2):  # classical Gram-Schmidt twice, as hessian._lanczos
-                w = w - torch.bmm(past.transpose(1, 2), torch.bmm(past, w[:, :, None]))[:, :, 0]
-            beta = w.norm(dim=1)
-            for m in range(count):
-                if results[m] is not None:
-                    continue
-                alphas[m].append(alpha[m].item())
-                betas[m].append(beta[m].item())
-                done = _ritz(alphas[m], betas[m], tol)
-                if done[0] or betas[m][-1] <= 1e-12 * max(1.0, abs(alphas[m][-1])) or j + 1 == steps:
-                    results[m] = _eigen_result(done, past[m], tol, size, w0)
-            if all(r is not None for r in results):
-                break
-            q = w / beta.clamp_min(torch.finfo(w.dtype).tiny)[:, None]
-    return results
+
+class _LanczosRun:
+    """One member's Lanczos iteration, advanced one product at a time: the steps of
+    ``hessian._lanczos`` (full reorthogonalisation by classical Gram-Schmidt twice, the basis grown
+    by doubling), so that the products of many members can be taken together."""
+
+    def __init__(self, v0, steps):
+        self.q = v0 / v0.norm()
+        self.steps = steps
+        self.buffer = torch.empty(min(steps, 16), len(v0), device=v0.device, dtype=v0.dtype)
+        self.alphas, self.betas = [], []
+
+    @property
+    def basis(self):
+        return self.buffer[: len(self.alphas)]
+
+    def step(self, w):
+        j = len(self.alphas)
+        if j == len(self.buffer):
+            grow = torch.empty(min(len(self.buffer), self.steps - j), self.buffer.shape[1],
+                               device=self.buffer.device, dtype=self.buffer.dtype)
+            self.buffer = torch.cat([self.buffer, grow])
+        self.buffer[j] = self.q
+        alpha = torch.dot(w, self.q)
+        past = self.buffer[: j + 1]
+        for _ in range(2):
+            w = w - past.T @ (past @ w)
+        beta = w.norm()
+        self.alphas.append(alpha.item())
+        self.betas.append(beta.item())
+        if not self.invariant():
+            self.q = w / beta
+
+    def invariant(self) -> bool:
+        return self.betas[-1] <= 1e-12 * max(1.0, abs(self.alphas[-1]))
 
 
 def _ritz(alphas, betas, tol):
@@ -388,7 +424,7 @@ def _ritz(alphas, betas, tol):
     return residual <= tol * max(abs(theta[-1].item()), 1e-30), theta, s, residual
 
 
-def _eigen_result(done, basis, tol, size, like):
+def _eigen_result(done, basis, size, like):
     converged, theta, s, residual = done
     steps = len(theta)
     vector = s[:, -1].to(like.dtype).to(like.device) @ basis[:steps]
