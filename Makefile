@@ -79,6 +79,7 @@ bench: data
 	$(BIN)/python -m benchmarks.hessian_bench
 	$(BIN)/python -m benchmarks.study_bench
 	$(BIN)/python -m benchmarks.ensemble_bench
+	$(BIN)/python -m benchmarks.ensemble_bench --members 16 --widths 64 64 --out benchmarks/results/ensemble_small.json
 	$(BIN)/python -m benchmarks.diagonal_bench
 	$(BIN)/python -m benchmarks.malloc_bench
 

@@ -6,8 +6,8 @@ network trains for exactly ``--epochs`` epochs (no early stop), so both paths do
 Then the trained members' curvature on their training subset, the loop's (``flatlib.hessian.diagonal``
 and ``top_eigenvalues`` with k=1, tol 1e-3, member by member, as the study measures them) against
 the batched (``flatlib.ensemble.hessian_diagonals`` and ``top_eigenvalues`` on the stacked members),
-side by side, both on one thread on CPU, each after one untimed call; with the largest relative
-difference between the two paths' numbers.
+side by side, both on one thread on CPU; with the largest relative difference between the two
+paths' numbers. Every time is a median of ``--repeats`` runs, the two paths alternated.
 
 Writes ``benchmarks/results/ensemble.json`` with the device, torch version and date. Run with
 ``make bench`` or ``python -m benchmarks.ensemble_bench [--members M] [--n N] ...``.
@@ -18,7 +18,9 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +40,7 @@ def main(argv=None):
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path, alternated; medians")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -46,40 +49,46 @@ def main(argv=None):
         base = ftrain.TrainConfig(dataset="mnist", n=args.n, widths=tuple(args.widths), optimizer="adam", lr=1e-3,
                                   batch_size=args.batch_size, epochs=args.epochs, target_train_acc=None, device=device)
         configs = [dataclasses.replace(base, seed=s) for s in range(args.members)]
-        ftrain.train(configs[0])  # first-call costs out of the timing
-        start = time.perf_counter()
-        for config in configs:
-            ftrain.train(config)
-        loop = time.perf_counter() - start
-        ensemble.train_ensemble(configs[:2])
-        start = time.perf_counter()
-        members = [r.model for r in ensemble.train_ensemble(configs)]
-        together = time.perf_counter() - start
+        (loop, together), (_, trained) = side_by_side(
+            [functools.partial(train_loop, configs), functools.partial(ensemble.train_ensemble, configs)],
+            torch.device(device), args.repeats)
+        members = [r.model for r in trained]
         rows.append({"device": report.device_description(device), "members": args.members,
                      "loop_networks_per_s": args.members / loop, "ensemble_networks_per_s": args.members / together,
-                     "ensemble_vs_loop": loop / together, "measures": measure_rows(members, base)})
+                     "ensemble_vs_loop": loop / together, "measures": measure_rows(members, base, args.repeats)})
         print(json.dumps(rows[-1]), flush=True)
     results = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "git_commit": report.git_commit(),
                "setup": {"n": args.n, "widths": args.widths, "epochs": args.epochs, "batch_size": args.batch_size,
-                         "optimizer": "adam", "lr": 1e-3},
+                         "optimizer": "adam", "lr": 1e-3, "repeats": args.repeats},
                "gpu": "present" if torch.cuda.is_available() else "none on this machine: no GPU rows",
                "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _seconds(fn, device):
-    fn()  # first-call costs out of the timing
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+def train_loop(configs):
+    return [ftrain.train(c) for c in configs]
 
 
-def measure_rows(members, base) -> list[dict]:
+def side_by_side(fns, device, repeats):
+    """Median seconds of each of ``fns`` over ``repeats`` runs, the functions alternated within each
+    repeat so that drift in the machine's speed falls on all of them, after one untimed call each;
+    and each one's last output."""
+    outs = [fn() for fn in fns]  # first-call costs out of the timing
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outs[k] = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times], outs
+
+
+def measure_rows(members, base, repeats) -> list[dict]:
     """The loop against the batched path for the exact diagonal and the top eigenvalue."""
     device = torch.device(base.device)
     subset = fdata.load(base.dataset, "train", n=base.n, seed=base.data_seed)
@@ -93,8 +102,7 @@ def measure_rows(members, base) -> list[dict]:
     rows = []
     with study._one_thread() if device.type == "cpu" else contextlib.nullcontext():
         for name, (loop_fn, batched_fn) in pairs.items():
-            loop_s, loop = _seconds(loop_fn, device)
-            batched_s, batched = _seconds(batched_fn, device)
+            (loop_s, batched_s), (loop, batched) = side_by_side([loop_fn, batched_fn], device, repeats)
             difference = ((batched - loop).abs().max() / loop.abs().max()).item()
             rows.append({"measure": name, "loop_networks_per_s": len(members) / loop_s,
                          "batched_networks_per_s": len(members) / batched_s, "batched_vs_loop": loop_s / batched_s,
