@@ -6,8 +6,10 @@ network trains for exactly ``--epochs`` epochs (no early stop), so both paths do
 Then the trained members' curvature on their training subset, the loop's (``flatlib.hessian.diagonal``
 and ``top_eigenvalues`` with k=1, tol 1e-3, member by member, as the study measures them) against
 the batched (``flatlib.ensemble.hessian_diagonals`` and ``top_eigenvalues`` on the stacked members),
-side by side, both on one thread on CPU; with the largest relative difference between the two
-paths' numbers. Every time is a median of ``--repeats`` runs, the two paths alternated.
+and 50 weight-noise draws at one noise scale of the PAC-Bayes bounds (``flatlib.pacbayes``' sampler,
+member by member, against ``flatlib.ensemble.perturbed_errors``), side by side, both on one thread
+on CPU; with the largest relative difference between the two paths' numbers. Every time is a
+median of ``--repeats`` runs, the two paths alternated.
 
 Writes ``benchmarks/results/ensemble.json`` with the device, torch version and date. Run with
 ``make bench`` or ``python -m benchmarks.ensemble_bench [--members M] [--n N] ...``.
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from flatlib import data as fdata
-from flatlib import ensemble, hessian, report, study
+from flatlib import ensemble, hessian, pacbayes, report, study
 from flatlib import train as ftrain
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ensemble.json"
@@ -99,6 +101,11 @@ def measure_rows(members, base, repeats) -> list[dict]:
         "top_eigenvalue": (lambda: torch.stack([hessian.top_eigenvalues(m, data, k=1).eigenvalues[0] for m in members]),
                            lambda: torch.stack([r.eigenvalues[0] for r in ensemble.top_eigenvalues(members, data)])),
     }
+    st = ensemble.stack(members)
+    std = 0.01 * st.flat(st.params()).abs() + 1e-3  # one grid point of pacbayes_mag_bound's magnitude noise
+    pairs["pacbayes_draws"] = (
+        lambda: torch.stack([pacbayes._Sampler(m, data, 50, seed=0).errors(s) for m, s in zip(members, std)]).double(),
+        lambda: ensemble.perturbed_errors(members, data, std, samples=50))
     rows = []
     with study._one_thread() if device.type == "cpu" else contextlib.nullcontext():
         for name, (loop_fn, batched_fn) in pairs.items():

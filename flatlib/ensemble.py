@@ -238,6 +238,12 @@ class Stack:
         """Per-member tensors in ``params()`` order, flattened to (M, num_params)."""
         return torch.cat([t.reshape(self.members, -1) for t in tensors], dim=1)
 
+    def unflat(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The inverse of ``flat``: (K, num_params) to tensors in ``params()`` order, K members each."""
+        shapes = [t.shape[1:] for t in self.params()]
+        pieces = torch.split(flat, [shape.numel() for shape in shapes], dim=1)
+        return [piece.reshape(len(flat), *shape) for piece, shape in zip(pieces, shapes)]
+
     def forward(self, x: torch.Tensor, params=None, keep: bool = False):
         """Logits (M, N, classes) of every member on the same inputs ``x`` (N, ...); with
         ``keep``, also each Linear layer's input (the first shared, (N, in)) and the ReLU masks."""
@@ -431,3 +437,37 @@ def _eigen_result(done, basis, size, like):
     return hessian.EigenResult(eigenvalues=theta[-1:].to(like.dtype), eigenvectors=vector[None],
                                residuals=torch.tensor([residual], dtype=torch.float64), num_hvps=steps,
                                converged=bool(converged) or steps == size)
+
+
+@torch.no_grad()
+def perturbed_errors(models, data, std, samples: int, seed: int = 0,
+                     max_bytes: int = 256 * 2 ** 20) -> torch.Tensor:
+    """(M, samples) training error rates of every member at ``w_m + std_m * xi_s``: row m equals
+    the draws ``flatlib.pacbayes`` makes for ``models[m]`` with this ``std``, ``samples`` and
+    ``seed`` (``_Sampler(models[m], data, samples, seed).errors(std[m])``), up to rounding of the
+    logits. ``std`` is (M, num_params), one row per member, or anything that broadcasts to it.
+
+    The draws ``xi_s`` are the sampler's: standard normal in the members' dtype from one CPU
+    generator seeded with ``seed``, the same for every member (members of one study share the
+    measure's seed). As many perturbed networks as fit in ``max_bytes`` of weights go through the
+    stacked forward together."""
+    st = _as_stack(models)
+    x, y = data
+    w0 = st.weights[0]
+    x, y = x.to(w0.device, w0.dtype), y.to(w0.device)
+    if samples < 1:
+        raise ValueError(f"samples must be positive, got {samples}")
+    count, size = st.members, st.num_params
+    w = st.flat(st.params())
+    std = torch.as_tensor(std, dtype=w0.dtype).to(w0.device).expand(count, size)
+    per_pass = max(1, max_bytes // (count * size * w0.element_size()))
+    gen = torch.Generator().manual_seed(seed)
+    errors = torch.empty(count, samples, dtype=torch.float64)
+    for start in range(0, samples, per_pass):
+        draws = torch.stack([torch.randn(size, generator=gen, dtype=w0.dtype)
+                             for _ in range(min(per_pass, samples - start))]).to(w0.device)  # (k, P)
+        perturbed = (w[None] + std[None] * draws[:, None]).flatten(0, 1)  # (k * M, P), draw-major
+        logits = st.forward(x, st.unflat(perturbed))
+        wrong = (logits.argmax(2) != y).double().mean(1).view(len(draws), count)
+        errors[:, start:start + len(draws)] = wrong.T.cpu()
+    return errors

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flatlib import data as fdata
-from flatlib import ensemble, hessian, models
+from flatlib import ensemble, hessian, models, pacbayes
 from flatlib import train as ftrain
 from oracles import dense_hessian, tiny_cnn, tiny_mlp
 
@@ -160,3 +160,19 @@ def test_a_member_that_exhausts_max_iter_is_marked_unconverged():
 def test_what_cannot_be_stacked_is_refused(build, match):
     with pytest.raises(ensemble.EnsembleError, match=match):
         ensemble.stack(build())
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "magnitude"])
+def test_batched_weight_noise_draws_equal_the_pacbayes_samplers(trained_members, kind):
+    members, data = trained_members
+    st = ensemble.stack(members)
+    w = st.flat(st.params())
+    std = torch.tensor(0.02) if kind == "isotropic" else 0.05 * w.abs() + 1e-3
+    # room for two perturbed ensembles per pass: passes of 2, 2, 2 and 1 draws
+    errors = ensemble.perturbed_errors(members, data, std, samples=7, max_bytes=2 * 3 * st.num_params * 4)
+    assert errors.shape == (3, 7)
+    for m, member in enumerate(members):
+        loop = pacbayes._Sampler(member, data, 7, seed=0).errors(std.expand_as(w)[m])
+        wrong = (errors[m] * len(data[1])).round(), (loop.double() * len(data[1])).round()
+        assert torch.equal(*wrong)  # the same misclassified images counted, draw by draw
+    assert errors.std(1).min() > 0  # the draws differ
