@@ -440,8 +440,7 @@ def _eigen_result(done, basis, size, like):
 
 
 @torch.no_grad()
-def perturbed_errors(models, data, std, samples: int, seed: int = 0,
-                     max_bytes: int = 256 * 2 ** 20) -> torch.Tensor:
+def perturbed_errors(models, data, std, samples: int, seed: int = 0, max_bytes: int | None = None) -> torch.Tensor:
     """(M, samples) training error rates of every member at ``w_m + std_m * xi_s``: row m equals
     the draws ``flatlib.pacbayes`` makes for ``models[m]`` with this ``std``, ``samples`` and
     ``seed`` (``_Sampler(models[m], data, samples, seed).errors(std[m])``), up to rounding of the
@@ -450,7 +449,8 @@ def perturbed_errors(models, data, std, samples: int, seed: int = 0,
     The draws ``xi_s`` are the sampler's: standard normal in the members' dtype from one CPU
     generator seeded with ``seed``, the same for every member (members of one study share the
     measure's seed). As many perturbed networks as fit in ``max_bytes`` of weights go through the
-    stacked forward together."""
+    stacked forward together: by default 32 MiB on CPU (larger passes fall out of the caches and
+    were slower than the loop, ``benchmarks/ensemble_bench.py``) and 512 MiB on a GPU."""
     st = _as_stack(models)
     x, y = data
     w0 = st.weights[0]
@@ -460,6 +460,8 @@ def perturbed_errors(models, data, std, samples: int, seed: int = 0,
     count, size = st.members, st.num_params
     w = st.flat(st.params())
     std = torch.as_tensor(std, dtype=w0.dtype).to(w0.device).expand(count, size)
+    if max_bytes is None:
+        max_bytes = (32 if w0.device.type == "cpu" else 512) * 2 ** 20
     per_pass = max(1, max_bytes // (count * size * w0.element_size()))
     gen = torch.Generator().manual_seed(seed)
     errors = torch.empty(count, samples, dtype=torch.float64)
