@@ -2,13 +2,14 @@
 (flatlib.train.train) trains, member by member, to float tolerance: weights, histories, stopping
 epochs, divergence and test predictions; and the batched curvature measures equal the loop's
 (flatlib.hessian) member by member, and the dense Hessian's on tiny float64 networks."""
+import copy
 import dataclasses
 
 import pytest
 import torch
 
 from flatlib import data as fdata
-from flatlib import ensemble, hessian, models, pacbayes
+from flatlib import ensemble, hessian, measures, models, pacbayes
 from flatlib import train as ftrain
 from oracles import dense_hessian, tiny_cnn, tiny_mlp
 
@@ -176,3 +177,34 @@ def test_batched_weight_noise_draws_equal_the_pacbayes_samplers(trained_members,
         wrong = (errors[m] * len(data[1])).round(), (loop.double() * len(data[1])).round()
         assert torch.equal(*wrong)  # the same misclassified images counted, draw by draw
     assert errors.std(1).min() > 0  # the draws differ
+
+
+def test_the_batched_paths_give_the_registered_measures_numbers(trained_members):
+    """What a study's table would hold: the registry's top_eigenvalue and exact hessian_trace at
+    their default options, and the Monte Carlo errors of pacbayes_bound at every noise scale."""
+    members, data = trained_members
+    top = ensemble.top_eigenvalues(members, data)
+    traces = ensemble.hessian_diagonals(members, data).sum(1)
+    for member, result, trace in zip(members, top, traces):
+        init = {name: value.detach().clone() for name, value in member.state_dict().items()}  # any prior centre
+        assert result.eigenvalues[0].item() == pytest.approx(measures.MEASURES["top_eigenvalue"].fn(member, data),
+                                                             rel=1e-5)
+        assert trace.item() == pytest.approx(measures.MEASURES["hessian_trace"].fn(member, data), rel=1e-5)
+        bound = pacbayes.gaussian_bound(member, data, init, "isotropic", samples=5)
+        for sigma, _, error_mc, _, _ in bound.per_sigma:
+            batched = ensemble.perturbed_errors([member], data, sigma, samples=5)[0].mean().item()
+            assert batched == pytest.approx(error_mc, abs=1e-6)  # the sampler averages in float32; one image is 7e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_batched_measures_equal_the_cpu_loop(trained_members):
+    members, data = trained_members
+    on_gpu = [copy.deepcopy(m).cuda() for m in members]
+    gpu_data = tuple(t.cuda() for t in data)
+    diagonals = ensemble.hessian_diagonals(on_gpu, gpu_data).cpu()
+    top = ensemble.top_eigenvalues(on_gpu, gpu_data)
+    for member, diagonal, result in zip(members, diagonals, top):
+        loop = hessian.diagonal(member, data)
+        assert ((diagonal - loop).abs().max() / loop.abs().max()).item() < 1e-4
+        alone = hessian.top_eigenvalues(member, data).eigenvalues[0].item()
+        assert result.eigenvalues[0].item() == pytest.approx(alone, rel=2e-3)  # both to tol 1e-3
