@@ -20,8 +20,12 @@ The curvature measures batch the same way, for trained MLPs of one architecture 
 same data (``stack``): ``hessian_diagonals`` gives every member's exact Hessian diagonal (as
 ``flatlib.hessian.diagonal``) and ``top_eigenvalues`` runs one Lanczos iteration per member side by
 side (as ``flatlib.hessian.top_eigenvalues`` with ``k=1``), each Hessian-vector product taken for
-all members at once on the stacked weights. ``tests/test_ensemble.py`` checks both against the
-loop and against dense Hessians.
+all members at once on the stacked weights, and ``perturbed_errors`` makes the PAC-Bayes measures'
+Monte Carlo draws (as ``flatlib.pacbayes``' sampler) for every member and several draws in one
+forward pass. ``tests/test_ensemble.py`` checks them against the loop and the curvature against
+dense Hessians. The Lanczos steps and stopping rule repeat ``flatlib.hessian``'s (``_LanczosRun``,
+``_ritz``): sharing them means editing a module that every published chapter loads, so it waits
+for the next full re-run of the book.
 """
 from __future__ import annotations
 
@@ -272,8 +276,12 @@ def stack(models) -> Stack:
     if not models:
         raise EnsembleError("stack needs at least one model")
     linears = [_linear_layers(model, k) for k, model in enumerate(models)]
-    layouts = {k: ([tuple(m.weight.shape) for m in ms], str(ms[0].weight.device), ms[0].weight.dtype)
-               for k, ms in enumerate(linears)}
+    frozen = [k for k, model in enumerate(models) if not all(p.requires_grad for p in model.parameters())]
+    if frozen:
+        raise EnsembleError(f"models {frozen} have frozen parameters (requires_grad=False); flatlib.hessian "
+                            "leaves them out of the Hessian and the stacked paths do not: unfreeze them")
+    layouts = {k: [(tuple(p.shape), str(p.device), p.dtype) for p in model.parameters()]
+               for k, model in enumerate(models)}
     if len({str(v) for v in layouts.values()}) > 1:
         raise EnsembleError("the models differ in architecture, device or dtype: "
                             + "; ".join(f"model {k}: {v}" for k, v in layouts.items()))
@@ -294,8 +302,20 @@ def _linear_layers(model, k):
     return body[::2]
 
 
-def _as_stack(models) -> Stack:
-    return models if isinstance(models, Stack) else stack(models)
+def _prepare(models, data):
+    """The stack, and ``data = (inputs, targets)`` on its device (inputs in its dtype), refused if empty."""
+    st = models if isinstance(models, Stack) else stack(models)
+    x, y = data
+    w0 = st.weights[0]
+    if len(y) == 0 or len(x) != len(y):
+        raise ValueError(f"data must be (inputs, targets) of one positive length, got {len(x)} and {len(y)}")
+    return st, x.to(w0.device, w0.dtype), y.to(w0.device)
+
+
+def _positive(name, value):
+    if int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 @torch.no_grad()
@@ -309,16 +329,12 @@ def hessian_diagonals(models, data, batch_size: int | None = 1000) -> torch.Tens
     through the stacked weights, and summed over the directions before the one product per layer:
     the diagonal of layer l's weights is ``sum_n (sum_c g_nc^2)^T a_n^2``. Squares and products are
     taken in the model's precision (as BackPACK does; ``hessian.diagonal`` squares in float64) and
-    summed over batches in float64: in float32 the two agree to about 1e-6 relative
-    (``benchmarks/diagonal_bench.py``), in float64 to rounding."""
-    st = _as_stack(models)
-    inputs, _ = data
+    summed over batches in float64: in float32 the two differ by about 2e-7 of the largest entry
+    (``benchmarks/results/ensemble.json``), in float64 by rounding."""
+    st, inputs, _ = _prepare(models, data)
     w0 = st.weights[0]
-    inputs = inputs.to(w0.device, w0.dtype)
     n = len(inputs)
-    if n == 0:
-        raise ValueError("data is empty")
-    batch_size = n if batch_size is None else int(batch_size)
+    batch_size = n if batch_size is None else _positive("batch_size", batch_size)
     acc_w = [torch.zeros(w.shape, dtype=torch.float64, device=w.device) for w in st.weights]
     acc_b = [torch.zeros(b.shape, dtype=torch.float64, device=b.device) for b in st.biases]
     for start in range(0, n, batch_size):
@@ -346,16 +362,11 @@ def top_eigenvalues(models, data, tol: float = 1e-3, max_iter: int = 200, seed: 
     same stopping rule (residual at most ``tol`` times the Ritz value), run for all members side
     by side. Each step takes one double backward through the stacked graph of the members still
     running; when some stop, the graph is rebuilt for the rest. One ``EigenResult`` per member."""
-    st = _as_stack(models)
-    x, y = data
+    st, x, y = _prepare(models, data)
     w0 = st.weights[0]
-    x, y = x.to(w0.device, w0.dtype), y.to(w0.device)
-    if len(y) == 0:
-        raise ValueError("data is empty")
     size = st.num_params
-    steps = min(max_iter, size)
-    gen = torch.Generator().manual_seed(seed)
-    v0 = torch.randn(size, generator=gen, dtype=torch.float64).to(w0.device, w0.dtype)
+    steps = min(_positive("max_iter", max_iter), size)
+    v0 = hessian._random_unit(size, torch.Generator().manual_seed(seed), w0.device, w0.dtype)
     runs = {m: _LanczosRun(v0, steps) for m in range(st.members)}
     results: list[hessian.EigenResult | None] = [None] * st.members
     while runs:
@@ -368,7 +379,7 @@ def top_eigenvalues(models, data, tol: float = 1e-3, max_iter: int = 200, seed: 
                 run.step(products[row])
                 done = _ritz(run.alphas, run.betas, tol)
                 if done[0] or run.invariant() or len(run.alphas) == steps:
-                    results[m] = _eigen_result(done, run.basis, size, w0)
+                    results[m] = _eigen_result(done, run.basis, size)
                     del runs[m]
     return results
 
@@ -430,36 +441,39 @@ def _ritz(alphas, betas, tol):
     return residual <= tol * max(abs(theta[-1].item()), 1e-30), theta, s, residual
 
 
-def _eigen_result(done, basis, size, like):
+def _eigen_result(done, basis, size):
     converged, theta, s, residual = done
     steps = len(theta)
-    vector = s[:, -1].to(like.dtype).to(like.device) @ basis[:steps]
-    return hessian.EigenResult(eigenvalues=theta[-1:].to(like.dtype), eigenvectors=vector[None],
+    vector = s[:, -1].to(basis.dtype).to(basis.device) @ basis
+    return hessian.EigenResult(eigenvalues=theta[-1:].to(basis.dtype), eigenvectors=vector[None],
                                residuals=torch.tensor([residual], dtype=torch.float64), num_hvps=steps,
                                converged=bool(converged) or steps == size)
 
 
 @torch.no_grad()
 def perturbed_errors(models, data, std, samples: int, seed: int = 0, max_bytes: int | None = None) -> torch.Tensor:
-    """(M, samples) training error rates of every member at ``w_m + std_m * xi_s``: row m equals
-    the draws ``flatlib.pacbayes`` makes for ``models[m]`` with this ``std``, ``samples`` and
-    ``seed`` (``_Sampler(models[m], data, samples, seed).errors(std[m])``), up to rounding of the
-    logits. ``std`` is (M, num_params), one row per member, or anything that broadcasts to it.
+    """(M, samples) training error rates (float64) of every member at ``w_m + std_m * xi_s``: row m
+    counts the images ``flatlib.pacbayes``' sampler finds misclassified for ``models[m]`` with this
+    ``std``, ``samples`` and ``seed`` (``_Sampler(models[m], data, samples, seed).errors(std[m])``,
+    which returns float32), up to rounding of the logits. ``std`` is a scalar, a (num_params,) vector
+    for every member, (M, 1) for one scale per member, or (M, num_params).
 
     The draws ``xi_s`` are the sampler's: standard normal in the members' dtype from one CPU
     generator seeded with ``seed``, the same for every member (members of one study share the
     measure's seed). As many perturbed networks as fit in ``max_bytes`` of weights go through the
-    stacked forward together: by default 32 MiB on CPU (larger passes fall out of the caches and
-    were slower than the loop, ``benchmarks/ensemble_bench.py``) and 512 MiB on a GPU."""
-    st = _as_stack(models)
-    x, y = data
+    stacked forward together (at least one draw per pass; the activations, about
+    ``len(data) * sum(widths)`` numbers per perturbed network, come on top): by default 32 MiB on CPU,
+    where larger passes fall out of the caches, and 512 MiB on a GPU."""
+    st, x, y = _prepare(models, data)
     w0 = st.weights[0]
-    x, y = x.to(w0.device, w0.dtype), y.to(w0.device)
-    if samples < 1:
-        raise ValueError(f"samples must be positive, got {samples}")
+    samples = _positive("samples", samples)
     count, size = st.members, st.num_params
     w = st.flat(st.params())
-    std = torch.as_tensor(std, dtype=w0.dtype).to(w0.device).expand(count, size)
+    std = torch.as_tensor(std, dtype=w0.dtype).to(w0.device)
+    if std.shape not in ((), (size,), (count, 1), (count, size)):
+        raise ValueError(f"std has shape {tuple(std.shape)}; give a scalar, ({size},), ({count}, 1) or "
+                         f"({count}, {size}) for {count} members of {size} parameters")
+    std = std.expand(count, size)
     if max_bytes is None:
         max_bytes = (32 if w0.device.type == "cpu" else 512) * 2 ** 20
     per_pass = max(1, max_bytes // (count * size * w0.element_size()))

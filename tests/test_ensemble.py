@@ -133,22 +133,45 @@ def test_batched_top_eigenvalues_equal_the_dense_hessians():
         assert ((dense @ vector - result.eigenvalues[0] * vector).norm() / result.eigenvalues[0].abs()).item() < 1e-5
 
 
+def _same_eigen_results(batched, loop, rel=1e-5):
+    assert batched.converged == loop.converged
+    assert batched.num_hvps == loop.num_hvps  # the member stopped where it would alone
+    assert batched.eigenvalues[0].item() == pytest.approx(loop.eigenvalues[0].item(), rel=rel)
+    assert batched.residuals[0].item() == pytest.approx(loop.residuals[0].item(), rel=1e-3, abs=1e-7)
+    torch.testing.assert_close(batched.eigenvectors, loop.eigenvectors, atol=1e-4, rtol=1e-3)
+
+
 def test_batched_top_eigenvalues_follow_the_loop_step_for_step(trained_members):
     members, data = trained_members
     results = ensemble.top_eigenvalues(members, data, tol=1e-4)
     for member, result in zip(members, results):
         loop = hessian.top_eigenvalues(member, data, k=1, tol=1e-4)
-        assert result.converged and loop.converged
-        assert result.num_hvps == loop.num_hvps  # each member stopped where it would alone
-        assert result.eigenvalues[0].item() == pytest.approx(loop.eigenvalues[0].item(), rel=1e-5)
-        assert result.residuals[0].item() == pytest.approx(loop.residuals[0].item(), rel=1e-3, abs=1e-7)
+        assert loop.converged
+        _same_eigen_results(result, loop)
     assert len({r.num_hvps for r in results}) > 1  # and they did stop at different steps
+    _same_eigen_results(ensemble.top_eigenvalues(members[:1], data, tol=1e-4)[0], hessian.top_eigenvalues(
+        members[0], data, k=1, tol=1e-4))  # one member alone
 
 
-def test_a_member_that_exhausts_max_iter_is_marked_unconverged():
+def test_a_member_that_exhausts_max_iter_is_marked_unconverged_as_in_the_loop():
     members, data = _tiny_members(2)
     results = ensemble.top_eigenvalues(members, data, tol=1e-14, max_iter=3)
     assert [r.num_hvps for r in results] == [3, 3] and not any(r.converged for r in results)
+    for member, result in zip(members, results):
+        _same_eigen_results(result, hessian.top_eigenvalues(member, data, k=1, tol=1e-14, max_iter=3), rel=1e-10)
+
+
+def test_a_member_in_an_invariant_subspace_stops_there_as_in_the_loop():
+    """A member whose hidden units are all dead has logits equal to the last bias: its Hessian has
+    rank at most C - 1 = 2, and Lanczos finds an invariant subspace within 3 steps, while the
+    other member runs on."""
+    members, data = _tiny_members(2)
+    with torch.no_grad():
+        members[0][3].bias.fill_(-1e3)  # the last hidden layer
+    results = ensemble.top_eigenvalues(members, data, tol=1e-12, max_iter=74)
+    assert results[0].num_hvps <= 3 < results[1].num_hvps
+    for member, result in zip(members, results):
+        _same_eigen_results(result, hessian.top_eigenvalues(member, data, k=1, tol=1e-12, max_iter=74), rel=1e-10)
 
 
 @pytest.mark.parametrize("build,match", [
@@ -161,6 +184,28 @@ def test_a_member_that_exhausts_max_iter_is_marked_unconverged():
 def test_what_cannot_be_stacked_is_refused(build, match):
     with pytest.raises(ensemble.EnsembleError, match=match):
         ensemble.stack(build())
+
+
+def test_frozen_parameters_are_refused():
+    model = models.mlp((8,))
+    model[1].bias.requires_grad_(False)
+    with pytest.raises(ensemble.EnsembleError, match="frozen parameters"):
+        ensemble.stack([model])
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda ms, d: ensemble.top_eigenvalues(ms, d, max_iter=0), "max_iter must be a positive integer"),
+    (lambda ms, d: ensemble.hessian_diagonals(ms, d, batch_size=0), "batch_size must be a positive integer"),
+    (lambda ms, d: ensemble.hessian_diagonals(ms, d, batch_size=-1), "batch_size must be a positive integer"),
+    (lambda ms, d: ensemble.perturbed_errors(ms, d, 0.1, samples=0), "samples must be a positive integer"),
+    (lambda ms, d: ensemble.perturbed_errors(ms, d, torch.ones(3), samples=2), r"std has shape \(3,\)"),
+    (lambda ms, d: ensemble.perturbed_errors(ms, (d[0][:0], d[1][:0]), 0.1, samples=2), "one positive length"),
+    (lambda ms, d: ensemble.hessian_diagonals(ms, (d[0], d[1][:5])), "one positive length"),
+])
+def test_bad_arguments_are_refused_before_any_work(call, match):
+    members, data = _tiny_members(2)
+    with pytest.raises(ValueError, match=match):
+        call(members, data)
 
 
 @pytest.mark.parametrize("kind", ["isotropic", "magnitude"])
@@ -190,21 +235,27 @@ def test_the_batched_paths_give_the_registered_measures_numbers(trained_members)
         assert result.eigenvalues[0].item() == pytest.approx(measures.MEASURES["top_eigenvalue"].fn(member, data),
                                                              rel=1e-5)
         assert trace.item() == pytest.approx(measures.MEASURES["hessian_trace"].fn(member, data), rel=1e-5)
-        bound = pacbayes.gaussian_bound(member, data, init, "isotropic", samples=5)
-        for sigma, _, error_mc, _, _ in bound.per_sigma:
-            batched = ensemble.perturbed_errors([member], data, sigma, samples=5)[0].mean().item()
-            assert batched == pytest.approx(error_mc, abs=1e-6)  # the sampler averages in float32; one image is 7e-4
+        w = torch.cat([p.detach().reshape(-1).double() for p in member.parameters()])
+        for kind in ("isotropic", "magnitude"):
+            bound = pacbayes.gaussian_bound(member, data, init, kind, samples=5)
+            for sigma, _, error_mc, _, _ in bound.per_sigma:
+                std = sigma if kind == "isotropic" else sigma * w.abs() + 1e-3  # the posterior's (pacbayes._stds)
+                batched = ensemble.perturbed_errors([member], data, std, samples=5)[0].mean().item()
+                assert batched == pytest.approx(error_mc, abs=1e-6)  # the sampler averages in float32; one image: 7e-4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_the_batched_measures_equal_the_cpu_loop(trained_members):
+    """The data stay on the CPU: the batched paths move them, as the loop does."""
     members, data = trained_members
     on_gpu = [copy.deepcopy(m).cuda() for m in members]
-    gpu_data = tuple(t.cuda() for t in data)
-    diagonals = ensemble.hessian_diagonals(on_gpu, gpu_data).cpu()
-    top = ensemble.top_eigenvalues(on_gpu, gpu_data)
-    for member, diagonal, result in zip(members, diagonals, top):
+    diagonals = ensemble.hessian_diagonals(on_gpu, data).cpu()
+    top = ensemble.top_eigenvalues(on_gpu, data, tol=1e-4)
+    std = torch.tensor(0.02)
+    errors = ensemble.perturbed_errors(on_gpu, data, std, samples=5)
+    for member, gpu_member, diagonal, result, row in zip(members, on_gpu, diagonals, top, errors):
         loop = hessian.diagonal(member, data)
         assert ((diagonal - loop).abs().max() / loop.abs().max()).item() < 1e-4
-        alone = hessian.top_eigenvalues(member, data).eigenvalues[0].item()
-        assert result.eigenvalues[0].item() == pytest.approx(alone, rel=2e-3)  # both to tol 1e-3
+        _same_eigen_results(result, hessian.top_eigenvalues(gpu_member, data, k=1, tol=1e-4), rel=1e-4)
+        sampled = pacbayes._Sampler(gpu_member, data, 5, seed=0).errors(std.expand(models.num_params(member)))
+        assert torch.equal((row * len(data[1])).round(), (sampled.double() * len(data[1])).round())
