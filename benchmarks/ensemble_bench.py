@@ -91,7 +91,8 @@ def side_by_side(fns, device, repeats):
 
 
 def measure_rows(members, base, repeats) -> list[dict]:
-    """The loop against the batched path for the exact diagonal and the top eigenvalue."""
+    """The loop against the batched path for the exact diagonal, the top eigenvalue and 50
+    PAC-Bayes weight-noise draws."""
     device = torch.device(base.device)
     subset = fdata.load(base.dataset, "train", n=base.n, seed=base.data_seed)
     data = (subset.images.to(device), subset.labels.to(device))
