@@ -282,9 +282,12 @@ def stack(models) -> Stack:
                             "leaves them out of the Hessian and the stacked paths do not: unfreeze them")
     layouts = {k: [(tuple(p.shape), str(p.device), p.dtype) for p in model.parameters()]
                for k, model in enumerate(models)}
-    if len({str(v) for v in layouts.values()}) > 1:
-        raise EnsembleError("the models differ in architecture, device or dtype: "
-                            + "; ".join(f"model {k}: {v}" for k, v in layouts.items()))
+    distinct: dict[str, list[int]] = {}
+    for k, layout in layouts.items():
+        distinct.setdefault(str(layout), []).append(k)
+    if len(distinct) > 1:
+        raise EnsembleError("the models differ in architecture, device or dtype (shape, device, dtype of each "
+                            "parameter): " + "; ".join(f"models {ks}: {v}" for v, ks in distinct.items()))
     layers = range(len(linears[0]))
     return Stack(weights=[torch.stack([ms[j].weight.detach() for ms in linears]) for j in layers],
                  biases=[torch.stack([ms[j].bias.detach() for ms in linears]) for j in layers])
