@@ -21,6 +21,7 @@ Run with ``make bench`` or ``python -m benchmarks.study_bench [--networks N] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -99,42 +100,49 @@ DASK_NO_TRIM = "dask-no-trim"
 TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
+@contextlib.contextmanager
+def local_dask(name: str):
+    """A ``LocalCluster`` of one single-threaded worker process per core, as the client, its
+    start-up seconds and the workers' ``MALLOC_TRIM_THRESHOLD_``; closed on exit.
+
+    Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` for their workers by default, which also
+    switches off glibc's adaptive mmap threshold; ``DASK_NO_TRIM`` unsets it. A local cluster's
+    nannies run in this process and write the variable into ``os.environ`` (inherited by every
+    process started afterwards), so the environment is put back on exit."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    environ = dict(os.environ)
+    start = time.perf_counter()
+    trim = {TRIM_KEY: None} if name == DASK_NO_TRIM else {}
+    with dask.config.set(trim):
+        cluster = LocalCluster(n_workers=executors.cores(), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    client = Client(cluster, set_as_default=False)
+    try:
+        start_s = time.perf_counter() - start
+        yield client, start_s, sorted({str(v) for v in client.run(_malloc_trim).values()})
+    finally:
+        client.close()
+        cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
+
+
 def throughput(args, executor_names: list[str]) -> dict:
     seeds = range(args.first_seed, args.first_seed + args.sweep_networks)
     configs = [head_to_head_config(args, seed) for seed in seeds]
     out = {"networks": len(configs), "workers": executors.cores(), "runs": {}}
     store_before = os.environ.get("FLATLIB_CACHE")
     for name in executor_names:
-        with tempfile.TemporaryDirectory(prefix="study-bench-") as root:
+        with tempfile.TemporaryDirectory(prefix="study-bench-") as root, contextlib.ExitStack() as stack:
             os.environ["FLATLIB_CACHE"] = root
-            executor, cluster, start_s, worker_trim = (None if name == "serial" else name), None, None, None
+            executor, start_s, worker_trim = (None if name == "serial" else name), None, None
             if name in ("dask", DASK_NO_TRIM):
-                import dask
-                from distributed import Client, LocalCluster
-
-                start = time.perf_counter()
-                # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 for their workers by default, which
-                # also switches off glibc's adaptive mmap threshold; DASK_NO_TRIM unsets it. A local
-                # cluster's nannies run in this process and write it into os.environ (inherited by
-                # every process started afterwards), so the environment is put back after each run.
-                environ = dict(os.environ)
-                trim = {TRIM_KEY: None} if name == DASK_NO_TRIM else {}
-                with dask.config.set(trim):
-                    cluster = LocalCluster(n_workers=executors.cores(), threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
-                executor = Client(cluster, set_as_default=False)
-                start_s = time.perf_counter() - start
-                worker_trim = sorted({str(v) for v in executor.run(_malloc_trim).values()})
-            try:
-                start = time.perf_counter()
-                study.network_table(configs, executor=executor, desc=name)
-                seconds = time.perf_counter() - start
-            finally:
-                if cluster is not None:
-                    executor.close()
-                    cluster.close()
-                    os.environ.clear()
-                    os.environ.update(environ)
+                executor, start_s, worker_trim = stack.enter_context(local_dask(name))
+            start = time.perf_counter()
+            study.network_table(configs, executor=executor, desc=name)
+            seconds = time.perf_counter() - start
         out["runs"][name] = {"seconds": seconds, "networks_per_minute": 60 * len(configs) / seconds,
                              **({"cluster_start_s": start_s} if start_s is not None else {}),
                              **({"workers_MALLOC_TRIM_THRESHOLD_": worker_trim} if worker_trim else {})}

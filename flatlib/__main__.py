@@ -1,4 +1,4 @@
-"""Command line: ``python -m flatlib {run,reproduce,scoreboard,check,fetch-data,chapters}``."""
+"""Command line: ``python -m flatlib {run,reproduce,compare,scoreboard,check,fetch-data,chapters}``."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--out", help="output folder (default: runs/<chapter>-<hash of parameters>/)")
     run_p.add_argument("--no-progress", action="store_true")
     sub.add_parser("reproduce", help="re-run every published chapter in place, then update the scoreboard")
+    compare_p = sub.add_parser("compare", help="compare a run's tables and headline with the published run's, "
+                                               "number for number; exit 1 when they differ")
+    compare_p.add_argument("run", help="the output folder of a chapter run")
+    compare_p.add_argument("--against", metavar="FOLDER",
+                           help="the run to compare with (default: the published run of the same parameters)")
+    compare_p.add_argument("--rtol", type=float, default=0.0,
+                           help="relative tolerance (default 0: equal to the last bit)")
     sub.add_parser("scoreboard", help="regenerate the scoreboard in book/intro.md from the summaries")
     sub.add_parser("check", help="name the published chapters whose numbers came from code that has changed since")
     fetch_p = sub.add_parser("fetch-data", help="fetch and verify datasets into the data cache")
@@ -28,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from flatlib import runner, scoreboard
+    from flatlib.compare import CompareError
     from flatlib.data import DataError
 
     try:
@@ -38,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "reproduce":
             runner.reproduce()
             scoreboard.update()
+        elif args.command == "compare":
+            from flatlib.compare import compare
+
+            result = compare(args.run, args.against, args.rtol)
+            print(result)
+            if not result.identical:
+                return 1
         elif args.command == "check":
             reasons = runner.stale()
             for folder, why in reasons.items():
@@ -62,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in runner.parameters(chapter.source).items():
                     spec = chapter.ranges.get(key)
                     print(f"    {key} = {value!r}" + (f"    ({fparams.describe(spec)})" if spec else ""))
-    except (runner.ChapterError, DataError) as exc:
+    except (runner.ChapterError, CompareError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
