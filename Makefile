@@ -82,6 +82,7 @@ bench: data
 	$(BIN)/python -m benchmarks.ensemble_bench --members 16 --widths 64 64 --out benchmarks/results/ensemble_small.json
 	$(BIN)/python -m benchmarks.diagonal_bench
 	$(BIN)/python -m benchmarks.malloc_bench
+	$(BIN)/python -m benchmarks.chapter_bench
 
 # Also the leftovers of `make reproduce`: a killed run's hidden scratch folder, book/.<run>.partial,
 # and a failed run's book/<run>.failed (those of `make chapter` are inside runs/). A new run into

@@ -140,6 +140,7 @@ def _gap(a, b) -> str:
 def _compare_table(name: str, run: Path, against: Path, result: Comparison) -> None:
     import pandas as pd
 
+    # pandas 3 reads floats exactly (round trip) by default, so two different numbers stay different
     mine, theirs = pd.read_csv(run / name), pd.read_csv(against / name)
     if list(mine.columns) != list(theirs.columns):
         only_run = [c for c in mine.columns if c not in theirs.columns]

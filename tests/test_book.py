@@ -80,6 +80,21 @@ def test_chapter_smoke_run(chapter, tmp_path):
     assert "TqdmWarning" not in notebook, "a progress-bar warning reached the published page"
 
 
+def test_a_chapter_on_worker_processes_publishes_the_serial_runs_numbers(tmp_path, monkeypatch):
+    # The whole chapter (tables, statistics, verdict), each run from its own empty store; the
+    # full-size run of this on the published head-to-head page is benchmarks/chapter_bench.py.
+    from flatlib import compare
+
+    smoke = CHAPTERS["head_to_head"].smoke
+    for executor in ("serial", "processes"):
+        monkeypatch.setenv("FLATLIB_EXECUTOR", executor)  # the chapter's kernel inherits it
+        monkeypatch.setenv("FLATLIB_CACHE", str(tmp_path / f"store-{executor}"))
+        runner.run("head_to_head", smoke, out=tmp_path / executor, progress=False)
+    result = compare.compare(tmp_path / "processes", tmp_path / "serial")
+    assert result.identical, str(result)
+    assert result.values > 8 * 20  # every network's row, and the statistics on top
+
+
 @pytest.mark.parametrize("run", PUBLISHED, ids=lambda r: r.folder)
 def test_published_run_has_executed_notebook_and_a_summary_judging_its_claims(run):
     assert run.notebook.is_file() and (run.out_dir / report.SUMMARY_NAME).is_file()
