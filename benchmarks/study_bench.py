@@ -113,20 +113,16 @@ def local_dask(name: str):
     from distributed import Client, LocalCluster
 
     environ = dict(os.environ)
-    start = time.perf_counter()
     trim = {TRIM_KEY: None} if name == DASK_NO_TRIM else {}
-    with dask.config.set(trim):
-        cluster = LocalCluster(n_workers=executors.cores(), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-    client = Client(cluster, set_as_default=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: (os.environ.clear(), os.environ.update(environ)))  # runs last
+        start = time.perf_counter()
+        with dask.config.set(trim):
+            cluster = stack.enter_context(LocalCluster(n_workers=executors.cores(), threads_per_worker=1,
+                                                       processes=True, dashboard_address=None))
+        client = stack.enter_context(Client(cluster, set_as_default=False))
         start_s = time.perf_counter() - start
         yield client, start_s, sorted({str(v) for v in client.run(_malloc_trim).values()})
-    finally:
-        client.close()
-        cluster.close()
-        os.environ.clear()
-        os.environ.update(environ)
 
 
 def throughput(args, executor_names: list[str]) -> dict:

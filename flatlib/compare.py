@@ -1,14 +1,16 @@
 """Does a run reproduce a published one? Every number of its tables and of its summary's
-headline, compared with the published run's.
+headline and scoreboard, compared with the published run's.
 
-A chapter's numbers live in the CSVs it writes and in the headline of its ``summary.json``;
-:func:`compare` reads both folders and reports every difference: a file, a column, a row count
-or a headline entry present on one side only, and for each column or entry whose values differ,
-how many differ, by how much at most, and where first. Values are equal when both are NaN, when
-two strings are the same, or when two numbers are within ``rtol`` of each other
-(``|a - b| <= rtol * |b|``; the default 0 asks for equality to the last bit).
+A chapter's numbers live in the CSVs it writes and in the headline of its ``summary.json``, and
+its verdicts in the summary's scoreboard rows; :func:`compare` reads both folders and reports
+every difference: a file, a column, a row count or a summary entry present on one side only, and
+for each column or entry whose values differ, how many differ, the first, and by how much at
+most. Values are equal when both are NaN, when both are the same infinity, when two strings (or
+two booleans) are the same, or when two finite numbers are within ``rtol`` of each other
+(``|a - b| <= rtol * |b|``; the default 0 asks for equality to the last bit). A summary writes
+NaN and both infinities as null, so there they are told apart only from finite numbers.
 
-What a run measures about itself is not a result and is left out: columns and headline keys
+What a run measures about itself is not a result and is left out: columns and summary keys
 that are times (their name ends in ``time_s``) and ``networks_already_in_store`` (what the store
 held when the run started). Figures, the executed notebook and the summary's provenance (code
 versions, commit, device, run date) are not compared either; the parameters are, since two runs
@@ -37,13 +39,14 @@ class CompareError(ValueError):
 
 
 def compared(name: str) -> bool:
-    """Whether a column or headline key named ``name`` holds a result (times do not)."""
+    """Whether a column or summary key named ``name`` holds a result (times do not)."""
     return not (name.endswith(UNCOMPARED_SUFFIX) or name in UNCOMPARED_KEYS)
 
 
 @dataclass(frozen=True)
 class Difference:
-    """One way the run differs: ``where`` (a file, a file's column, or a headline path) and what."""
+    """One way the run differs: ``where`` (a file, a file's column, or a summary path such as
+    ``headline.networks`` or ``scoreboard[0].verdict``) and what."""
 
     where: str
     what: str
@@ -70,10 +73,12 @@ class Comparison:
     def __str__(self) -> str:
         tolerance = "to the last bit" if self.rtol == 0 else f"within rtol {self.rtol:g}"
         head = (f"{self.run} against {self.against}: {self.values:,} values in {len(self.files)} tables and "
-                f"the headline, compared {tolerance} (times left out)")
+                f"the summary, compared {tolerance} (times left out)")
         if self.identical:
             return f"{head}\nidentical"
-        return "\n".join([head, f"{len(self.differences)} differences:", *(f"  {d}" for d in self.differences)])
+        count = len(self.differences)
+        return "\n".join([head, f"{count} difference{'s' if count > 1 else ''}:",
+                          *(f"  {d}" for d in self.differences)])
 
 
 def _read_summary(folder: Path) -> dict:
@@ -102,19 +107,26 @@ def published_counterpart(run: Path) -> Path:
 
 
 def _equal(a, b, rtol: float) -> np.ndarray:
-    """Elementwise equality of two columns (NaN equals NaN; numbers within rtol)."""
+    """Elementwise equality of two columns: NaN equals NaN, an infinity only the same infinity,
+    finite numbers within rtol; booleans equal booleans only, other values by ``==``."""
     a, b = np.asarray(a), np.asarray(b)
-    if a.dtype.kind in "fiub" and b.dtype.kind in "fiub":
+    if a.dtype.kind in "fiu" and b.dtype.kind in "fiu":
         a, b = a.astype(float), b.astype(float)
         both_nan = np.isnan(a) & np.isnan(b)
         with np.errstate(invalid="ignore"):
-            close = np.abs(a - b) <= rtol * np.abs(b)
+            close = np.isfinite(a) & np.isfinite(b) & (np.abs(a - b) <= rtol * np.abs(b))
         return both_nan | close | (a == b)  # a == b: equal infinities
-    return np.array([x == y or (_isnan(x) and _isnan(y)) for x, y in zip(a, b)], dtype=bool)
+    return np.array([_same(x, y) for x, y in zip(a, b)], dtype=bool)
+
+
+def _same(x, y) -> bool:
+    if isinstance(x, (bool, np.bool_)) or isinstance(y, (bool, np.bool_)):
+        return isinstance(x, (bool, np.bool_)) and isinstance(y, (bool, np.bool_)) and bool(x) == bool(y)
+    return x == y or (_isnan(x) and _isnan(y))
 
 
 def _isnan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+    return isinstance(x, (float, np.floating)) and math.isnan(x)
 
 
 def _show(value) -> str:
@@ -122,18 +134,18 @@ def _show(value) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def _gap(a, b) -> str:
-    """The largest absolute and relative difference of two numeric columns, as text."""
-    try:
-        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    except (TypeError, ValueError):
+def _gap(a, b, differ: np.ndarray) -> str:
+    """The largest absolute and relative difference over the rows that differ and are finite
+    on both sides, as text ("" where there are none: NaN, infinities or text)."""
+    if a.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
         return ""
-    finite = np.isfinite(a) & np.isfinite(b)
-    if not finite.any():
+    a, b = a.astype(float), b.astype(float)
+    rows = differ & np.isfinite(a) & np.isfinite(b)
+    if not rows.any():
         return ""
-    diff = np.abs(a - b)[finite]
+    diff, scale = np.abs(a[rows] - b[rows]), np.abs(b[rows])
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(np.abs(b[finite]) > 0, diff / np.abs(b[finite]), np.where(diff > 0, np.inf, 0.0))
+        rel = np.where(scale > 0, diff / scale, np.inf)
     return f"; largest difference {diff.max():.3g} (relative {rel.max():.3g})"
 
 
@@ -146,7 +158,8 @@ def _compare_table(name: str, run: Path, against: Path, result: Comparison) -> N
         only_run = [c for c in mine.columns if c not in theirs.columns]
         only_against = [c for c in theirs.columns if c not in mine.columns]
         result.differences.append(Difference(name, f"other columns (only in the run: {only_run}; only in the "
-                                                   f"other: {only_against}; or in another order)"))
+                                                   f"other folder: {only_against})" if only_run or only_against
+                                             else "the same columns in another order"))
     if len(mine) != len(theirs):
         result.differences.append(Difference(name, f"{len(mine)} rows against {len(theirs)}"))
         return
@@ -159,11 +172,11 @@ def _compare_table(name: str, run: Path, against: Path, result: Comparison) -> N
                 f"{name}[{column}]",
                 f"{int((~equal).sum())} of {len(equal)} rows differ (first: row {first}, "
                 f"{_show(mine[column].iloc[first])} against {_show(theirs[column].iloc[first])})"
-                + _gap(mine[column].to_numpy(), theirs[column].to_numpy())))
+                + _gap(mine[column].to_numpy(), theirs[column].to_numpy(), ~equal)))
 
 
 def _flatten(value, path: str = "") -> dict[str, object]:
-    """A nested headline as path -> leaf, leaving out the keys that are not results."""
+    """A nested summary entry as path -> leaf, leaving out the keys that are not results."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
@@ -184,7 +197,8 @@ def _leaf_equal(a, b, rtol: float) -> bool:
     numeric = (int, float)
     if isinstance(a, numeric) and isinstance(b, numeric) and not isinstance(a, bool) and not isinstance(b, bool):
         return bool(_equal([a], [b], rtol)[0])
-    return a == b  # JSON writes NaN as null, so None == None covers it
+    # a summary writes NaN and both infinities as null (report._jsonable): None == None covers them
+    return _same(a, b)
 
 
 def compare(run: str | Path, against: str | Path | None = None, rtol: float = 0.0) -> Comparison:
@@ -194,6 +208,10 @@ def compare(run: str | Path, against: str | Path | None = None, rtol: float = 0.
         raise CompareError(f"rtol must be a finite number >= 0, not {rtol!r}")
     run = Path(run)
     against = published_counterpart(run) if against is None else Path(against)
+    if run.resolve() == against.resolve():
+        raise CompareError(f"{run} is the folder it would be compared with: a run in place (make reproduce) "
+                           "replaces the published run, so compare a copy of it, or compare with the published "
+                           "folder of an earlier checkout (--against)")
     mine, theirs = _read_summary(run), _read_summary(against)
     result = Comparison(run, against, rtol)
     if mine.get("chapter") != theirs.get("chapter"):
@@ -211,9 +229,10 @@ def compare(run: str | Path, against: str | Path | None = None, rtol: float = 0.
             continue
         result.files.append(name)
         _compare_table(name, run, against, result)
-    mine_head, theirs_head = _flatten(mine.get("headline", {})), _flatten(theirs.get("headline", {}))
+    mine_head, theirs_head = (_flatten({"headline": s.get("headline", {}), "scoreboard": s.get("scoreboard", [])})
+                              for s in (mine, theirs))
     for path in sorted(set(mine_head) | set(theirs_head)):
-        where = f"headline.{path}"
+        where = path
         if path not in mine_head or path not in theirs_head:
             result.differences.append(Difference(where, "only in " + ("the run" if path in mine_head
                                                                       else "the other folder")))

@@ -42,7 +42,7 @@ def test_a_copy_of_the_published_run_is_identical_and_every_result_is_counted(co
     cells = sum(len(frame) * sum(compare.compared(c) for c in frame.columns)
                 for frame in (pd.read_csv(p) for p in sorted(PUBLISHED.glob("*.csv"))))
     assert result.files == sorted(p.name for p in PUBLISHED.glob("*.csv"))
-    assert cells < result.values < cells + 200  # every table cell, then the headline's leaves
+    assert cells < result.values < cells + 200  # every table cell, then the summary's leaves
 
 
 def test_the_published_run_of_the_same_parameters_is_found_by_itself(tmp_path):
@@ -76,7 +76,7 @@ def test_one_value_off_by_its_last_bit_is_found_and_a_tolerance_accepts_it(copy)
     difference = result.differences[0]
     assert difference.where == f"{NETWORKS}[top_eigenvalue]"
     assert difference.what.startswith("1 of 100 rows differ (first: row 7")
-    assert not result.identical and "1 differences" in str(result)
+    assert not result.identical and "\n1 difference:\n" in str(result)
     assert compare.compare(copy, PUBLISHED, rtol=1e-12).identical
 
 
@@ -84,6 +84,17 @@ def test_a_headline_number_is_named_by_its_path(copy):
     _edit_summary(copy, lambda s: s["headline"]["primary_vs_test_acc"]["weakness"].update(rho=0.374))
     result = compare.compare(copy, PUBLISHED)
     assert [d.where for d in result.differences] == ["headline.primary_vs_test_acc.weakness.rho"]
+
+
+def test_a_verdict_that_moved_is_named_by_its_scoreboard_row(copy):
+    _edit_summary(copy, lambda s: s["scoreboard"][0].update(verdict="supported"))
+    found = {d.where: d.what for d in compare.compare(copy, PUBLISHED).differences}
+    assert found == {"scoreboard[0].verdict": "'supported' against 'not supported'"}
+
+
+def test_a_folder_is_not_compared_with_itself(copy):
+    with pytest.raises(compare.CompareError, match="is the folder it would be compared with"):
+        compare.compare(copy, copy)
 
 
 def test_missing_tables_rows_and_columns_are_differences(copy):
@@ -95,6 +106,32 @@ def test_missing_tables_rows_and_columns_are_differences(copy):
     assert found["head_to_head_partial.csv"] == "only in the other folder"
     assert found[NETWORKS] == "99 rows against 100"
     assert found["head_to_head_variants.csv"].startswith("other columns")
+
+
+def _pair(tmp_path, a: dict, b: dict):
+    for side, columns in (("a", a), ("b", b)):
+        (tmp_path / side).mkdir()
+        pd.DataFrame(columns).to_csv(tmp_path / side / "t.csv", index=False)
+        (tmp_path / side / "summary.json").write_text(json.dumps({"chapter": "c"}))
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_an_infinity_equals_only_the_same_infinity_whatever_the_tolerance(tmp_path):
+    a, b = _pair(tmp_path, {"x": [3.0, -math.inf, math.inf, 1.0]}, {"x": [math.inf, math.inf, math.inf, 1.0 + 1e-9]})
+    exact, within = compare.compare(a, b).differences, compare.compare(a, b, rtol=1e-6).differences
+    assert len(exact) == 1 and exact[0].what.startswith("3 of 4 rows differ (first: row 0, 3.0 against inf)")
+    assert exact[0].what.endswith("largest difference 1e-09 (relative 1e-09)")  # over the finite rows only
+    assert len(within) == 1 and within[0].what == "2 of 4 rows differ (first: row 0, 3.0 against inf)"
+
+
+def test_booleans_equal_booleans_only(tmp_path):
+    a, b = _pair(tmp_path, {"fits": [True, False]}, {"fits": [1, 0]})
+    assert [d.where for d in compare.compare(a, b).differences] == ["t.csv[fits]"]
+
+
+def test_the_same_columns_in_another_order_are_said_to_be_so(tmp_path):
+    a, b = _pair(tmp_path, {"x": [1.0], "y": [2.0]}, {"y": [2.0], "x": [1.0]})
+    assert [str(d) for d in compare.compare(a, b).differences] == ["t.csv: the same columns in another order"]
 
 
 def test_nan_equals_nan_and_strings_compare_as_text(tmp_path):
