@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from flatlib import data as fdata
-from flatlib import ensemble, hessian, pacbayes, report, study
+from flatlib import ensemble, hessian, pacbayes, report
 from flatlib import train as ftrain
+from flatlib.threads import one_thread
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ensemble.json"
 
@@ -108,7 +109,7 @@ def measure_rows(members, base, repeats) -> list[dict]:
         lambda: torch.stack([pacbayes._Sampler(m, data, 50, seed=0).errors(s) for m, s in zip(members, std)]).double(),
         lambda: ensemble.perturbed_errors(members, data, std, samples=50))
     rows = []
-    with study._one_thread() if device.type == "cpu" else contextlib.nullcontext():
+    with one_thread() if device.type == "cpu" else contextlib.nullcontext():
         for name, (loop_fn, batched_fn) in pairs.items():
             (loop_s, batched_s), (loop, batched) = side_by_side([loop_fn, batched_fn], device, repeats)
             difference = ((batched - loop).abs().max() / loop.abs().max()).item()

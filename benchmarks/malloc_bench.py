@@ -32,9 +32,10 @@ ONE_NETWORK = """
 import argparse, json, resource, tempfile, time, os
 os.environ["FLATLIB_CACHE"] = tempfile.mkdtemp(prefix="malloc-bench-")
 from flatlib import study
+from flatlib.threads import one_thread
 from benchmarks.study_bench import head_to_head_config
 args = argparse.Namespace(dataset="mnist", n=1000, widths=[256, 256], lr=1e-3, batch_size=64, max_epochs=150)
-with study._one_thread():
+with one_thread():
     study.network_table([head_to_head_config(args, 100)], progress=False)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     study.network_table([head_to_head_config(args, 1)], progress=False)

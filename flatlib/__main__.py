@@ -1,4 +1,4 @@
-"""Command line: ``python -m flatlib {run,reproduce,compare,scoreboard,check,fetch-data,chapters}``."""
+"""Command line: ``python -m flatlib {run,reproduce,compare,scoreboard,check,fingerprints,fetch-data,chapters}``."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
                             "(widths=[8, 8] lr=0.1); -p wins where both set a key")
     run_p.add_argument("--out", help="output folder (default: runs/<chapter>-<hash of parameters>/)")
     run_p.add_argument("--no-progress", action="store_true")
-    sub.add_parser("reproduce", help="re-run every published chapter in place, then update the scoreboard")
+    reproduce_p = sub.add_parser("reproduce", help="re-run the stale published chapters in place (say which, and how "
+                                                   "long), then update the scoreboard")
+    reproduce_p.add_argument("--all", action="store_true", help="re-run every published chapter, current or not")
     compare_p = sub.add_parser("compare", help="compare a run's tables and headline with the published run's, "
                                                "number for number; exit 1 when they differ")
     compare_p.add_argument("run", help="the output folder of a chapter run")
@@ -28,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     compare_p.add_argument("--rtol", type=float, default=0.0,
                            help="relative tolerance (default 0: equal to the last bit)")
     sub.add_parser("scoreboard", help="regenerate the scoreboard in book/intro.md from the summaries")
-    sub.add_parser("check", help="name the published chapters whose numbers came from code that has changed since")
+    sub.add_parser("check", help="name the stale published chapters (a version their numbers used has changed "
+                                 "since); exit 1 if any")
+    fingerprints_p = sub.add_parser("fingerprints", help="recompute the canaries of every versioned computation and "
+                                                         "compare them with the committed fingerprints")
+    fingerprints_p.add_argument("--record", action="store_true",
+                                help="re-record the fingerprints (after a deliberate change and its version bump)")
     fetch_p = sub.add_parser("fetch-data", help="fetch and verify datasets into the data cache")
     fetch_p.add_argument("names", nargs="*", default=["mnist", "fashion_mnist"])
     sub.add_parser("chapters", help="list chapters and their parameters")
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = runner.run(args.chapter, overrides, args.out, progress=not args.no_progress)
             print(json.dumps(summary.get("headline", {}), indent=2))
         elif args.command == "reproduce":
-            runner.reproduce()
+            runner.reproduce(everything=args.all)
             scoreboard.update()
         elif args.command == "compare":
             from flatlib.compare import compare
@@ -57,10 +64,31 @@ def main(argv: list[str] | None = None) -> int:
             reasons = runner.stale()
             for folder, why in reasons.items():
                 print(f"stale: book/{folder}: {why}")
-            if reasons:
-                print("re-run them: make chapter CH=<chapter> (or make reproduce)", file=sys.stderr)
+            changed = runner.edited()
+            for folder, why in changed.items():
+                print(f"edited: book/{folder}: {why}")
+            for folder, what in runner.other_environments().items():
+                print(f"other environment (not stale): book/{folder}: {what}; a re-run here starts from an empty "
+                      "store and may differ in the last bits")
+            if reasons or changed:
+                print("re-run them: python -m flatlib reproduce (only the stale ones; it resumes from the store); "
+                      "an edited run: python -m flatlib reproduce --all, or restore its files from git",
+                      file=sys.stderr)
                 return 1
-            print(f"all {len(runner.published())} published chapters match the code")
+            print(f"all {len(runner.published())} published chapters are current")
+        elif args.command == "fingerprints":
+            from flatlib import fingerprints
+
+            if args.record:
+                fingerprints.record()
+                print(f"recorded {fingerprints.PATH}")
+            else:
+                problems = fingerprints.check(fingerprints.recorded(), fingerprints.compute())
+                for problem in problems:
+                    print(problem)
+                if problems:
+                    return 1
+                print(f"every fingerprint matches {fingerprints.PATH}")
         elif args.command == "scoreboard":
             changed = scoreboard.update()
             print("scoreboard updated" if changed else "scoreboard unchanged")

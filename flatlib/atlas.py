@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from flatlib import stats
 from flatlib import train as ftrain
 
+# The version of this module's computations (``flatlib.keys``): the atlas's grid and its granulated
+# and pooled statistics. Bump it with any change that can change their numbers, and re-record the
+# fingerprints.
+VERSION = 1
+
 AXES = ("optimizer", "train_size", "width", "batch_size")
 
 

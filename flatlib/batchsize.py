@@ -13,6 +13,11 @@ import math
 
 from flatlib import stats
 
+# The version of this module's computations (``flatlib.keys``): the batch-size sweep's configs and
+# gap statistics. Bump it with any change that can change their numbers, and re-record the
+# fingerprints.
+VERSION = 1
+
 REGIMES = ("small", "large")
 
 

@@ -40,15 +40,14 @@ optimisation the prior scale is the one minimising the KL (closed form), and the
 takes the best scale of the grid.
 
 ``CertificateSpec`` names a certificate of a network of the store (``flatlib.study``), and
-``certificate`` computes it or reads it from the store, keyed by the spec, the network's key and
-the source of this module with everything it imports.
+``certificate`` computes it or reads it from the store, keyed by the spec, the network's key, the
+version of its kind (``VERSIONS``) and the environment class (``flatlib.keys``).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import math
-import socket
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,10 +56,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from flatlib import data as fdata
-from flatlib import executors, models, pacbayes, store, study
+from flatlib import executors, keys, models, pacbayes, store, study
 from flatlib import train as ftrain
 from flatlib._io import progress as progress_bar
 from flatlib._version import code_version
+from flatlib.threads import one_thread
+
+# The version of each kind of certificate (``flatlib.keys``), by its prior: bump a kind's with any
+# change that can change its certificates (the optimisation, the bound, the Monte Carlo term, the
+# grid of prior scales), and re-record the fingerprints.
+VERSIONS = {"init": 1, "data": 1}
 
 # The prior scales s_P the certificate may choose among, fixed before any certificate was computed:
 # 0.1 * 10^(-j/2000) for j = 0..6000, from 0.1 down to 1e-4 in steps of 0.115 %. The union bound
@@ -474,9 +479,10 @@ class CertificateSpec:
             raise CertificateError("Invalid certificate: " + "; ".join(problems) + ".")
 
     def key(self) -> str:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "network"}
-        return store.digest({"network": self.network.key(), **fields, "grid": PRIOR_SCALES,
-                             "code": code_version(__name__)})
+        inputs = {"network": self.network.key(), **{k: v for k, v in keys.canonical(self).items() if k != "network"},
+                  "grid": PRIOR_SCALES}
+        version = keys.note(f"certificate:{self.prior}", VERSIONS[self.prior])
+        return keys.digest("certificate", inputs, {self.prior: version}, keys.environment())
 
 
 def samples(spec: CertificateSpec):
@@ -516,8 +522,8 @@ def compute(spec: CertificateSpec, progress: bool = False) -> dict:
         raise CertificateError(f"network seed={spec.network.seed} diverged; it has no certificate")
     prior_data, bound = samples(spec)
     bound_data = (bound.images, bound.labels)
-    test = study._dataset(spec.network.dataset, "test")
-    with study._one_thread():
+    test = study.dataset(spec.network.dataset, "test")
+    with one_thread():
         model = result.model.float().cpu()
         trained_weights = _tensors(model)
         prior_means = _state_tensors(model, result.initial_state) if spec.prior == "init" else trained_weights
@@ -570,17 +576,17 @@ def certificate(spec: CertificateSpec, progress: bool = False) -> dict:
     """``compute(spec)``, from the store if it is there, else computed and stored."""
     if _stored(spec):
         return store.get_json(_key(spec))
-    entry = compute(spec, progress)
+    entry = {**compute(spec, progress), "code": code_version(__name__)}
     store.put_json(_key(spec), entry)
     return entry
 
 
 def _task(spec: CertificateSpec, store_root: str) -> dict:
-    """One certificate as an executor's worker computes it: into the store at ``store_root``, one
-    task at a time per process, under ``flatlib.study``'s lock and task environment."""
-    with study._TASK_LOCK, study._task_environment(store_root):
+    """One certificate as an executor's worker computes it: into the store at ``store_root``
+    (``executors.task_environment``); returns ``executors.receipt()``."""
+    with executors.task_environment(store_root):
         certificate(spec)
-    return {"host": socket.gethostname(), "code": code_version(__name__)}
+        return executors.receipt()
 
 
 def certificate_table(specs, executor=None, progress: bool = True):
@@ -595,10 +601,13 @@ def certificate_table(specs, executor=None, progress: bool = True):
     missing = [s for s in dict.fromkeys(specs) if not _stored(s)]
     if missing and not executors.is_serial(executor):
         root = str(store.cache_dir())
-        for receipt in executors.run(_task, [(s, root) for s in missing], executor, "certificates", progress):
-            if receipt["code"] != code_version(__name__):
-                raise executors.ExecutorError(f"the worker on {receipt['host']} runs other code than this process; "
-                                              "install the same flatlib on every worker")
+        executors.run_checked(_task, [(s, root) for s in missing], executor, "certificates", progress)
+        unseen = [s for s in missing if not _stored(s)]
+        if unseen:
+            raise executors.ExecutorError(
+                f"{len(unseen)} certificate(s) are not in the store {store.cache_dir()} although their tasks on "
+                f"{executors.describe(executor)} finished: the workers wrote to a store this process cannot see. "
+                "Put $FLATLIB_CACHE on a filesystem every worker mounts at the same path.")
     rows = []
     for spec in progress_bar(specs, "certificates", progress):
         entry = certificate(spec)

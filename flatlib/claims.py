@@ -104,6 +104,12 @@ _TOPICS = {"C1": "a reparameterisation inflates the Hessian", "C2": "weakness pr
            "C8": "the weakest hypothesis is minimax-optimal"}
 CLAIMS = {cid: dataclasses.replace(claim, topic=_TOPICS[cid]) for cid, claim in CLAIMS.items()}
 
+# The version of each claim's verdict rule (``flatlib.keys``): bump a claim's (write it out here,
+# with what changed) with any change to its rule, its thresholds or its sub-claims; the chapters
+# that judge it are then stale until re-run. A chapter records the versions of the rules it used
+# (``report.scoreboard_row``).
+RULE_VERSIONS = {cid: 1 for cid in CLAIMS}
+
 
 def paper(claim: str, figure: str) -> Figure:
     """The paper's figure ``figure`` of ``claim``; an unknown name lists the known ones."""

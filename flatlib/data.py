@@ -33,6 +33,10 @@ import torch
 
 from flatlib._io import atomic_write
 
+# The version of what ``load``, ``subsample`` and ``complement`` select (``flatlib.keys``): bump it
+# with any change to which images a seeded subset holds, or to their preprocessing.
+VERSION = 1
+
 DATASETS = ("mnist", "fashion_mnist")
 SPLITS = ("train", "test")
 _FILES = {

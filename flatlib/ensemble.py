@@ -42,6 +42,12 @@ from flatlib import data as fdata
 from flatlib import hessian, study
 from flatlib import train as ftrain
 from flatlib._io import progress as progress_bar
+from flatlib.threads import one_thread
+
+# The version of this module's own computations (``flatlib.keys``): the batched curvature and
+# Monte Carlo draws. Its training is ``flatlib.train``'s recipe (``train.VERSION``), member for
+# member, so a network it stores keys as the loop's does.
+VERSION = 1
 
 EVAL_BATCH = 2048  # as flatlib.models.predict
 
@@ -63,8 +69,9 @@ def check(configs) -> None:
     seeds = [c.seed for c in configs]
     if len(set(seeds)) < len(seeds):
         problems.append(f"seeds repeat: {seeds}")
-    if configs[0].sam_rho > 0 or configs[0].augment:
-        problems.append("SAM and augmentation are not vectorised; train these configs with flatlib.study.sweep")
+    if configs[0].sam_rho > 0 or configs[0].augment or configs[0].lr_decay is not None:
+        problems.append("SAM, augmentation and learning-rate decay are not vectorised; train these configs with "
+                        "flatlib.study.sweep")
     if problems:
         raise EnsembleError("Cannot train as one ensemble: " + "; ".join(problems) + ".")
 
@@ -86,7 +93,7 @@ def train_ensemble(configs, progress: bool = False) -> list[ftrain.TrainResult]:
     check(configs)
     if torch.device(configs[0].device).type != "cpu":
         return _train(configs, progress)
-    with study._one_thread():
+    with one_thread():
         return _train(configs, progress)
 
 
@@ -123,9 +130,12 @@ def _train(configs, progress):
         acc = (logits.argmax(2) == y_all).double().mean(1)
         return loss, acc
 
-    def set_aside(k):
+    def state_of(k):
+        return {name: value[k].detach().clone() for name, value in {**params, **buffers}.items()}
+
+    def set_aside(k, state=None):
         model = ftrain.init_model(configs[k]).to(device)
-        model.load_state_dict({name: value[k].detach().clone() for name, value in {**params, **buffers}.items()})
+        model.load_state_dict(state if state is not None else state_of(k))
         results[k].model = model.eval()
         results[k].wall_time_s = time.perf_counter() - start
         active[k] = False
@@ -134,6 +144,7 @@ def _train(configs, progress):
     active = [True] * count
     gens = [torch.Generator().manual_seed(c.seed) for c in configs]
     best_loss, since_best = [math.inf] * count, [0] * count
+    best_epoch, best_state = [0] * count, [None] * count
     initial_loss = full_pass()[0].tolist()
     epochs = range(1, base_config.epochs + 1)
     for epoch in progress_bar(epochs, f"ensemble of {count}", progress, leave=False):
@@ -182,11 +193,16 @@ def _train(configs, progress):
                 history[-1]["event"] = "reached target_train_loss"
             else:
                 if metrics["loss"] < best_loss[k]:
-                    best_loss[k], since_best[k] = metrics["loss"], 0
+                    best_loss[k], since_best[k], best_epoch[k] = metrics["loss"], 0, epoch
+                    if config.patience is not None:
+                        best_state[k] = state_of(k)
                 else:
                     since_best[k] += 1
                 if config.patience is not None and since_best[k] >= config.patience:
-                    history[-1]["event"] = "training loss stopped improving"
+                    history[-1].update(event="training loss stopped improving", restored_epoch=best_epoch[k],
+                                       restored_train_loss=best_loss[k])
+                    set_aside(k, best_state[k])  # the lowest training loss's weights, as the loop keeps
+                    continue
             if "event" in history[-1]:
                 set_aside(k)
     for k in range(count):

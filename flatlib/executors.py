@@ -26,11 +26,15 @@ Executors, by the ``executor`` argument:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
+import socket
+import threading
 from typing import Callable, Sequence
 
 from flatlib._io import progress as progress_bar
+from flatlib.threads import one_thread
 
 SERIAL, PROCESSES = "serial", "processes"
 CONNECT_TIMEOUT_S = 5
@@ -172,3 +176,63 @@ def _run_dask(client, task, argsets, desc, progress, keys):
     finally:
         client.cancel([f for f in futures if not f.done()])
     return results
+
+
+# ------------------------------------------------------------------ tasks that write the store
+
+# One task at a time per worker process: torch's thread count is process-wide, and every task
+# sets and restores it (``flatlib.threads.one_thread``), so two tasks in threads of one process
+# would change each other's.
+TASK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def task_environment(store_root: str):
+    """The block of one task on a worker: alone in its process (``TASK_LOCK``), on one thread,
+    writing into the store at ``store_root`` (the submitting process's, whatever the worker's own
+    ``FLATLIB_CACHE``)."""
+    with TASK_LOCK:
+        saved = os.environ.get("FLATLIB_CACHE")
+        os.environ["FLATLIB_CACHE"] = store_root
+        try:
+            with one_thread():
+                yield
+        finally:
+            if saved is None:
+                del os.environ["FLATLIB_CACHE"]
+            else:
+                os.environ["FLATLIB_CACHE"] = saved
+
+
+def receipt() -> dict:
+    """What a task returns: where it ran, and what keyed the entries it stored (the versions it
+    used and its environment class, ``flatlib.keys``)."""
+    from flatlib import keys
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "versions": keys.used(),
+            "environment": keys.environment()}
+
+
+def check_receipt(received: dict) -> None:
+    """Refuse a receipt whose worker keyed its results otherwise than this process would: another
+    version of a computation it used, or another environment class (a worker on another kind of
+    CPU). Its entries are under keys this process never reads."""
+    from flatlib import keys
+
+    where = f"the worker on {received['host']} (pid {received['pid']})"
+    differ = sorted(name for name, version in received["versions"].items() if keys.current(name) != version)
+    if differ:
+        raise ExecutorError(f"{where} runs other versions than this process of {', '.join(differ)}, so it stored "
+                            "its results under other keys; install the same flatlib on every worker")
+    if received["environment"] != keys.environment():
+        raise ExecutorError(f"{where} runs in another environment class ({received['environment']}) than this "
+                            f"process ({keys.environment()}): its numbers may differ in the last bits and are stored "
+                            "under other keys. Run the sweep on workers of one kind of machine.")
+
+
+def run_checked(task: Callable, argsets: Sequence[tuple], executor, desc: str, progress: bool = True,
+                keys: Sequence[str] | None = None) -> None:
+    """``run`` a task that writes into the store and returns ``receipt()``, and check every
+    receipt (``check_receipt``)."""
+    for received in run(task, argsets, executor, desc, progress, keys=keys):
+        check_receipt(received)

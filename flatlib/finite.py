@@ -34,6 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The version of this module's computations (``flatlib.keys``): the finite domain: tasks,
+# hypotheses, learners, networks on bit strings. Bump it with any change that can change their
+# numbers, and re-record the fingerprints.
+VERSION = 1
+
 # 2^16 inputs: the domain, its labels and a network's outputs on it stay cheap (the number of
 # junta tables grows as 2^bits too, so large domains want a small max_arity).
 MAX_BITS = 16
@@ -263,10 +268,9 @@ def train_network(t: Task, widths=(32, 32), seed: int = 0, lr: float = 0.01, max
     import torch.nn.functional as F
 
     from flatlib import models
+    from flatlib.threads import one_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         torch.manual_seed(seed)
         model = models.mlp(tuple(widths), in_features=t.bits, num_classes=2)
         x = torch.as_tensor(t.x[t.train], dtype=torch.float32)
@@ -280,8 +284,6 @@ def train_network(t: Task, widths=(32, 32), seed: int = 0, lr: float = 0.01, max
             loss.backward()
             opt.step()
         return model.eval()
-    finally:
-        torch.set_num_threads(threads)
 
 
 # Measures of the registry that apply to a network on bit strings (the bounds are left out: at a

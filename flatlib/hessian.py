@@ -25,6 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The version of this module's computations (``flatlib.keys``): Hessian-vector products, Lanczos
+# eigenvalues, traces, the exact diagonal and spectral densities (the measures built on them carry
+# versions of their own, bumped with this one when their values move). Bump it with any change that
+# can change their numbers, and re-record the fingerprints.
+VERSION = 1
+
 
 class HessianOperator:
     """The Hessian of the mean training loss as a linear operator ``v -> H v``.

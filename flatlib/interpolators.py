@@ -30,9 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from flatlib import store
+from flatlib import keys, store
 from flatlib import train as ftrain
 from flatlib._version import code_version
+from flatlib.threads import one_thread
+
+# The version of this module's computations (``flatlib.keys``): the task, the interpolators'
+# training (every kind), the traces and their rescaling, the population loss.
+VERSION = 1
 
 LINKS = {
     "relu": lambda z: torch.relu(z),
@@ -215,8 +220,8 @@ class Fit:
             raise ValueError("sam_rho and trace_penalty must be non-negative")
 
     def key(self) -> str:
-        payload = {"fit": dataclasses.asdict(self), "code": code_version(__name__)}
-        return f"interpolators/{store.digest(payload)}.pt"
+        versions = {"interpolators": VERSION}
+        return f"interpolators/{keys.digest('interpolator', keys.canonical(self), versions, keys.environment())}.pt"
 
 
 def training_set(fit: Fit) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,13 +254,9 @@ def train(fit: Fit) -> dict:
     cached = store.get_torch(fit.key())
     if cached is not None:
         return cached
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as flatlib.train: the same fit gives the same weights whatever the core count
-    try:
+    with one_thread():  # as flatlib.train: the same fit gives the same weights whatever the core count
         result = _train(fit)
-    finally:
-        torch.set_num_threads(threads)
-    store.put_torch(fit.key(), result)
+    store.put_torch(fit.key(), {**result, "code": code_version(__name__)})
     return result
 
 

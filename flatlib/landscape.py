@@ -30,6 +30,10 @@ from torch.func import functional_call
 from flatlib import study
 from flatlib import train as ftrain
 
+# The version of this module's computations (``flatlib.keys``): the loss-landscape slices and paths.
+# Bump it with any change that can change their numbers, and re-record the fingerprints.
+VERSION = 1
+
 NORMALISATIONS = ("filter", None)
 
 

@@ -21,7 +21,8 @@ from torch import nn
 from torch.func import functional_call
 
 from flatlib import data as fdata
-from flatlib import hessian, models, pacbayes, reparam
+from flatlib import hessian, keys, models, pacbayes, reparam
+from flatlib.threads import one_thread
 
 FAMILIES = ("sharpness", "weakness", "simplicity", "bound")
 # Extras (``EXTRAS``) may also be diagnostics: numbers about how a measure behaved, not measures.
@@ -37,6 +38,10 @@ class Measure:
     needs_init: bool = False  # takes init=<the network's initial state dict>
     fixed: dict = field(default_factory=dict)  # options a named variant fixes (``EXTRAS``)
     reads_unseen_only: bool = False  # reads no training image, only unseen probe inputs
+    # The version of the computation (``flatlib.keys``): bump it with any change that can change
+    # the measure's value (its code or anything it calls, e.g. flatlib.hessian), and re-record
+    # the fingerprints (``python -m flatlib fingerprints --record``). A variant shares its base's.
+    version: int = 1
 
     def __call__(self, model: nn.Module, data, subsample: int | None = None, **options) -> float:
         """The measure of ``model`` on ``data``. A network without parameters, with a
@@ -53,19 +58,17 @@ class Measure:
         It runs on one CPU thread (the process's count is restored afterwards): how a product
         is split across threads changes the order of its floating-point sums, so on two threads
         some measures differ from one thread's in the last bits, while the store key knows
-        nothing of threads. One thread makes a stored number the same whoever computed it."""
+        nothing of threads. One thread (``flatlib.threads``) makes a stored number the same
+        whoever computed it."""
         clash = sorted(set(options) & set(self.fixed))
         if clash:
             raise ValueError(f"{self.name} is a named variant that fixes {clash}; use the base measure to vary them")
         if subsample is not None and not self.reads_unseen_only:
             data = _subsample(data, subsample)
         check_network(model, data, self.name)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        keys.note(f"measure:{self.name}", self.version)
+        with one_thread():
             value = float(self.fn(model, data, **self.fixed, **options))
-        finally:
-            torch.set_num_threads(threads)
         if math.isnan(value):
             raise MeasureError(f"measure {self.name!r} came out NaN on this network; it is not reported.")
         return value
@@ -131,27 +134,31 @@ def check_network(model: nn.Module, data, name: str = "this measure") -> None:
                            "train it with a smaller learning rate, or leave it out of the study.")
 
 
-def register(name: str, family: str, invariant: bool, needs_init: bool = False, reads_unseen_only: bool = False):
+def register(name: str, family: str, invariant: bool, needs_init: bool = False, reads_unseen_only: bool = False,
+             version: int = 1):
+    """Register ``fn`` as measure ``name`` of ``family``, at ``version`` (``Measure.version``)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}")
 
     def wrap(fn):
-        MEASURES[name] = Measure(name, family, invariant, fn, needs_init, reads_unseen_only=reads_unseen_only)
+        MEASURES[name] = Measure(name, family, invariant, fn, needs_init, reads_unseen_only=reads_unseen_only,
+                                 version=version)
         return fn
 
     return wrap
 
 
 def variant(name: str, base: str, **fixed) -> None:
-    """Register ``name`` in ``EXTRAS``: the registered measure ``base`` with ``fixed`` options."""
+    """Register ``name`` in ``EXTRAS``: the registered measure ``base`` with ``fixed`` options (and
+    its version)."""
     measure = MEASURES[base]
     EXTRAS[name] = Measure(name, measure.family, measure.invariant, measure.fn, measure.needs_init, dict(fixed),
-                           measure.reads_unseen_only)
+                           measure.reads_unseen_only, measure.version)
 
 
-def diagnostic(name: str, fn: Callable, invariant: bool, **fixed) -> None:
+def diagnostic(name: str, fn: Callable, invariant: bool, version: int = 1, **fixed) -> None:
     """Register ``name`` in ``EXTRAS`` as a diagnostic: a number about a measure, not a measure."""
-    EXTRAS[name] = Measure(name, "diagnostic", invariant, fn, False, dict(fixed))
+    EXTRAS[name] = Measure(name, "diagnostic", invariant, fn, False, dict(fixed), version=version)
 
 
 # ----------------------------------------------------------------------------- sharpness
@@ -447,7 +454,17 @@ def input_volume_radii(model, data, directions: int = 8, n: int = 200, max_radiu
     the first change of predicted label, found by a scan of ``scan_steps`` equal steps up to
     ``max_radius`` and ``bisections`` bisection steps; a ray that never changes label stops at
     ``max_radius`` (capped). Computed once per network, data and options (as ``exact_diagonal``)."""
+    return input_volume_rays(model, data, directions, n, max_radius, scan_steps, bisections, seed)[0]
+
+
+def input_volume_rays(model, data, directions: int = 8, n: int = 200, max_radius: float = 20.0,
+                      scan_steps: int = 40, bisections: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(radii, capped)``: ``input_volume_radii``'s radii and, of the same shape, True for each ray
+    that never changed label within ``max_radius``. The mask is what the scan found, not a
+    comparison of radii with the cap: a cap such as 0.7 is not a float32 number, and a radius
+    stored at float32(0.7) < 0.7 would not count as capped."""
     x, _ = data
+    max_radius = float(max_radius)  # an int cap would make integer radii (torch.full of an int)
     options = (directions, n, max_radius, scan_steps, bisections, seed)
     tensors = [*model.parameters(), x]
     cached = _RADII.setdefault(model, {}).get(options)
@@ -482,9 +499,9 @@ def input_volume_radii(model, data, directions: int = 8, n: int = 200, max_radiu
         change = flipped(mid) & found
         hi = torch.where(change, mid, hi)
         lo = torch.where(found & ~change, mid, lo)
-    radii = hi.reshape(len(pick), directions)
-    _RADII[model][options] = (_stamp(tensors, None), radii)
-    return radii
+    rays = (hi.reshape(len(pick), directions), (~found).reshape(len(pick), directions))
+    _RADII[model][options] = (_stamp(tensors, None), rays)
+    return rays
 
 
 @register("weakness_input_volume", "weakness", invariant=True)
@@ -504,8 +521,8 @@ def input_volume_capped(model, data, directions: int = 8, n: int = 200, max_radi
                         scan_steps: int = 40, bisections: int = 20, seed: int = 0) -> float:
     """The fraction of ``weakness_input_volume``'s rays that reach ``max_radius`` without a
     change of label: the share of the measure that is the cap, not the network."""
-    radii = input_volume_radii(model, data, directions, n, max_radius, scan_steps, bisections, seed)
-    return (radii >= max_radius).double().mean().item()
+    _, capped = input_volume_rays(model, data, directions, n, max_radius, scan_steps, bisections, seed)
+    return capped.double().mean().item()
 
 
 # Variants (second wave): tau of the open-labels count, which methods.md promises at every value,
@@ -513,8 +530,9 @@ def input_volume_capped(model, data, directions: int = 8, n: int = 200, max_radi
 for _tau in (0.01, 0.05, 0.2):
     variant(f"weakness_open_labels_tau{_tau:g}", "weakness_open_labels", tau=_tau)
 variant("weakness_input_volume_r40", "weakness_input_volume", max_radius=40.0, scan_steps=80)
-diagnostic("input_volume_capped", input_volume_capped, invariant=True)
-diagnostic("input_volume_r40_capped", input_volume_capped, invariant=True, max_radius=40.0, scan_steps=80)
+# Version 2: a ray counts as capped when the scan found no change of label, exact for any cap.
+diagnostic("input_volume_capped", input_volume_capped, invariant=True, version=2)
+diagnostic("input_volume_r40_capped", input_volume_capped, invariant=True, version=2, max_radius=40.0, scan_steps=80)
 
 
 # ----------------------------------------------------------------------------- simplicity

@@ -8,6 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# The version of the architectures and their initialisation (``flatlib.keys``): bump it with any
+# change to what ``build`` makes from (arch, widths) and a seed.
+VERSION = 1
+
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 

@@ -34,6 +34,11 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+# The version of this module's computations (``flatlib.keys``): the kl-inverse, the bounds and the
+# weight-noise sampler (the bound measures carry versions of their own). Bump it with any change
+# that can change their numbers, and re-record the fingerprints.
+VERSION = 1
+
 DEFAULT_SIGMAS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 

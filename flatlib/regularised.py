@@ -9,23 +9,27 @@ per-network table into paired differences against the baseline, which
 ``flatlib.claims.regularised`` judges by the rule fixed before the published run.
 
 The behaviour of a network on the test split (``network_behaviour``) is kept in the store under
-the network's key, its options and the source of this module with everything it imports, as
-the measures are, so a re-run computes nothing twice and a code change never serves a stale
-number.
+the network's key, its options, this module's ``VERSION`` and the environment class
+(``flatlib.keys``), as the measures are, so a re-run computes nothing twice and a behaviour
+change (with its bump) never serves a stale number.
 """
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flatlib import executors, models, stats, store, study
+from flatlib import executors, keys, models, stats, store, study
 from flatlib import train as ftrain
 from flatlib._io import progress as progress_bar
 from flatlib._version import code_version
+from flatlib.threads import one_thread
+
+# The version of this module's computations (``flatlib.keys``): ``behaviour`` of a network, and
+# the tables ``consistency``, ``effects`` and ``regime_means`` build from it.
+VERSION = 1
 
 REGIMES = ("baseline", "weight_decay", "augmentation", "sam", "all")
 REGULARISED = REGIMES[1:]
@@ -138,9 +142,8 @@ def behaviour(model, test_set, noise=NOISE, bins: int = ECE_BINS, seed: int = 0)
 
 
 def _behaviour_key(config: ftrain.TrainConfig, noise, bins: int, seed: int) -> str:
-    payload = {"network": config.key(), "noise": [float(s) for s in noise], "bins": bins, "seed": seed,
-               "code": code_version(__name__)}
-    return f"behaviour/{store.digest(payload)}.json"
+    inputs = {"network": config.key(), "noise": [float(s) for s in noise], "bins": bins, "seed": seed}
+    return f"behaviour/{keys.digest('behaviour', inputs, {'behaviour': VERSION}, keys.environment())}.json"
 
 
 def network_behaviour(config: ftrain.TrainConfig, noise=NOISE, bins: int = ECE_BINS, seed: int = 0) -> dict:
@@ -153,9 +156,9 @@ def network_behaviour(config: ftrain.TrainConfig, noise=NOISE, bins: int = ECE_B
     result = study.trained(config)
     if result.diverged:
         raise ValueError(f"network seed={config.seed} diverged; it has no behaviour to measure")
-    with study._one_thread():
-        entry = behaviour(result.model, study._dataset(config.dataset, "test"), noise, bins, seed)
-    store.put_json(key, entry)
+    with one_thread():
+        entry = behaviour(result.model, study.dataset(config.dataset, "test"), noise, bins, seed)
+    store.put_json(key, {**entry, "code": code_version(__name__)})
     return entry
 
 
@@ -164,9 +167,9 @@ def _behaviour_task(config, noise, bins, seed, store_root) -> dict:
     ``store_root``, one task at a time per process (training seeds torch's global generator and
     sets the process's thread count, so two tasks in threads of one process would disturb each
     other), under the same lock as ``flatlib.study``'s tasks."""
-    with study._TASK_LOCK, study._task_environment(store_root):
+    with executors.task_environment(store_root):
         network_behaviour(config, noise, bins, seed)
-    return {"host": socket.gethostname(), "code": code_version(__name__)}
+        return executors.receipt()
 
 
 def behaviour_table(configs, noise=NOISE, bins: int = ECE_BINS, seed: int = 0, executor=None, progress: bool = True):
@@ -178,11 +181,8 @@ def behaviour_table(configs, noise=NOISE, bins: int = ECE_BINS, seed: int = 0, e
     missing = [c for c in dict.fromkeys(configs) if store.get_json(_behaviour_key(c, noise, bins, seed)) is None]
     if missing and not executors.is_serial(executor):
         root = str(store.cache_dir())
-        for receipt in executors.run(_behaviour_task, [(c, tuple(noise), bins, seed, root) for c in missing],
-                                     executor, "test-set behaviour", progress):
-            if receipt["code"] != code_version(__name__):
-                raise executors.ExecutorError(f"the worker on {receipt['host']} runs other code than this process; "
-                                              "install the same flatlib on every worker")
+        executors.run_checked(_behaviour_task, [(c, tuple(noise), bins, seed, root) for c in missing],
+                              executor, "test-set behaviour", progress)
     rows = [network_behaviour(c, noise, bins, seed) for c in progress_bar(configs, "test-set behaviour", progress)]
     return pd.DataFrame(rows)
 
@@ -195,12 +195,12 @@ def consistency(table, by=("dataset", "regime")):
     seeds the last one is left out of this metric."""
     import pandas as pd
     rows = []
-    for keys, group in table.sort_values("seed", kind="stable").groupby(list(by), sort=False):
+    for cell, group in table.sort_values("seed", kind="stable").groupby(list(by), sort=False):
         preds = group["predictions"].tolist()
         seeds = group["seed"].tolist()
         for k in range(len(preds) // 2):
             a, b = preds[2 * k], preds[2 * k + 1]
-            rows.append({**dict(zip(by, keys)), "pair": k, "seeds": f"{seeds[2 * k]},{seeds[2 * k + 1]}",
+            rows.append({**dict(zip(by, cell)), "pair": k, "seeds": f"{seeds[2 * k]},{seeds[2 * k + 1]}",
                          "consistency": agreement(list(a), list(b))})
     return pd.DataFrame(rows)
 
@@ -246,11 +246,11 @@ def regime_means(table, metrics, by=("dataset", "regime"), confidence_level: flo
     import pandas as pd
     from scipy import stats as sps
     rows = []
-    for keys, group in table.groupby(list(by), sort=False):
+    for cell, group in table.groupby(list(by), sort=False):
         for metric in metrics:
             v = group[metric].to_numpy(dtype=float)
             half = (float(sps.t.ppf(0.5 + confidence_level / 2, len(v) - 1)) * v.std(ddof=1) / math.sqrt(len(v))
                     if len(v) > 1 else math.nan)
-            rows.append({**dict(zip(by, keys)), "metric": metric, "mean": float(v.mean()),
+            rows.append({**dict(zip(by, cell)), "metric": metric, "mean": float(v.mean()),
                          "ci_low": float(v.mean() - half), "ci_high": float(v.mean() + half), "n": len(v)})
     return pd.DataFrame(rows)

@@ -18,6 +18,11 @@ import copy
 import torch
 from torch import nn
 
+# The version of this module's computations (``flatlib.keys``): the function-preserving
+# transformations. Bump it with any change that can change their numbers, and re-record the
+# fingerprints.
+VERSION = 1
+
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
 

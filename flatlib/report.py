@@ -14,8 +14,9 @@ import subprocess
 from pathlib import Path
 
 import flatlib
+from flatlib import keys
 from flatlib._io import atomic_write
-from flatlib.claims import Verdict
+from flatlib.claims import RULE_VERSIONS, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_NAME = "summary.json"
@@ -34,8 +35,8 @@ def source_hash() -> str:
 def code_versions() -> dict[str, str]:
     """The code version (``flatlib._version.code_version``: a module's source and everything it
     imports from flatlib) of every flatlib module this process has loaded: in a chapter's
-    kernel, exactly the code its numbers came from. ``flatlib.runner.stale`` compares them
-    with the code on disk."""
+    kernel, exactly the code its numbers came from. Provenance: staleness is decided by the
+    versions of the computations (``flatlib.keys.used``), not by these."""
     import sys
 
     from flatlib._version import code_version
@@ -88,6 +89,7 @@ def scoreboard_row(verdict: Verdict, ours: str) -> dict:
     ``flatlib.claims``, the sub-claims behind it, and ``ours``, our figure as the reader sees it."""
     if not isinstance(verdict, Verdict):
         raise TypeError("scoreboard_row takes the Verdict a rule in flatlib.claims returned, not a typed verdict")
+    keys.note(f"rule:{verdict.claim}", RULE_VERSIONS[verdict.claim])
     return {"claim": verdict.claim, "ours": ours, "verdict": verdict.verdict, "checks": verdict.describe()}
 
 
@@ -105,6 +107,8 @@ def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scor
         "data_checksums": {name: fdata.checksums(name) for name in datasets},
         "flatlib_version": flatlib.__version__,
         "flatlib_source_hash": source_hash(),
+        "computations": keys.used(),
+        "environment": keys.environment(device),
         "code_versions": code_versions(),
         "git_commit": git_commit(),
         "device": device_description(device),
@@ -120,6 +124,46 @@ def today() -> str:
     import datetime
 
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+SEAL = "published_sha256"
+
+
+def _summary_hash(summary: dict) -> str:
+    unsealed = {k: v for k, v in summary.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(unsealed, sort_keys=True).encode()).hexdigest()
+
+
+def seal(path: Path) -> dict:
+    """Record in the summary at ``path`` the SHA-256 of every other file of its folder, and of the
+    summary itself (without this record), as the run published them (``unsealed`` checks them)."""
+    path = Path(path)
+    summary = json.loads(path.read_text())
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.parent.iterdir())
+             if p.is_file() and p.name != path.name}
+    summary[SEAL] = {"files": files, "summary": _summary_hash(summary)}
+    _atomic_write_json(path, summary)
+    return summary
+
+
+def unsealed(path: Path) -> list[str]:
+    """The files of a sealed run's folder that changed since it was published: edited, missing or
+    added (a summary sealed before seals existed gives none)."""
+    path = Path(path)
+    summary = json.loads(path.read_text())
+    record = summary.get(SEAL)
+    if not record:
+        return []
+    changed = [] if record.get("summary") == _summary_hash(summary) else [path.name]
+    now = {p.name for p in path.parent.iterdir() if p.is_file() and p.name != path.name}
+    for name, digest in sorted(record["files"].items()):
+        file = path.parent / name
+        if not file.is_file():
+            changed.append(f"{name} (missing)")
+        elif hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            changed.append(name)
+    changed += [f"{name} (added)" for name in sorted(now - set(record["files"]))]
+    return changed
 
 
 def add_provenance(path: Path, parameters: dict, wall_time_s: float, notebook: str) -> dict:

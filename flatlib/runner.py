@@ -62,6 +62,7 @@ class PublishedRun:
     folder: str
     params: dict = field(default_factory=dict)
     claims: tuple[str, ...] = ()
+    cold_minutes: float | None = None  # measured from an empty store on the 2-core CPU
 
     @property
     def out_dir(self) -> Path:
@@ -108,7 +109,12 @@ def manifest(path: Path | None = None) -> dict[str, Chapter]:
             bad = sorted(set(ids) - set(claims.CLAIMS))
             if bad or "folder" not in run:
                 raise ChapterError(f"{where}: a published run needs a folder and known claim ids; got {run}")
-            runs.append(PublishedRun(name, run["folder"], dict(run.get("params") or {}), ids))
+            unknown_keys = sorted(set(run) - {"folder", "params", "claims", "cold_minutes"})
+            if unknown_keys:
+                raise ChapterError(f"{where}: a published run takes folder, params, claims, cold_minutes; "
+                                   f"got {unknown_keys}")
+            runs.append(PublishedRun(name, run["folder"], dict(run.get("params") or {}), ids,
+                                     run.get("cold_minutes")))
         found[name] = Chapter(name, path.parent / entry["source"], dict(entry.get("smoke") or {}), tuple(runs),
                               ranges)
     return found
@@ -320,6 +326,7 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         summary = report.add_provenance(summary_path, recorded, wall, notebook=executed.name)
         tidy(executed, source, out_dir / executed.name, {k: params[k] for k in overrides}, summary,
              _run_command(chapter, overrides, None if out_dir.is_relative_to(report.ROOT / "book") else out_dir))
+        summary = report.seal(summary_path)
         out_dir.mkdir(exist_ok=True)
         for item in scratch.iterdir():
             target = out_dir / item.name
@@ -587,36 +594,112 @@ def _parameters_table(source: str) -> str:
     return "**Parameters of this run**\n\n| parameter | value |\n|---|---|\n" + "\n".join(rows)
 
 
-def stale() -> dict[str, str]:
-    """The published runs whose numbers no longer match the code: folder -> why. A run is stale
-    when its summary records no code versions, or when a flatlib module its kernel loaded now
-    has another code version (its source, or that of anything it imports, changed since the
-    run). Re-run those chapters (``make chapter`` or ``python -m flatlib reproduce``)."""
-    from flatlib._version import code_version
+def staleness(summary: dict) -> str | None:
+    """Why the numbers of a run with this ``summary`` no longer match the code, or None when they
+    do: a version of a computation it used has changed since (``flatlib.keys``: its modules' own
+    versions, its measures', certificate kinds' and verdict rules'), or it was run before results
+    were versioned. A refactor changes no version, so it makes nothing stale."""
+    from flatlib import keys
 
+    recorded = summary.get("computations")
+    if not recorded:
+        return "run before results were versioned (its summary records no versions of its computations)"
+    changed = []
+    for name, version in recorded.items():
+        now = keys.current(name)
+        if now is None:
+            changed.append(f"{name} no longer exists")
+        elif now != version:
+            changed.append(f"{name} {version} -> {now}")
+    return "versions changed since the run: " + ", ".join(changed) if changed else None
+
+
+def stale() -> dict[str, str]:
+    """The published runs whose numbers no longer match the code: folder -> why
+    (``staleness``). Re-run those chapters (``python -m flatlib reproduce`` re-runs exactly
+    these)."""
     reasons = {}
     for run in published():
         path = run.out_dir / "summary.json"
         if not path.is_file():
             reasons[run.folder] = "no summary.json: the chapter has not been run"
             continue
-        recorded = json.loads(path.read_text()).get("code_versions")
-        if not recorded:
-            reasons[run.folder] = "its summary records no code versions (run before they were recorded)"
-            continue
-        changed = []
-        for module, version in recorded.items():
-            try:
-                now = code_version(module)
-            except (FileNotFoundError, ModuleNotFoundError, ValueError):
-                now = None
-            if now != version:
-                changed.append(module)
-        if changed:
-            reasons[run.folder] = "code changed since the run: " + ", ".join(changed)
+        why = staleness(json.loads(path.read_text()))
+        if why:
+            reasons[run.folder] = why
     return reasons
 
 
-def reproduce(progress: bool = True) -> list[dict]:
-    """Re-run every published chapter at its published parameters, in place."""
-    return [run(r.chapter, r.params, r.out_dir, progress, resume="python -m flatlib reproduce") for r in published()]
+def edited() -> dict[str, str]:
+    """The published runs with a file changed since the run wrote it: folder -> which. A run
+    records the SHA-256 of every file it published, and of its summary (``report.seal``), so a
+    CSV, a figure, the notebook or a verdict in the summary edited by hand is named here."""
+    reasons = {}
+    for run in published():
+        path = run.out_dir / report.SUMMARY_NAME
+        if path.is_file():
+            changed = report.unsealed(path)
+            if changed:
+                reasons[run.folder] = "edited after its run: " + ", ".join(changed)
+    return reasons
+
+
+def other_environments() -> dict[str, str]:
+    """The published runs made in another environment class than this machine's
+    (``flatlib.keys.environment``): folder -> what differs. Not stale: the same code and versions,
+    but a re-run here may differ in the last bits (and a verdict near a threshold may move), and
+    its networks are stored under other keys, so a re-run here starts cold."""
+    from flatlib import keys
+
+    here = keys.environment()
+    found = {}
+    for run in published():
+        path = run.out_dir / "summary.json"
+        if path.is_file():
+            recorded = json.loads(path.read_text()).get("environment")
+            if recorded and recorded.get("cpu") and recorded != here:
+                found[run.folder] = f"run on {recorded}, this machine is {here}"
+    return found
+
+
+def rerun_command(run: PublishedRun) -> str:
+    """The command that re-runs a published run in place."""
+    return _run_command(run.chapter, run.params, Path("book") / run.folder)
+
+
+def estimated_minutes(run: PublishedRun) -> float | None:
+    """How long a re-run of ``run`` takes from an empty store on this project's 2-core CPU: the
+    manifest's ``cold_minutes`` (measured), else the recorded wall time of its last run (a lower
+    bound when that run found its networks in the store), else None."""
+    if run.cold_minutes is not None:
+        return run.cold_minutes
+    path = run.out_dir / "summary.json"
+    if path.is_file():
+        wall = json.loads(path.read_text()).get("wall_time_s")
+        return None if wall is None else wall / 60
+    return None
+
+
+def reproduce(progress: bool = True, everything: bool = False, out=sys.stderr) -> list[dict]:
+    """Re-run, in place at their published parameters, the published chapters that are stale
+    (``stale``), or all of them with ``everything``; say first which are current and what remains,
+    with an estimate of the time. Interrupted, the same command resumes: what was trained and
+    measured is in the store, and a chapter finished is current and skipped."""
+    runs = published()
+    todo_reasons = {r.folder: "re-run of every chapter asked for" for r in runs} if everything else \
+        {**edited(), **stale()}
+    todo = [r for r in runs if r.folder in todo_reasons]
+    print(f"{len(runs) - len(todo)} of {len(runs)} published runs are current"
+          + (f"; {len(todo)} to re-run:" if todo else "; nothing to re-run."), file=out)
+    total, unknown = 0.0, 0
+    for r in todo:
+        minutes = estimated_minutes(r)
+        total += minutes or 0
+        unknown += minutes is None
+        when = "time unknown" if minutes is None else f"about {minutes:.0f} min"
+        print(f"  book/{r.folder} ({when}): {todo_reasons[r.folder]}", file=out)
+    if todo:
+        print(f"about {total:.0f} min in all from an empty store" + (f", plus {unknown} of unknown length" if unknown
+                                                                     else "") + ". Interrupted, run the same "
+              "command again: it resumes from the store and skips what is current.", file=out)
+    return [run(r.chapter, r.params, r.out_dir, progress, resume="python -m flatlib reproduce") for r in todo]

@@ -18,6 +18,11 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats as sps
 
+# The version of this module's computations (``flatlib.keys``): correlations, p-values, intervals,
+# partial correlations and meta-analysis. Bump it with any change that can change their numbers, and
+# re-record the fingerprints.
+VERSION = 1
+
 METHODS = ("spearman", "kendall")
 
 

@@ -1,11 +1,12 @@
 """Trained networks and their measures, computed once and kept in ``flatlib.store``.
 
-A network is stored under ``TrainConfig.key()`` (the config and the source of the training
-code with everything it imports); a measure under a hash of (network key, measure name,
-options, the source of ``flatlib.measures`` with everything it imports; for the losses and
-accuracies this module computes itself, the source of this module with everything it
-imports). A change to any code that could change a number therefore gives it a new key, and
-an interrupted sweep, re-run, trains and measures only what is missing.
+A network is stored under ``TrainConfig.key()`` (its normalised config, the versions of the
+data, the architectures and the training recipe, and the environment class); a measure under a
+hash of (network key, measure name, options, the measure's version, the environment class); the
+losses and accuracies this module computes itself under this module's ``VERSION`` (see
+``flatlib.keys``). A behaviour change bumps a version and so gives new keys to exactly what it
+changes; an interrupted sweep, re-run, trains and measures only what is missing. Each entry
+carries the source-closure hash of the code that computed it, as provenance.
 
 Both tables, ``network_table`` (networks given by config, every number memoised) and
 ``measure_table`` (networks given as models, e.g. reparameterised variants of one network),
@@ -23,20 +24,20 @@ import contextlib
 import functools
 import inspect
 import math
-import os
-import socket
-import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
-import torch
-
 from flatlib import data as fdata
-from flatlib import executors, models, store
+from flatlib import executors, keys, models, store
 from flatlib import measures as fmeasures
 from flatlib import train as ftrain
 from flatlib._io import progress as progress_bar
 from flatlib._version import code_version
+from flatlib.threads import one_thread
+
+# The version of the numbers this module computes itself (``flatlib.keys``): the train and test
+# loss (mean cross-entropy, nats) and accuracy of a row. Measures carry their own versions.
+VERSION = 1
 
 
 def _network_key(config: ftrain.TrainConfig) -> str:
@@ -51,6 +52,8 @@ def save_network(result: ftrain.TrainResult) -> Path:
         "history": result.history,
         "status": result.status,
         "wall_time_s": result.wall_time_s,
+        "provenance": {"code": code_version(ftrain.__name__), "versions": ftrain.versions(),
+                       "environment": keys.environment(result.config.device)},
     })
 
 
@@ -87,7 +90,9 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
     executors.validate(executor)
     store.check_writable()
     if executors.is_serial(executor):
-        return [trained(c) for c in progress_bar(configs, desc, progress)]
+        results = [trained(c) for c in progress_bar(configs, desc, progress)]
+        store.report_discarded()
+        return results
     results = {config: load_network(config) for config in dict.fromkeys(configs)}
     missing = [config for config, result in results.items() if result is None]
     if missing:
@@ -96,19 +101,22 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
             results[config] = load_network(config)
             if results[config] is None:
                 raise _not_shared(executor, NotInStore(f"network seed={config.seed} (key {config.key()})"))
+    store.report_discarded()
     return [results[config] for config in configs]
 
 
 def measure_key(config: ftrain.TrainConfig, name: str, options: dict) -> str:
     """The store key of the number ``name`` with ``options`` on the network of ``config``."""
-    # A registered measure is computed by flatlib.measures (and what it imports); any other
-    # number (the losses and accuracies of ``_row``) by this module, so its source keys them.
+    # A registered measure (or variant, or diagnostic) is versioned in the registry; any other
+    # number (the losses and accuracies of ``_row``) by this module's VERSION.
     registered = name in fmeasures.MEASURES or name in fmeasures.EXTRAS
-    computed_by = fmeasures.__name__ if registered else __name__
     if registered:
         options = _effective(name, options)
-    payload = {"network": config.key(), "measure": name, "options": options, "code": code_version(computed_by)}
-    return f"measures/{name}-{store.digest(payload)}.json"
+        version = keys.note(f"measure:{name}", fmeasures.lookup(name).version)
+    else:
+        version = VERSION
+    inputs = {"network": config.key(), "measure": name, "options": options}
+    return f"measures/{name}-{keys.digest('measure', inputs, {name: version}, keys.environment(config.device))}.json"
 
 
 def _effective(name: str, options: dict) -> dict:
@@ -120,8 +128,16 @@ def _effective(name: str, options: dict) -> dict:
         raise ValueError(f"{name} is a named variant that fixes {clash}; use the base measure to vary them")
     defaults = {k: p.default for k, p in inspect.signature(measure.fn).parameters.items()
                 if p.default is not inspect.Parameter.empty}
+    options = _typed(name, options)
     return {k: v for k, v in options.items() if not (k in defaults and type(v) is type(defaults[k])
                                                      and v == defaults[k])}
+
+
+def _as_default_type(value, default):
+    """An int option given where the default is a float means that float (``tol=1`` is 1.0)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def stored_measure(config: ftrain.TrainConfig, name: str, **options) -> float | None:
@@ -138,7 +154,9 @@ def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float],
     if value is not None:
         return value
     value = float(compute())
-    store.put_json(measure_key(config, name, options), {"measure": name, "options": options, "value": value})
+    computed_by = fmeasures.__name__ if name in fmeasures.MEASURES or name in fmeasures.EXTRAS else __name__
+    store.put_json(measure_key(config, name, options), {"measure": name, "options": keys.normalise(options),
+                                                        "value": value, "code": code_version(computed_by)})
     return value
 
 
@@ -152,7 +170,16 @@ def _checked(names: list[str] | None, options: dict | None) -> tuple[list[str], 
     unused = sorted(set(options) - set(names))
     if unused:
         raise ValueError(f"options given for measure(s) {unused} that are not being computed")
-    return names, options
+    return names, {name: _typed(name, opts) for name, opts in options.items()}
+
+
+def _typed(name: str, options: dict) -> dict:
+    """``options`` of measure ``name`` with an int given for a float default made that float, so
+    that the number computed and its key both mean ``max_radius=20.0`` whether 20 or 20.0 was
+    written (``torch.full(..., 20)`` would otherwise make an integer tensor)."""
+    defaults = {k: p.default for k, p in inspect.signature(fmeasures.lookup(name).fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {k: _as_default_type(v, defaults.get(k)) for k, v in keys.normalise(options).items()}
 
 
 def _computed(name: str, compute: Callable[[], float], options: dict) -> float:
@@ -169,22 +196,9 @@ def _row(model, train_set, test_set, names: list[str], options: dict, init: dict
     computed, or memoised by the caller. One forward pass per split, and only if a number
     needs it.
 
-    Every number is computed on one thread (``_one_thread``), as training is: how an operation
-    is split across threads changes the order of its floating-point sums, so on two threads
-    some measures differ from one thread's in the last bits, while the store key (and the
-    single-threaded workers of ``flatlib.executors``) know nothing of threads."""
-    with _one_thread():
+    Every number is computed on one thread (``flatlib.threads.one_thread``), as training is."""
+    with one_thread():
         return _row_on_this_thread(model, train_set, test_set, names, options, init, value, reference_logits)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _row_on_this_thread(model, train_set, test_set, names, options, init, value, reference_logits) -> dict:
@@ -212,8 +226,9 @@ class NotInStore(LookupError):
     the store lacks."""
 
 
-# The data of the rows, shared by the networks one process computes (a worker's many tasks).
-_dataset = functools.lru_cache(maxsize=4)(fdata.load)
+# The data of the rows, shared by the networks one process computes (a worker's many tasks):
+# ``flatlib.data.load``, memoised.
+dataset = functools.lru_cache(maxsize=4)(fdata.load)
 
 
 def _network_row(config: ftrain.TrainConfig, names: list[str], options: dict, stored_only: bool = False) -> dict:
@@ -239,8 +254,8 @@ def _network_row(config: ftrain.TrainConfig, names: list[str], options: dict, st
     row = {"seed": config.seed, "status": result.status, "epochs": len(result.history),
            "stopped_by": result.stopped_by, "train_time_s": result.wall_time_s}
     ok = result.status == "ok"
-    row.update(_row(result.model, _dataset(config.dataset, "train", config.n, config.data_seed),
-                    _dataset(config.dataset, "test"), names if ok else [], options,
+    row.update(_row(result.model, dataset(config.dataset, "train", config.n, config.data_seed),
+                    dataset(config.dataset, "test"), names if ok else [], options,
                     init=result.initial_state,  # fixed by the config, so not part of the key
                     value=value))
     if not ok:
@@ -270,7 +285,9 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
     executors.validate(executor)
     store.check_writable()
     if executors.is_serial(executor):
-        return pd.DataFrame([_network_row(config, names, options) for config in progress_bar(configs, desc, progress)])
+        table = pd.DataFrame([_network_row(config, names, options) for config in progress_bar(configs, desc, progress)])
+        store.report_discarded()
+        return table
     rows = {}
     for config in dict.fromkeys(configs):
         with contextlib.suppress(NotInStore):
@@ -283,62 +300,32 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
                 rows[config] = _network_row(config, names, options, stored_only=True)
             except NotInStore as error:
                 raise _not_shared(executor, error) from error
+    store.report_discarded()
     return pd.DataFrame([rows[config] for config in configs])
 
 
 # ---------------------------------------------------------------------------------- tasks
 
-# The modules whose code keys what a task stores: a worker running other code stores it under
-# keys this process never reads.
-_KEYED_BY = ("flatlib.train", "flatlib.measures", __name__)
-# One task at a time per worker process: torch's thread count is process-wide, and training
-# sets and restores it (``flatlib.train.train``), so two tasks in threads of one process would
-# change each other's.
-_TASK_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _task_environment(store_root: str):
-    root = os.environ.get("FLATLIB_CACHE")
-    os.environ["FLATLIB_CACHE"] = store_root
-    try:
-        with _one_thread():
-            yield
-    finally:
-        if root is None:
-            del os.environ["FLATLIB_CACHE"]
-        else:
-            os.environ["FLATLIB_CACHE"] = root
-
-
 def _network_task(config: ftrain.TrainConfig, names: list[str] | None, options: dict | None, store_root: str) -> dict:
     """One network of a sweep, as an executor's worker runs it: on one thread, into the store
     at ``store_root`` (the submitting process's), train the network and, unless ``names`` is
-    None, compute every number of its ``network_table`` row. Returns a receipt: where it ran,
-    and the version of the code that keyed what it stored."""
-    with _TASK_LOCK, _task_environment(store_root):
+    None, compute every number of its ``network_table`` row. Returns the receipt
+    (``executors.receipt``) that the caller checks."""
+    with executors.task_environment(store_root):
         if names is None:
             trained(config)
         else:
             _network_row(config, names, options)
-        return {"host": socket.gethostname(), "pid": os.getpid(),
-                "code": {module: code_version(module) for module in _KEYED_BY}}
+        return executors.receipt()
 
 
 def _compute_on(executor, configs, names, options, desc, progress) -> None:
     """Run ``_network_task`` for every config on ``executor``; refuse receipts from workers
-    whose code keys the store differently from this process's."""
+    that key the store differently from this process (``executors.check_receipt``)."""
     store_root = str(store.cache_dir())
     argsets = [(config, names, options, store_root) for config in configs]
-    keys = [f"flatlib-network-{store.digest([config.key(), names, options])}" for config in configs]
-    mine = {module: code_version(module) for module in _KEYED_BY}
-    for receipt in executors.run(_network_task, argsets, executor, desc, progress, keys=keys):
-        differ = sorted(module for module in mine if receipt["code"].get(module) != mine[module])
-        if differ:
-            raise executors.ExecutorError(
-                f"the worker on {receipt['host']} (pid {receipt['pid']}) runs other code than this process in "
-                f"{', '.join(differ)}, so it stored its results under other keys; install the same flatlib "
-                "on every worker")
+    task_keys = [f"flatlib-network-{store.digest([config.key(), names, options])}" for config in configs]
+    executors.run_checked(_network_task, argsets, executor, desc, progress, keys=task_keys)
 
 
 def _not_shared(executor, error: NotInStore) -> executors.ExecutorError:
@@ -389,7 +376,7 @@ def usable(table, minimum: int = 4):
 def in_store(configs: Iterable[ftrain.TrainConfig]) -> int:
     """How many of ``configs`` already have a trained network in the store: 0 before a
     cold-start run, so a chapter can say whether its wall time includes the training."""
-    return sum(store.path(_network_key(c)).is_file() for c in configs)
+    return sum(store.verified(_network_key(c)) for c in configs)
 
 
 def correct_predictions(configs: Iterable[ftrain.TrainConfig], progress: bool = False):
@@ -403,8 +390,8 @@ def correct_predictions(configs: Iterable[ftrain.TrainConfig], progress: bool = 
         result = load_network(config)
         if result is None:
             raise NotInStore(f"network seed={config.seed} (key {config.key()})")
-        x, y = _dataset(config.dataset, "test")
-        with _one_thread():
+        x, y = dataset(config.dataset, "test")
+        with one_thread():
             rows.append((models.predict(result.model, x).argmax(1).cpu() == y).numpy())
     return np.stack(rows)
 

@@ -9,9 +9,8 @@ kill a sweep of a hundred.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -20,9 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from flatlib import data as fdata
-from flatlib import models
+from flatlib import keys, models
 from flatlib._io import progress as progress_bar
-from flatlib._version import code_version
+from flatlib.threads import one_thread
+
+# The version of the training recipe (``flatlib.keys``): bump it with any change that can change
+# a trained network's weights or history, and re-record the fingerprints
+# (``python -m flatlib fingerprints --record``); ``tests/test_fingerprints.py`` fails otherwise.
+#   1  the first two waves (keyed by source bytes, before versions)
+#   2  a patience exit restores the weights of the epoch with the lowest training loss
+VERSION = 2
 
 OPTIMIZERS = ("sgd", "adam")
 # A training loss this many times the loss at initialisation has exploded: the run is marked
@@ -40,6 +46,13 @@ class TrainConfig:
     with ``patience`` once that loss has not set a new minimum for ``patience`` epochs in a
     row (the training loss has stopped improving), whichever comes first. ``sam_rho > 0`` turns on SAM
     (Foret et al. 2021). ``augment`` adds random shifts of up to 2 pixels.
+
+    With ``lr_decay`` (a factor in (0, 1)), a plateau first lowers the learning rate instead of
+    ending training, as ``torch.optim.lr_scheduler.ReduceLROnPlateau`` does: the first
+    ``lr_decays`` times the loss has not improved for ``patience`` epochs, every learning rate is
+    multiplied by ``lr_decay`` and the count starts again; the plateau after the last decay ends
+    training (``patience`` is then required). Added after results were versioned, with a default
+    that keeps the old recipe, so it re-keys no network (``flatlib.keys.canonical``).
     """
 
     dataset: str = "mnist"
@@ -60,10 +73,17 @@ class TrainConfig:
     device: str = "cpu"
     target_train_loss: float | None = None
     patience: int | None = None
+    lr_decay: float | None = field(default=None, metadata={"neutral": None})
+    lr_decays: int = field(default=2, metadata={"neutral": 2})
 
     def __post_init__(self):
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         problems = []
+        widths = tuple(self.widths)
+        if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and float(w).is_integer() for w in widths):
+            problems.append(f"widths must be whole numbers, got {list(widths)!r}")
+        else:
+            object.__setattr__(self, "widths", tuple(int(w) for w in widths))
+        keys.coerce_fields(self)
         if self.dataset not in fdata.DATASETS:
             problems.append(f"dataset must be one of {fdata.DATASETS}, got {self.dataset!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -84,6 +104,10 @@ class TrainConfig:
             problems.append(f"target_train_loss must be a positive number of nats, got {self.target_train_loss!r}")
         if self.patience is not None and self.patience < 1:
             problems.append(f"patience must be at least 1 epoch, got {self.patience!r}")
+        if self.lr_decay is not None and not (0 < self.lr_decay < 1 and self.patience is not None):
+            problems.append(f"lr_decay must lie in (0, 1) and needs a patience, got {self.lr_decay!r}")
+        if isinstance(self.lr_decays, bool) or not isinstance(self.lr_decays, int) or self.lr_decays < 1:
+            problems.append(f"lr_decays must be a positive integer, got {self.lr_decays!r}")
         if problems:
             raise ValueError("Invalid TrainConfig: " + "; ".join(problems) + ".")
 
@@ -91,12 +115,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """A stable content hash of the config and of the training code: the sources of this
-        module and every flatlib module it imports (``flatlib._version.code_version``), so
-        any change to code that could change the weights gives new keys and a stale network
-        is never served."""
-        payload = json.dumps({"config": self.to_dict(), "code": code_version(__name__)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+        """What this network means (``flatlib.keys``): the normalised config, the versions of
+        the data subsets, the architectures and the training recipe, and the environment class
+        of ``device``. A refactor of the training code re-keys nothing; a bumped version or
+        another CPU instruction set gives new keys, so a network is never served across them."""
+        return keys.digest("network", keys.canonical(self), versions(), keys.environment(self.device))
+
+
+def versions() -> dict[str, int]:
+    """The versions a trained network depends on."""
+    return {"data": fdata.VERSION, "models": models.VERSION, "train": VERSION}
 
 
 @dataclass
@@ -192,12 +220,8 @@ def train(config: TrainConfig, progress: bool = False) -> TrainResult:
     torch version may still change the last bits."""
     if torch.device(config.device).type != "cpu":
         return _train(config, progress)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _train(config, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, progress: bool) -> TrainResult:
@@ -217,7 +241,7 @@ def _train(config: TrainConfig, progress: bool) -> TrainResult:
     epochs = range(1, config.epochs + 1)
     if progress:
         epochs = progress_bar(epochs, f"train seed={config.seed}", leave=False)
-    best_loss, since_best = math.inf, 0
+    best_loss, since_best, best_epoch, best_state, decays = math.inf, 0, 0, None, 0
     initial_loss = evaluate(model, x_all, y_all)["loss"]
     for epoch in epochs:
         model.train()
@@ -265,11 +289,23 @@ def _train(config: TrainConfig, progress: bool) -> TrainResult:
             result.history[-1]["event"] = "reached target_train_loss"
             break
         if metrics["loss"] < best_loss:
-            best_loss, since_best = metrics["loss"], 0
+            best_loss, since_best, best_epoch = metrics["loss"], 0, epoch
+            if config.patience is not None:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             since_best += 1
+        if config.patience is not None and since_best >= config.patience and config.lr_decay is not None \
+                and decays < config.lr_decays:
+            decays, since_best = decays + 1, 0
+            for group in opt.param_groups:
+                group["lr"] *= config.lr_decay
+            result.history[-1]["event_lr"] = f"learning rate x{config.lr_decay:g} (decay {decays})"
         if config.patience is not None and since_best >= config.patience:
-            result.history[-1]["event"] = "training loss stopped improving"
+            # Training stopped improving: the network kept is the one of its lowest training
+            # loss, not the last, which may sit up to ``patience`` epochs past that minimum.
+            model.load_state_dict(best_state)
+            result.history[-1].update(event="training loss stopped improving", restored_epoch=best_epoch,
+                                      restored_train_loss=best_loss)
             break
     model.eval()
     result.wall_time_s = time.perf_counter() - start

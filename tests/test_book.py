@@ -116,7 +116,9 @@ def test_committed_scoreboard_is_generated_from_the_summaries():
 def test_the_landing_figure_colours_each_claim_by_its_verdict(tmp_path):
     book = tmp_path / "book"
     (book / "c").mkdir(parents=True)
-    (book / "c" / "summary.json").write_text(json.dumps({"chapter": "c", "scoreboard": [
+    from flatlib import keys
+
+    (book / "c" / "summary.json").write_text(json.dumps({"chapter": "c", "computations": keys.used(), "scoreboard": [
         {"claim": "C1", "ours": "x", "verdict": "supported"},
         {"claim": "C4", "ours": "y", "verdict": "contradicted"}]}))
     assert scoreboard.verdicts(book) == {cid: {"C1": "supported", "C4": "contradicted"}.get(cid, "pending")
@@ -138,6 +140,15 @@ def test_book_builds_with_warnings_as_errors(tmp_path):
     methods = (html / "methods.html").read_text()
     assert "_static/../mathjax/tex-mml-chtml.js" in methods and "cdn.jsdelivr.net/npm/mathjax" not in methods
     assert (html / "mathjax" / "tex-mml-chtml.js").is_file(), "MathJax is missing: run make test"
+    # a stale chapter's page opens with the build's note and its re-run command; a current one has none
+    stale = runner.stale()
+    for run in PUBLISHED:
+        page = (html / run.folder / f"{run.notebook.stem}.html").read_text()
+        if run.folder in stale:
+            assert "stale-note" in page and "Re-run pending" in page, run.folder
+            assert f"--out book/{run.folder}" in page, run.folder
+        else:
+            assert "stale-note" not in page, run.folder
 
 
 def test_the_chapters_command_lists_each_parameter_with_its_range(capsys):
@@ -147,22 +158,111 @@ def test_the_chapters_command_lists_each_parameter_with_its_range(capsys):
     assert "    networks = 100    (>= 4, <= 10000)" in capsys.readouterr().out
 
 
-def test_no_published_chapter_is_stale():
-    # `make check`: every published run's numbers came from the code as it is now.
-    assert runner.stale() == {}, "re-run these chapters (make chapter / make reproduce)"
-
-
-def test_stale_names_a_run_whose_code_changed(tmp_path, monkeypatch):
+def _summaries(tmp_path, monkeypatch, computations: dict) -> dict:
+    """Published runs in ``tmp_path``, one per entry: a summary recording those versions (None:
+    no versions recorded; "missing": never run)."""
     from types import SimpleNamespace
 
-    from flatlib._version import code_version
-    fresh, old, none = (tmp_path / name for name in ("fresh", "old", "none"))
-    for folder, versions in ((fresh, {"flatlib.stats": code_version("flatlib.stats")}),
-                             (old, {"flatlib.stats": "0" * 16}), (none, None)):
-        folder.mkdir()
-        (folder / "summary.json").write_text(json.dumps({"code_versions": versions} if versions else {}))
-    runs = [SimpleNamespace(folder=p.name, out_dir=p) for p in (fresh, old, none, tmp_path / "never")]
+    runs = []
+    for folder, recorded in computations.items():
+        path = tmp_path / folder
+        if recorded != "missing":
+            path.mkdir()
+            (path / "summary.json").write_text(json.dumps({"computations": recorded} if recorded else {}))
+        runs.append(SimpleNamespace(folder=folder, out_dir=path))
     monkeypatch.setattr(runner, "published", lambda: runs)
+    return runs
+
+
+def test_a_run_is_stale_exactly_when_a_version_it_used_changed(tmp_path, monkeypatch):
+    from flatlib import measures, stats
+    from flatlib import train as ftrain
+
+    used = {"module:flatlib.train": ftrain.VERSION, "module:flatlib.stats": stats.VERSION,
+            "measure:top_eigenvalue": measures.MEASURES["top_eigenvalue"].version,
+            "rule:C2": claims.RULE_VERSIONS["C2"]}
+    _summaries(tmp_path, monkeypatch, {"current": used, "old_measure": {**used, "measure:top_eigenvalue": 0},
+                                       "gone": {**used, "measure:no_such_measure": 1}, "unversioned": None,
+                                       "never": "missing"})
     reasons = runner.stale()
-    assert set(reasons) == {"old", "none", "never"}
-    assert "flatlib.stats" in reasons["old"] and "not been run" in reasons["never"]
+    assert set(reasons) == {"old_measure", "gone", "unversioned", "never"}
+    assert reasons["old_measure"] == "versions changed since the run: measure:top_eigenvalue 0 -> 1"
+    assert "measure:no_such_measure no longer exists" in reasons["gone"]
+    assert "before results were versioned" in reasons["unversioned"] and "not been run" in reasons["never"]
+    monkeypatch.setattr(claims, "RULE_VERSIONS", {**claims.RULE_VERSIONS, "C2": 2})  # a rule repaired
+    assert runner.stale()["current"] == "versions changed since the run: rule:C2 1 -> 2"
+
+
+def test_check_fails_on_a_stale_chapter_and_reports_another_environment_apart(tmp_path, monkeypatch, capsys):
+    from flatlib import keys
+    from flatlib.__main__ import main
+
+    used = keys.used()
+    _summaries(tmp_path, monkeypatch, {"here": used, "elsewhere": used})
+    summary = json.loads((tmp_path / "elsewhere" / "summary.json").read_text())
+    (tmp_path / "elsewhere" / "summary.json").write_text(json.dumps(
+        {**summary, "environment": {"torch": "2.14", "cpu": "x86_64 AVX2"}}))
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "other environment (not stale): book/elsewhere" in out and "all 2 published chapters are current" in out
+    (tmp_path / "here" / "summary.json").write_text(json.dumps({"computations": {**used, "module:flatlib.train": 0}}))
+    assert main(["check"]) == 1
+    assert "stale: book/here: versions changed since the run: module:flatlib.train 0 ->" in capsys.readouterr().out
+
+
+def test_check_flags_a_published_file_edited_after_its_run(tmp_path, monkeypatch, capsys):
+    from flatlib import keys
+    from flatlib.__main__ import main
+
+    _summaries(tmp_path, monkeypatch, {"run": keys.used()})
+    (tmp_path / "run" / "table.csv").write_text("a,b\n1,2\n")
+    report.seal(tmp_path / "run" / "summary.json")
+    assert main(["check"]) == 0
+    (tmp_path / "run" / "table.csv").write_text("a,b\n1,3\n")
+    assert main(["check"]) == 1
+    assert "edited: book/run: edited after its run: table.csv" in capsys.readouterr().out
+    (tmp_path / "run" / "table.csv").write_text("a,b\n1,2\n")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary["scoreboard"] = [{"claim": "C2", "verdict": "supported"}]  # a verdict typed in
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
+    assert runner.edited() == {"run": "edited after its run: summary.json"}
+
+
+def test_reproduce_reruns_only_the_stale_chapters_and_says_what_remains(tmp_path, monkeypatch):
+    import io
+
+    from flatlib import keys
+
+    used = keys.used()
+    runs = _summaries(tmp_path, monkeypatch, {"current": used, "stale": None, "never": "missing"})
+    for run, minutes in zip(runs, (None, 12.0, None)):
+        run.chapter, run.params, run.cold_minutes = run.folder, {}, minutes
+    done = []
+    monkeypatch.setattr(runner, "run", lambda chapter, params, out, progress, resume: done.append(chapter) or {})
+    said = io.StringIO()
+    runner.reproduce(out=said)
+    assert done == ["stale", "never"]
+    text = said.getvalue()
+    assert text.startswith("1 of 3 published runs are current; 2 to re-run:")
+    assert "book/stale (about 12 min)" in text and "book/never (time unknown)" in text
+    assert "it resumes from the store" in text
+    done.clear()
+    runner.reproduce(everything=True, out=io.StringIO())
+    assert done == ["current", "stale", "never"]
+
+
+def test_a_stale_chapter_shows_re_run_pending_on_the_scoreboard(tmp_path):
+    from flatlib import keys
+
+    book = tmp_path / "book"
+    for folder, computations in (("new", keys.used()), ("old", {"module:flatlib.train": 0})):
+        (book / folder).mkdir(parents=True)
+        (book / folder / "summary.json").write_text(json.dumps({"chapter": folder, "computations": computations,
+                                                                "scoreboard": [{"claim": "C1" if folder == "new"
+                                                                                else "C4", "ours": "x",
+                                                                                "verdict": "supported"}]}))
+    state = scoreboard.verdicts(book)
+    assert state["C1"] == "supported" and state["C4"] == scoreboard.PENDING
+    table = scoreboard.render(book)
+    assert "| **re-run pending** (last run: supported) |" in table and table.count("re-run pending") == 1
+    assert scoreboard.VERDICT_COLORS[scoreboard.PENDING] in scoreboard.figure(book)

@@ -276,6 +276,30 @@ def test_input_volume_capped_counts_rays_that_never_change_label():
     assert torch.allclose(radii[uncapped], reach[uncapped].float(), rtol=1e-4)
 
 
+def test_an_integer_cap_means_the_float_cap():
+    """``max_radius=20`` made integer radii (``torch.full`` of an int), truncating every distance."""
+    threshold = nn.Sequential(nn.Flatten(), nn.Linear(784, 2))
+    with torch.no_grad():
+        threshold[1].weight.zero_()
+        threshold[1].weight[1, 0] = 1.0
+        threshold[1].bias.copy_(torch.tensor([0.5, 0.0]))  # label 1 iff x_0 > 0.5
+    ds = (torch.zeros(30, 1, 28, 28), torch.zeros(30, dtype=torch.long))
+    as_float = measures.input_volume_radii(threshold, ds, n=30, directions=4, max_radius=20.0)
+    assert torch.equal(measures.input_volume_radii(threshold, ds, n=30, directions=4, max_radius=20), as_float)
+    assert measures.input_volume_capped(threshold, ds, n=30, directions=4, max_radius=20) == \
+        measures.input_volume_capped(threshold, ds, n=30, directions=4, max_radius=20.0)
+
+
+@pytest.mark.parametrize("cap", [0.7, 0.3, 20.0, 1e-3])
+def test_every_ray_of_a_constant_classifier_is_capped_whatever_the_cap(cap):
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.arange(10.0))
+    ds = (torch.zeros(20, 1, 28, 28), torch.zeros(20, dtype=torch.long))
+    assert measures.input_volume_capped(constant, ds, n=20, directions=4, max_radius=cap) == 1.0
+
+
 def test_open_labels_falls_back_to_test_inputs_only_for_a_network_trained_on_everything():
     model = models.mlp((8,))
     with pytest.raises(ValueError, match="only for networks trained on the whole"):

@@ -30,11 +30,53 @@ def test_values_round_trip_and_missing_keys_read_as_none():
 
 @pytest.mark.parametrize("put,get,key", [(store.put_json, store.get_json, "m/x.json"),
                                          (store.put_torch, store.get_torch, "n/x.pt")])
-def test_corrupt_entry_is_deleted_and_reads_as_missing(put, get, key):
+def test_a_truncated_entry_reads_as_missing(put, get, key, capsys):
     path = put(key, {"value": 2.0} if put is store.put_json else {"w": torch.ones(100)})
-    path.write_bytes(path.read_bytes()[:10])
-    assert get(key) is None
-    assert not path.exists()
+    path.write_bytes(path.read_bytes()[:-10])
+    assert get(key) is None and not store.verified(key)
+    assert store.report_discarded() == 1
+    assert "1 entry refused and recomputed (1 with bytes that do not match their checksum)" in capsys.readouterr().err
+
+
+def _flip(path, at):
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_anywhere_in_a_stored_network_is_refused():
+    """torch.load accepts many one-bit changes of a tensor's bytes (it just loads another number);
+    the checksum does not."""
+    import io
+
+    blob = {"w": torch.arange(1000.0)}
+    path = store.put_torch("networks/a.pt", blob)
+    size = path.stat().st_size
+    for at in (size - 1, size - 2000, size // 2):
+        before = path.read_bytes()
+        _flip(path, at)
+        raw = path.read_bytes()[path.read_bytes().index(b"\n", len(store.MAGIC)) + 1:]
+        try:  # what the old store would have served: often a tensor with one number changed
+            torch.load(io.BytesIO(raw), weights_only=True)
+        except Exception:
+            pass
+        assert store.get_torch("networks/a.pt") is None, at
+        path.write_bytes(before)
+    assert torch.equal(store.get_torch("networks/a.pt")["w"], blob["w"])
+    store.report_discarded()
+
+
+def test_a_value_edited_in_place_or_an_entry_under_another_key_is_never_served():
+    a = store.put_json("measures/a.json", {"value": 1.0})
+    b = store.put_json("measures/b.json", {"value": 2.0})
+    edited = a.read_bytes().replace(b'"value": 1.0', b'"value": 1.5')
+    a.write_bytes(edited)
+    assert store.get_json("measures/a.json") is None  # edited in place
+    a_bytes, b_bytes = store.put_json("measures/a.json", {"value": 1.0}).read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)  # two entries swapped
+    assert store.get_json("measures/a.json") is None and store.get_json("measures/b.json") is None
+    assert store.report_discarded() == 3
 
 
 @pytest.mark.parametrize("key", ["", "/etc/passwd", "../outside.json", "a/../../b"])

@@ -158,15 +158,13 @@ def test_both_tables_build_the_same_row_for_the_same_network():
     assert by_model.loc["trained", "max_logit_change"] == 0 < by_model.loc["scaled", "max_logit_change"] < 1e-3
 
 
-# ----------------------------------------------------------------------------- keys follow the code
+# ------------------------------------------------------------- keys follow versions, not bytes
 
-def test_measure_code_covers_every_module_measures_and_training_import():
-    assert list(import_closure("flatlib.measures")) == [
-        "flatlib", "flatlib._io", "flatlib.data", "flatlib.hessian", "flatlib.measures", "flatlib.models",
-        "flatlib.pacbayes", "flatlib.reparam"]
-    # the training code enters every measure key through the network key
-    assert list(import_closure("flatlib.train")) == [
-        "flatlib", "flatlib._io", "flatlib._version", "flatlib.data", "flatlib.models", "flatlib.train"]
+def test_the_provenance_hash_covers_every_module_measures_and_training_import():
+    assert set(import_closure("flatlib.measures")) >= {
+        "flatlib", "flatlib.data", "flatlib.hessian", "flatlib.measures", "flatlib.models", "flatlib.pacbayes",
+        "flatlib.reparam"}
+    assert set(import_closure("flatlib.train")) >= {"flatlib", "flatlib.data", "flatlib.models", "flatlib.train"}
 
 
 def test_import_closure_follows_every_form_of_import(tmp_path):
@@ -211,31 +209,48 @@ print(json.dumps(out))
 """
 
 
-def test_editing_code_a_number_depends_on_changes_its_key_and_no_other_edit_does(tmp_path):
-    """On copies of the package, each with one module edited, a fresh interpreter computes the
-    store keys of a network and of one of its measures."""
-    edits = {"unchanged": None, "train": "train.py", "reparam": "reparam.py", "hessian": "hessian.py",
-             "models": "models.py", "study": "study.py", "scoreboard": "scoreboard.py", "runner": "runner.py"}
+def _edited(path, old, new):
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_code_edit_rekeys_nothing_and_a_version_bump_rekeys_exactly_what_it_versions(tmp_path):
+    """On copies of the package, each edited once, a fresh interpreter computes the store keys of
+    a network, of one of its measures and of its test accuracy."""
+    edits = {
+        "unchanged": [],
+        "train edited": [("train.py", "", "\nAN_EDITED_CONSTANT = 1  # an edited comment\n")],
+        "hessian edited": [("hessian.py", "", "\nAN_EDITED_CONSTANT = 1\n")],
+        "train bumped": [("train.py", "\nVERSION = 2\n", "\nVERSION = 3\n")],
+        "data bumped": [("data.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
+        "hessian_trace bumped": [("measures.py", '@register("hessian_trace", "sharpness", invariant=False)',
+                                  '@register("hessian_trace", "sharpness", invariant=False, version=2)')],
+        "study bumped": [("study.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
+    }
     roots = {}
-    for label, module in edits.items():
-        root = tmp_path / label
+    for label, changes in edits.items():
+        root = tmp_path / label.replace(" ", "_")
         shutil.copytree(PACKAGE, root / "flatlib", ignore=shutil.ignore_patterns("__pycache__"))
-        if module:
-            with open(root / "flatlib" / module, "a") as f:
-                f.write("\nAN_EDITED_CONSTANT = 1  # an edited comment\n")
+        for module, old, new in changes:
+            path = root / "flatlib" / module
+            if old:
+                _edited(path, old, new)
+            else:
+                path.write_text(path.read_text() + new)
         roots[label] = str(root)
     out = subprocess.run([sys.executable, "-c", KEYS, *roots.values()], capture_output=True, text=True, check=True)
     keys = {label: json.loads(out.stdout)[root] for label, root in roots.items()}
     base = keys["unchanged"]
-    for label in ("train", "models"):  # the training code: every network and measure key
-        assert keys[label]["network"] != base["network"] and keys[label]["measure"] != base["measure"], label
-    for label in ("reparam", "hessian"):  # measure code only: the network stays, its measures do not
-        assert keys[label]["network"] == base["network"] and keys[label]["measure"] != base["measure"], label
-    # the losses and accuracies are computed by flatlib.study: editing it re-keys them, not the measures
-    assert keys["study"]["metric"] != base["metric"] and keys["study"]["measure"] == base["measure"]
-    assert keys["study"]["network"] == base["network"]
-    for label in ("scoreboard", "runner"):  # outside both closures
-        assert keys[label] == base, label
+    assert keys["train edited"] == base and keys["hessian edited"] == base  # no behaviour declared changed
+    for label in ("train bumped", "data bumped"):  # every network, and with it every number of it
+        assert all(keys[label][k] != base[k] for k in base), label
+    assert keys["hessian_trace bumped"]["measure"] != base["measure"]
+    assert {k: v for k, v in keys["hessian_trace bumped"].items() if k != "measure"} == \
+        {k: v for k, v in base.items() if k != "measure"}
+    assert keys["study bumped"]["metric"] != base["metric"]
+    assert {k: v for k, v in keys["study bumped"].items() if k != "metric"} == \
+        {k: v for k, v in base.items() if k != "metric"}
 
 
 def test_the_running_package_keeps_the_version_it_was_imported_with(monkeypatch, tmp_path):
@@ -274,6 +289,11 @@ def test_a_measure_asked_for_with_its_default_options_spelled_out_shares_the_ent
     plain = study.measure_key(config, "weakness_input_volume", {})
     assert study.measure_key(config, "weakness_input_volume", {"max_radius": 20.0}) == plain
     assert study.measure_key(config, "weakness_input_volume", {"max_radius": 40.0}) != plain
-    assert study.measure_key(config, "weakness_input_volume", {"max_radius": 20}) != plain  # int, not the float
+    # an int for a float option means that float, in the key and in the computation (_typed)
+    assert study.measure_key(config, "weakness_input_volume", {"max_radius": 20}) == plain
+    assert study._checked(["weakness_input_volume"], {"weakness_input_volume": {"max_radius": 20}})[1] == \
+        {"weakness_input_volume": {"max_radius": 20.0}}
+    assert type(study._checked(["weakness_input_volume"], {"weakness_input_volume": {"max_radius": 20}})[1][
+        "weakness_input_volume"]["max_radius"]) is float
     with pytest.raises(ValueError, match="fixes \\['tau'\\]"):
         study.measure_key(config, "weakness_open_labels_tau0.01", {"tau": 0.1})
