@@ -286,6 +286,24 @@ def distinct_hypotheses(table, measures: list[str], targets: list[str]) -> int:
 # The pre-registered weakness measures, primary first: the headline follows the primary.
 ATLAS_WEAKNESS = ("weakness_open_labels", "weakness_input_volume")
 ATLAS_CLAIMED_SIGN = {"weakness": +1, "sharpness": -1, "simplicity": +1}
+# The margin family is no claim of the paper's: each of its measures is oriented by the sign its
+# own literature reports with generalisation: a larger margin better (Bartlett et al. 2017;
+# Elsayed et al. 2018; Jiang et al. 2020), a larger input sensitivity (Novak et al. 2018) or
+# path norm (Neyshabur et al. 2015; Jiang et al. 2020) worse.
+LITERATURE_SIGN = {"margin_output": +1, "margin_output_normalised": +1, "margin_input_distance": +1,
+                   "jacobian_norm": -1, "path_norm": -1}
+
+
+def claimed_sign(measure: str, family: str) -> int:
+    """+1 where a larger value of ``measure`` is claimed to go with better generalisation, -1
+    where with worse: the paper's claim for its families (``ATLAS_CLAIMED_SIGN``), the
+    literature's for each measure of the margin family (``LITERATURE_SIGN``)."""
+    if family in ATLAS_CLAIMED_SIGN:
+        return ATLAS_CLAIMED_SIGN[family]
+    if family == "margin" and measure in LITERATURE_SIGN:
+        return LITERATURE_SIGN[measure]
+    raise ValueError(f"no claimed sign for {measure!r} (family {family!r}); a margin-family measure needs its "
+                     "literature's sign in claims.LITERATURE_SIGN")
 
 
 def _combined(states: list[str]) -> str:

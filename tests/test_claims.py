@@ -557,3 +557,13 @@ def test_c6_a_tie_between_cells_for_and_against_is_inconclusive():
 def test_c7_an_undefined_separation_at_the_harshest_condition_is_inconclusive():
     verdict = claims.flattest_interpolators([c7_condition(0, 0), c7_condition(1.0, 1.0, auc=math.nan)])
     assert verdict.check("separation weakens outside the theorem's conditions").state == "inconclusive"
+
+
+def test_every_registered_measure_the_atlas_orients_has_a_claimed_sign():
+    from flatlib import measures
+
+    signs = {name: claims.claimed_sign(name, m.family) for name, m in measures.MEASURES.items() if m.family != "bound"}
+    assert signs["weakness_open_labels"] == +1 and signs["top_eigenvalue"] == -1
+    assert signs["margin_output"] == +1 and signs["jacobian_norm"] == -1 and signs["path_norm"] == -1
+    with pytest.raises(ValueError, match="LITERATURE_SIGN"):
+        claims.claimed_sign("margin_of_tomorrow", "margin")
