@@ -729,7 +729,8 @@ def _difference_state(d: dict, claimed: str) -> str:
     raise ValueError(f"claimed must be '>= 0' or '<= 0', got {claimed!r}")
 
 
-def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict, alpha: float = ALPHA) -> Verdict:
+def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict, geometric: dict,
+                    alpha: float = ALPHA) -> Verdict:
     """C8, on the finite domain (``flatlib.finite``).
 
     * Central, *minimax under exchangeable demands*: ``minimax`` holds the paired differences
@@ -747,12 +748,21 @@ def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict
       does not move the headline.
     * *The sampled proxy tracks exact weakness*: ``proxy`` is the Spearman correlation (``{"rho",
       "p", "ci_low", "ci_high", "n"}``) across networks of ``weakness_open_labels`` on a sample
-      of unseen inputs with the networks' exact weakness; claimed positive.
-    * *Exact weakness predicts generalisation across networks*: ``predicts``, its Spearman
-      correlation with accuracy on the unseen inputs; claimed positive.
+      of unseen inputs with the networks' exact weakness; claimed positive. The exact count is
+      the same thresholded count over every unseen input, so this checks the estimator of the
+      literal reading (its sampling), not the reading.
+    * *Exact weakness predicts generalisation across networks*: ``predicts``, the Spearman
+      correlation of exact weakness (the literal reading) with accuracy on the unseen inputs;
+      claimed positive.
+    * *The geometric reading predicts generalisation across networks*: ``geometric``, the
+      Spearman correlation of the mean Hamming radius to a change of predicted label
+      (``finite.mean_hamming_radius``) with accuracy on the unseen inputs; claimed positive.
+      Added after the first published run (issue 33), before it was computed on any network,
+      as the peer of the literal reading's check: reported, and it does not move the headline,
+      which was pre-registered on the literal reading.
 
     The headline follows the central check, lowered from supported to partly supported when
-    either network check is not supported."""
+    the proxy check or the literal reading's network check is not supported."""
     others = ("shortest", "any")
     states = [_difference_state(minimax[k], ">= 0") for k in others]
     compared = any(minimax[k]["ci_low"] != 0 or minimax[k]["ci_high"] != 0 for k in others)
@@ -767,10 +777,12 @@ def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict
                         (proxy["ci_low"], proxy["ci_high"]), +1, alpha)
     general = directional("exact weakness predicts network generalisation", predicts["rho"], predicts["p"],
                           (predicts["ci_low"], predicts["ci_high"]), +1, alpha)
+    geometry = directional("the geometric reading predicts network generalisation", geometric["rho"],
+                           geometric["p"], (geometric["ci_low"], geometric["ci_high"]), +1, alpha)
     verdict = central.state
     if verdict == "supported" and not (track.state == "supported" and general.state == "supported"):
         verdict = "partly supported"
-    return Verdict("C8", verdict, (central, boundary, track, general))
+    return Verdict("C8", verdict, (central, boundary, track, general, geometry))
 
 
 def correlation(row, n: int, p: str = "p_perm") -> dict:
