@@ -292,6 +292,24 @@ def distinct_hypotheses(table, measures: list[str], targets: list[str]) -> int:
 # The pre-registered weakness measures, primary first: the headline follows the primary.
 ATLAS_WEAKNESS = ("weakness_open_labels", "weakness_input_volume")
 ATLAS_CLAIMED_SIGN = {"weakness": +1, "sharpness": -1, "simplicity": +1}
+# The margin family is no claim of the paper's: each of its measures is oriented by the sign its
+# own literature reports with generalisation: a larger margin better (Bartlett et al. 2017;
+# Elsayed et al. 2018; Jiang et al. 2020), a larger input sensitivity (Novak et al. 2018) or
+# path norm (Neyshabur et al. 2015; Jiang et al. 2020) worse.
+LITERATURE_SIGN = {"margin_output": +1, "margin_output_normalised": +1, "margin_input_distance": +1,
+                   "jacobian_norm": -1, "path_norm": -1}
+
+
+def claimed_sign(measure: str, family: str) -> int:
+    """+1 where a larger value of ``measure`` is claimed to go with better generalisation, -1
+    where with worse: the paper's claim for its families (``ATLAS_CLAIMED_SIGN``), the
+    literature's for each measure of the margin family (``LITERATURE_SIGN``)."""
+    if family in ATLAS_CLAIMED_SIGN:
+        return ATLAS_CLAIMED_SIGN[family]
+    if family == "margin" and measure in LITERATURE_SIGN:
+        return LITERATURE_SIGN[measure]
+    raise ValueError(f"no claimed sign for {measure!r} (family {family!r}); a margin-family measure needs its "
+                     "literature's sign in claims.LITERATURE_SIGN")
 
 
 def _combined(states: list[str]) -> str:
@@ -717,7 +735,8 @@ def _difference_state(d: dict, claimed: str) -> str:
     raise ValueError(f"claimed must be '>= 0' or '<= 0', got {claimed!r}")
 
 
-def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict, alpha: float = ALPHA) -> Verdict:
+def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict, geometric: dict,
+                    alpha: float = ALPHA) -> Verdict:
     """C8, on the finite domain (``flatlib.finite``).
 
     * Central, *minimax under exchangeable demands*: ``minimax`` holds the paired differences
@@ -735,12 +754,21 @@ def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict
       does not move the headline.
     * *The sampled proxy tracks exact weakness*: ``proxy`` is the Spearman correlation (``{"rho",
       "p", "ci_low", "ci_high", "n"}``) across networks of ``weakness_open_labels`` on a sample
-      of unseen inputs with the networks' exact weakness; claimed positive.
-    * *Exact weakness predicts generalisation across networks*: ``predicts``, its Spearman
-      correlation with accuracy on the unseen inputs; claimed positive.
+      of unseen inputs with the networks' exact weakness; claimed positive. The exact count is
+      the same thresholded count over every unseen input, so this checks the estimator of the
+      literal reading (its sampling), not the reading.
+    * *Exact weakness predicts generalisation across networks*: ``predicts``, the Spearman
+      correlation of exact weakness (the literal reading) with accuracy on the unseen inputs;
+      claimed positive.
+    * *The geometric reading predicts generalisation across networks*: ``geometric``, the
+      Spearman correlation of the mean Hamming radius to a change of predicted label
+      (``finite.mean_hamming_radius``) with accuracy on the unseen inputs; claimed positive.
+      Added after the first published run (issue 33), before it was computed on any network,
+      as the peer of the literal reading's check: reported, and it does not move the headline,
+      which was pre-registered on the literal reading.
 
     The headline follows the central check, lowered from supported to partly supported when
-    either network check is not supported."""
+    the proxy check or the literal reading's network check is not supported."""
     others = ("shortest", "any")
     states = [_difference_state(minimax[k], ">= 0") for k in others]
     compared = any(minimax[k]["ci_low"] != 0 or minimax[k]["ci_high"] != 0 for k in others)
@@ -755,10 +783,12 @@ def finite_weakness(minimax: dict, structured: dict, proxy: dict, predicts: dict
                         (proxy["ci_low"], proxy["ci_high"]), +1, alpha)
     general = directional("exact weakness predicts network generalisation", predicts["rho"], predicts["p"],
                           (predicts["ci_low"], predicts["ci_high"]), +1, alpha)
+    geometry = directional("the geometric reading predicts network generalisation", geometric["rho"],
+                           geometric["p"], (geometric["ci_low"], geometric["ci_high"]), +1, alpha)
     verdict = central.state
     if verdict == "supported" and not (track.state == "supported" and general.state == "supported"):
         verdict = "partly supported"
-    return Verdict("C8", verdict, (central, boundary, track, general))
+    return Verdict("C8", verdict, (central, boundary, track, general, geometry))
 
 
 def correlation(row, n: int, p: str = "p_perm") -> dict:

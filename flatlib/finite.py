@@ -25,6 +25,11 @@ per seen pattern (|J| pattern bits and 1 label bit).
   those the hypothesis allows, an open input allowing both: 1 if no committed label is wrong;
 * ``bennett_strict``: the same with his definition of a model read strictly (the hypothesis
   must allow the correct label and no other): 1 if every unseen input is committed and right.
+
+**Two readings of weakness**, as on MNIST: the *literal* one counts what a hypothesis leaves
+open (``log2_weakness``; for a network, ``exact_log2_weakness``), and the *geometric* one asks
+how far an input can move before its label changes (``mean_hamming_radius``: the Hamming
+distance from each training input to the nearest input whose label differs, averaged).
 """
 from __future__ import annotations
 
@@ -217,10 +222,65 @@ def score(t: Task, committed: np.ndarray, label: np.ndarray) -> dict:
             "committed": int(committed.sum()), "open": int(open_.sum())}
 
 
+# Inputs x masks compared at once by ``hamming_radius`` (bounds its memory to tens of megabytes).
+_HAMMING_CHUNK = 2 ** 22
+
+
+def hamming_radius(values: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """For each input in ``inputs`` (indices into the domain), the smallest Hamming distance r at
+    which some input of the domain has a value other than its own in ``values`` (one value per
+    input of the domain, in ``domain``'s counting order, so input i is the bit string of i and
+    flipping bits is an exclusive or with a mask). An input whose value the whole domain
+    shares gets bits + 1, one more than any distance in the domain (as a ray that never
+    changes label stops at the cap on MNIST). The rings r = 1, 2, ... are searched in turn, so
+    an input costs the inputs within its radius."""
+    values = np.asarray(values)
+    bits = int(round(math.log2(len(values))))
+    if len(values) != 2 ** bits or bits < 1:
+        raise ValueError(f"values must give one value per input of a domain (2^bits of them), got {len(values)}")
+    inputs = np.asarray(inputs, dtype=np.int64)
+    codes = np.arange(2 ** bits, dtype=np.int64)
+    weight = np.zeros(len(codes), dtype=np.int64)
+    for b in range(bits):
+        weight += (codes >> b) & 1
+    radius = np.full(len(inputs), bits + 1, dtype=np.int64)
+    pending = np.arange(len(inputs))
+    for r in range(1, bits + 1):
+        masks = codes[weight == r]
+        step = max(1, _HAMMING_CHUNK // len(masks))
+        found = np.zeros(len(pending), dtype=bool)
+        for i in range(0, len(pending), step):
+            at = inputs[pending[i:i + step]]
+            found[i:i + step] = (values[at[:, None] ^ masks[None, :]] != values[at][:, None]).any(1)
+        radius[pending[found]] = r
+        pending = pending[~found]
+        if not len(pending):
+            break
+    return radius
+
+
+def hypothesis_values(h: Hypothesis, x: np.ndarray) -> np.ndarray:
+    """What junta table ``h`` states at each string of ``x``: its label (0 or 1) where it
+    commits, 2 where it leaves the input open, so that moving from a committed input to an open
+    one is a change of label (the statement no longer gives it)."""
+    committed, label = h.predict(x)
+    return np.where(committed, label, 2).astype(np.uint8)
+
+
+def mean_hamming_radius(values: np.ndarray, inputs: np.ndarray) -> float:
+    """The geometric reading of weakness on the finite domain: the mean over ``inputs`` (the
+    training inputs, where MNIST's ``weakness_input_volume`` starts its rays and where every
+    consistent hypothesis commits) of ``hamming_radius``, in bits flipped. Larger = weaker
+    under this reading (the label holds further out)."""
+    return float(hamming_radius(values, inputs).mean())
+
+
 def compare(bits: int, rule: str, train_size: int, max_arity: int, draws: int, seed: int = 0):
     """One row per (draw, learner): a fresh training set (and, for the exchangeable rule, fresh
     labels) per draw, the hypothesis each learner picks from the consistent junta tables, its
-    exact log2 weakness, description length and three scores on the unseen inputs."""
+    exact log2 weakness (the literal reading), the geometric reading ``hamming_radius``
+    (``mean_hamming_radius`` of ``hypothesis_values`` from the training inputs), its
+    description length and scores on the unseen inputs."""
     import pandas as pd
 
     rows = []
@@ -232,7 +292,9 @@ def compare(bits: int, rule: str, train_size: int, max_arity: int, draws: int, s
             h = choose(candidates, learner, rng)
             committed, label = h.predict(t.x)
             rows.append({"draw": draw, "learner": learner, "arity": len(h.J), "J": "".join(map(str, h.J)),
-                         "log2_weakness": h.log2_weakness(), "description_length": h.description_length(),
+                         "log2_weakness": h.log2_weakness(),
+                         "hamming_radius": mean_hamming_radius(hypothesis_values(h, t.x), t.train),
+                         "description_length": h.description_length(),
                          "candidates": len(candidates), **score(t, committed, label)})
     return pd.DataFrame(rows)
 
@@ -297,7 +359,9 @@ def network_table(t: Task, networks: int, widths=(32, 32), tau: float = 0.1, pro
                   first_seed: int = 0, progress: bool = False):
     """One row per network (seeds ``first_seed, ...``) trained on ``t``: training and unseen
     accuracy, the exact log2 weakness of its hypothesis on the unseen inputs
-    (``exact_log2_weakness`` at ``tau``) and per unseen input, and every measure of
+    (``exact_log2_weakness`` at ``tau``, the literal reading) and per unseen input, the
+    geometric reading ``hamming_radius`` (``mean_hamming_radius`` of its predicted labels from
+    the training inputs), and every measure of
     ``NETWORK_MEASURES`` on its training set, ``weakness_open_labels`` on a fixed random sample
     of ``probe_n`` unseen inputs (the estimate the book uses on MNIST)."""
     import pandas as pd
@@ -318,7 +382,8 @@ def network_table(t: Task, networks: int, widths=(32, 32), tau: float = 0.1, pro
         predicted = probs.argmax(1)
         row = {"seed": seed, "train_acc": float((predicted[t.train] == t.y[t.train]).mean()),
                "unseen_acc": float((predicted[unseen] == t.y[unseen]).mean()),
-               "exact_log2_weakness": exact_log2_weakness(probs, tau, unseen)}
+               "exact_log2_weakness": exact_log2_weakness(probs, tau, unseen),
+               "hamming_radius": mean_hamming_radius(predicted, t.train)}
         row["exact_per_input"] = row["exact_log2_weakness"] / len(unseen)
         for name in NETWORK_MEASURES:
             options = {"probe": x_all[probe_idx], "tau": tau} if name == "weakness_open_labels" else {}
@@ -327,7 +392,8 @@ def network_table(t: Task, networks: int, widths=(32, 32), tau: float = 0.1, pro
     return pd.DataFrame(rows)
 
 
-def learner_summary(table, scores=("accuracy", "worst_case", "bennett", "bennett_strict", "log2_weakness")):
+def learner_summary(table, scores=("accuracy", "worst_case", "bennett", "bennett_strict", "log2_weakness",
+                                   "hamming_radius")):
     """One row per (rule, learner) of a ``compare`` table (with a ``rule`` column): the mean of
     each score over draws and its 95 % Student-t half-width (``<score>_pm``)."""
     import pandas as pd

@@ -18,6 +18,7 @@ FAMILY_COLORS = {
     "weakness": "#4c72b0",
     "simplicity": "#55a868",
     "bound": "#8172b2",
+    "margin": "#dd8452",
     "generalisation": "#333333",
 }
 

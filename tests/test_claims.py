@@ -389,21 +389,26 @@ def test_finite_weakness_states():
     behind = {"shortest": _d(-0.2, -0.3, -0.1), "any": _d(0.1, 0.05, 0.15)}
     unsure = {"shortest": _d(0.1, -0.05, 0.25), "any": _d(0.1, 0.05, 0.15)}
     worse, good = _d(-0.4, -0.5, -0.3), _r(0.6, 0.001)
-    v = claims.finite_weakness(ahead, worse, good, good)
+    v = claims.finite_weakness(ahead, worse, good, good, good)
     assert v.claim == "C8" and v.verdict == "supported"
     assert v.check("the advantage goes away under structured demands").state == "supported"
-    assert claims.finite_weakness(tied, worse, good, good).verdict == "inconclusive"  # nothing was compared
-    assert claims.finite_weakness(partly_tied, worse, good, good).verdict == "supported"  # a tie is minimax too
-    assert claims.finite_weakness(behind, worse, good, good).verdict == "contradicted"
-    assert claims.finite_weakness(unsure, worse, good, good).verdict == "inconclusive"
-    assert claims.finite_weakness(ahead, worse, _r(0.05, 0.7), good).verdict == "partly supported"
-    assert claims.finite_weakness(ahead, worse, good, _r(-0.5, 0.001)).verdict == "partly supported"
-    kept = claims.finite_weakness(ahead, _d(0.2, 0.1, 0.3), good, good)
+    assert claims.finite_weakness(tied, worse, good, good, good).verdict == "inconclusive"  # nothing was compared
+    assert claims.finite_weakness(partly_tied, worse, good, good, good).verdict == "supported"  # a tie is minimax too
+    assert claims.finite_weakness(behind, worse, good, good, good).verdict == "contradicted"
+    assert claims.finite_weakness(unsure, worse, good, good, good).verdict == "inconclusive"
+    assert claims.finite_weakness(ahead, worse, _r(0.05, 0.7), good, good).verdict == "partly supported"
+    assert claims.finite_weakness(ahead, worse, good, _r(-0.5, 0.001), good).verdict == "partly supported"
+    kept = claims.finite_weakness(ahead, _d(0.2, 0.1, 0.3), good, good, good)
     assert kept.check("the advantage goes away under structured demands").state == "contradicted"
     assert kept.verdict == "supported"  # the boundary is reported, not a condition of the headline
     assert claims._difference_state(_d(0, -0.1, 0.1), "<= 0") == "inconclusive"
     with pytest.raises(ValueError, match="claimed must be"):
         claims._difference_state(_d(0, 0, 0), "> 0")
+    for state, geometric in (("supported", good), ("contradicted", _r(-0.5, 0.001)), ("not supported", _r(-0.1, 0.5))):
+        # the geometric reading is reported beside the literal one and never moves the headline
+        v = claims.finite_weakness(ahead, worse, good, good, geometric)
+        assert v.check("the geometric reading predicts network generalisation").state == state
+        assert v.verdict == "supported"
 
 
 # ----------------------------------------------------------------------------- C6
@@ -557,3 +562,13 @@ def test_c6_a_tie_between_cells_for_and_against_is_inconclusive():
 def test_c7_an_undefined_separation_at_the_harshest_condition_is_inconclusive():
     verdict = claims.flattest_interpolators([c7_condition(0, 0), c7_condition(1.0, 1.0, auc=math.nan)])
     assert verdict.check("separation weakens outside the theorem's conditions").state == "inconclusive"
+
+
+def test_every_registered_measure_the_atlas_orients_has_a_claimed_sign():
+    from flatlib import measures
+
+    signs = {name: claims.claimed_sign(name, m.family) for name, m in measures.MEASURES.items() if m.family != "bound"}
+    assert signs["weakness_open_labels"] == +1 and signs["top_eigenvalue"] == -1
+    assert signs["margin_output"] == +1 and signs["jacobian_norm"] == -1 and signs["path_norm"] == -1
+    with pytest.raises(ValueError, match="LITERATURE_SIGN"):
+        claims.claimed_sign("margin_of_tomorrow", "margin")

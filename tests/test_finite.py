@@ -151,3 +151,67 @@ def test_learner_summary_and_paired_differences():
     assert summary.loc["shortest", "accuracy_pm"] == pytest.approx(sps.t.ppf(0.975, 2) * 0.1 / math.sqrt(3))
     d = finite.weakest_minus(table, "accuracy", "shortest")
     assert d["mean"] == pytest.approx(-0.3) and d["ci_high"] < 0 and d["draws"] == 3
+
+
+def _brute_radius(values, bits, inputs):
+    """The smallest Hamming distance from each input to an input of another value, by comparing
+    every pair of strings of the domain bit by bit."""
+    x = finite.domain(bits)
+    out = []
+    for i in inputs:
+        distances = [int((x[i] != x[j]).sum()) for j in range(len(x)) if values[j] != values[i]]
+        out.append(min(distances) if distances else bits + 1)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hamming_radius_matches_brute_force_on_a_tiny_domain(seed):
+    rng = np.random.default_rng(seed)
+    bits = 5
+    # few changes of value, so that radii beyond 1 occur
+    values = np.where(rng.random(2 ** bits) < 0.1, rng.integers(1, 3, 2 ** bits), 0)
+    inputs = rng.choice(2 ** bits, 12, replace=False)
+    assert finite.hamming_radius(values, inputs).tolist() == _brute_radius(values, bits, inputs).tolist()
+
+
+def test_hamming_radius_by_hand():
+    x = finite.domain(3)
+    assert finite.hamming_radius(np.zeros(8), np.arange(8)).tolist() == [4] * 8  # no change anywhere: bits + 1
+    only = np.zeros(8)
+    only[0b111] = 1  # one string differs: the radius is the distance to it
+    assert finite.hamming_radius(only, np.arange(8)).tolist() == [3, 2, 2, 1, 2, 1, 1, 1]
+    parity = finite.labels("parity2", x)
+    assert (finite.hamming_radius(parity, np.arange(8)) == 1).all()
+    with pytest.raises(ValueError, match="one value per input"):
+        finite.hamming_radius(np.zeros(7), [0])
+
+
+def test_geometric_reading_of_junta_tables_by_hand(and2):
+    found = {h.J: h for h in finite.consistent(and2, 3)}
+    # Training 000, 011, 110, 111, labelled 0, 0, 1, 1. The memoriser commits only there: every
+    # training string has an open neighbour one flip away, so every radius is 1.
+    memoriser = finite.hypothesis_values(found[(0, 1, 2)], and2.x)
+    assert memoriser.tolist() == [0, 2, 2, 0, 2, 2, 1, 1]
+    assert finite.hamming_radius(memoriser, and2.train).tolist() == [1, 1, 1, 1]
+    # J = (0,) labels every string by its bit 0 and commits everywhere: flipping bit 0 changes
+    # the label, so every radius is 1 as well; the two readings part: the memoriser leaves 4
+    # inputs open and this table none.
+    assert finite.mean_hamming_radius(finite.hypothesis_values(found[(0,)], and2.x), and2.train) == 1.0
+    # The table on no position (J = ()) gives every input the one training label; with every
+    # training label 0 it is consistent, its label never changes, and the radius is bits + 1.
+    constant = finite.Task(3, "and2", and2.x, np.zeros(8, dtype=np.uint8), and2.train)
+    empty = finite.fit_table(constant, ())
+    assert finite.mean_hamming_radius(finite.hypothesis_values(empty, constant.x), constant.train) == 4.0
+    table = finite.compare(bits=5, rule="exchangeable", train_size=6, max_arity=5, draws=3)
+    assert table["hamming_radius"].between(1, 6).all()
+
+
+def test_network_geometric_reading_is_the_radius_of_its_predicted_labels():
+    import torch
+
+    from flatlib import models
+    t = finite.task(5, "parity2", 12, seed=2)
+    table = finite.network_table(t, networks=2, widths=(8,), probe_n=8)
+    model = finite.train_network(t, (8,), seed=1)
+    predicted = models.predict(model, torch.as_tensor(t.x, dtype=torch.float32)).argmax(1).numpy()
+    assert table.loc[1, "hamming_radius"] == pytest.approx(_brute_radius(predicted, 5, t.train).mean())

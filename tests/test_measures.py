@@ -16,7 +16,7 @@ from oracles import dense_hessian, tiny_cnn, tiny_mlp, trained_float64
 FAST = {"top_eigenvalue": {"tol": 1e-6}, "pacbayes_mag_bound": {"samples": 5},
         "weakness_open_labels": {"probe_n": 500}, "weakness_input_volume": {"n": 50, "directions": 4},
         "weakness_input_volume_r40": {"n": 50, "directions": 4}, "input_volume_capped": {"n": 50, "directions": 4},
-        "input_volume_r40_capped": {"n": 50, "directions": 4}}
+        "input_volume_r40_capped": {"n": 50, "directions": 4}, "jacobian_norm": {"probe_n": 500}}
 FAST.update({name: {"probe_n": 500} for name in measures.EXTRAS if name.startswith("weakness_open_labels")})
 
 
