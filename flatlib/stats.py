@@ -385,19 +385,23 @@ def weighted_trend(x, y, se) -> TrendResult:
 
 def format_pvalue(p: float, n_resamples: int | None = None) -> str:
     """A p-value as a reader should see it: two significant figures, and a Monte Carlo
-    p-value at its floor 1 / (n_resamples + 1) as "< 1e-4" (a bound, never a value)."""
+    p-value at its floor 1 / (n_resamples + 1) as a bound, never a value: the smallest power of
+    ten 1e-k at or above the floor, "< 1e-4" (10,000 resamples) or, when the floor is that power
+    itself, "≤ 1e-4" (9,999 resamples)."""
     if p is None or not math.isfinite(p):
         return "n/a"
     if n_resamples is not None and p <= 1 / (n_resamples + 1) * (1 + 1e-9):
-        return f"< 1e{math.ceil(math.log10(1 / (n_resamples + 1)))}"
+        # in integers, so that a floor that is exactly a power of ten is recognised as one
+        k = len(str(int(n_resamples) + 1)) - 1
+        return f"{'≤' if int(n_resamples) + 1 == 10 ** k else '<'} 1e-{k}"
     return f"{p:.2g}"
 
 
 def p_text(p: float, n_resamples: int | None = None) -> str:
-    """A p-value for prose: "p = 0.015", or "p < 1e-4" at the Monte Carlo floor
-    (:func:`format_pvalue`)."""
+    """A p-value for prose: "p = 0.015", or "p < 1e-4" (or "p ≤ 1e-4") at the Monte Carlo
+    floor (:func:`format_pvalue`)."""
     shown = format_pvalue(p, n_resamples)
-    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+    return f"p {shown}" if shown[0] in "<≤" else f"p = {shown}"
 
 
 # ----------------------------------------------------------------------------- against a value

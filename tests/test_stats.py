@@ -210,10 +210,19 @@ def test_weighted_trend_rejects_degenerate_input():
 
 def test_format_pvalue_shows_a_monte_carlo_floor_as_a_bound():
     assert stats.format_pvalue(1 / 10001, n_resamples=10000) == "< 1e-4"
-    assert stats.format_pvalue(1 / 1000, n_resamples=999) == "< 1e-3"
     assert stats.format_pvalue(0.000123) == "0.00012"
     assert stats.format_pvalue(0.0312, n_resamples=10000) == "0.031"
     assert stats.format_pvalue(float("nan")) == "n/a"
+
+
+@pytest.mark.parametrize("n_resamples", [99, 199, 200, 999, 1000, 9999, 10000, 99999])
+def test_a_pvalue_at_the_permutation_floor_prints_a_true_statement(n_resamples):
+    floor = 1 / (n_resamples + 1)  # the smallest Monte Carlo p-value, reached when no permutation is as extreme
+    shown = stats.p_text(floor, n_resamples)
+    relation, bound = shown.removeprefix("p ").split(" ")
+    true_of_floor = {"<": floor < float(bound), "≤": floor <= float(bound), "=": False}
+    assert true_of_floor[relation], shown  # a bound the floor satisfies, never a value below it
+    assert float(bound) <= 10 * floor  # and not a loose one
 
 
 def test_p_text_reads_as_prose():
