@@ -110,6 +110,7 @@ def test_power_iteration_finds_the_largest_magnitude_eigenvalue(tiny):
     assert abs(result.eigenvalues[0].item() - largest) < 1e-4 * abs(largest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
 def test_trace_estimators_are_unbiased(tiny, method):
     model, data, dense = tiny
@@ -133,6 +134,7 @@ def test_hutchplusplus_has_lower_variance_than_hutchinson_at_equal_probes_when_t
     assert spread["hutch++"] < spread["hutchinson"]
 
 
+@pytest.mark.slow
 def test_reported_trace_stderr_matches_the_spread_over_seeds(tiny):
     model, data, dense = tiny
     op = hessian.HessianOperator(model, data)
@@ -148,6 +150,7 @@ def test_trace_counts_its_hvps(tiny):
     assert hessian.trace(model, data, probes=10, method="hutchinson").num_hvps == 10
 
 
+@pytest.mark.slow
 def test_spectral_density_integrates_to_one_and_its_mean_is_trace_over_p(tiny):
     model, data, dense = tiny
     p = dense.shape[0]
@@ -160,6 +163,7 @@ def test_spectral_density_integrates_to_one_and_its_mean_is_trace_over_p(tiny):
     assert abs(smoothed_mean - mean) < 1e-3 * max(abs(mean), 1e-12) + 1e-6
 
 
+@pytest.mark.slow
 def test_spectral_density_nodes_span_the_exact_spectrum(tiny):
     model, data, dense = tiny
     exact = torch.linalg.eigvalsh(dense)
@@ -202,6 +206,7 @@ def test_diagonal_is_the_dense_hessian_diagonal_for_an_mlp(tiny):
     assert torch.allclose(diag, torch.diagonal(dense), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_diagonal_is_the_dense_hessian_diagonal_for_a_cnn():
     model, data = tiny_cnn()
     dense = dense_hessian(model, data)
