@@ -7,7 +7,7 @@ JB_FLAGS := -W -n --keep-going
 # Run as root or with sudo, for Debian's Fashion-MNIST mirror.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup sysdeps mathjax data book test check reproduce chapter bench clean
+.PHONY: setup sysdeps mathjax data book test test-fast check reproduce chapter bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ book: data mathjax
 test: data mathjax
 	$(BIN)/ruff check flatlib tests benchmarks
 	$(BIN)/python -m pytest tests
+
+# The quick loop while developing: every test but those marked slow, book (chapter runs and the
+# book build), browser and dask (pyproject.toml); meant to take under two minutes on two cores.
+test-fast: data
+	$(BIN)/ruff check flatlib tests benchmarks
+	$(BIN)/python -m pytest -m "not slow and not book and not browser and not dask" tests
 
 # Names each published chapter whose numbers came from code that has changed since its run.
 check: setup

@@ -138,9 +138,16 @@ def _random_unit(n, gen, device, dtype):
     return v / v.norm()
 
 
-def _lanczos(matvec, v0: torch.Tensor, steps: int, stop: Callable | None = None):
+def _lanczos(matvec, v0: torch.Tensor, steps: int, stop: Callable | None = None,
+             restart: torch.Generator | None = None):
     """Lanczos with full reorthogonalisation. Returns (alphas, betas, Q) where Q's rows are the
-    Lanczos vectors; ``stop(alphas, betas)`` may end the iteration early."""
+    Lanczos vectors; ``stop(alphas, betas)`` may end the iteration early.
+
+    When the Krylov space of ``v0`` is invariant under H (beta ~ 0), the run ends there, which
+    is what quadrature needs: v0's spectral measure has only those nodes. With ``restart`` (a
+    generator) it goes on instead from a random unit vector orthogonal to every earlier one,
+    with coupling beta = 0 recorded, so T stays the projection Q^T H Q (block-diagonal) and
+    eigenvalues that v0 cannot see, such as a second copy of a repeated one, are found."""
     n = v0.numel()
     steps = min(steps, n)
     # Grown by doubling: preallocating ``steps`` rows would zero-fill memory never used when
@@ -160,12 +167,21 @@ def _lanczos(matvec, v0: torch.Tensor, steps: int, stop: Callable | None = None)
             w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
         alphas.append(alpha.item())
         beta = w.norm()
-        betas.append(beta.item())
+        invariant = beta.item() <= 1e-12 * max(1.0, abs(alpha.item()))
+        # On a restart the residual w (of norm at most the threshold) is dropped, so the
+        # coupling to the next vector is zero.
+        betas.append(0.0 if invariant and restart is not None else beta.item())
         if stop is not None and stop(alphas, betas):
             break
-        if beta.item() <= 1e-12 * max(1.0, abs(alpha.item())):  # invariant subspace found
+        if not invariant:
+            q = w / beta
+        elif restart is None or j + 1 == steps:
             break
-        q = w / beta
+        else:
+            q = _random_unit(n, restart, v0.device, v0.dtype)
+            for _ in range(2):
+                q = q - basis[: j + 1].T @ (basis[: j + 1] @ q)
+            q = q / q.norm()
     return alphas, betas, basis[: len(alphas)]
 
 
@@ -196,11 +212,17 @@ def top_eigenvalues(model, data=None, k: int = 1, tol: float = 1e-3, max_iter: i
 
     Stops when every one of the top ``k`` Ritz values ``theta`` has residual
     ``beta_m |s_m| <= tol * |theta|``; since some eigenvalue lies within the residual of each
-    Ritz value, ``tol`` bounds the relative error. ``model`` may also be a ``HessianOperator``.
+    Ritz value, ``tol`` bounds the relative error. A Krylov space that becomes invariant before
+    that (H has few distinct eigenvalues) is left by a random restart orthogonal to it, so
+    repeated eigenvalues come out as often as they occur. ``model`` may also be a
+    ``HessianOperator``.
     """
     op = _operator(model, data, loss, batch_size)
     if not 1 <= k <= op.num_params:
         raise ValueError(f"k must be between 1 and {op.num_params}, got {k}")
+    if max_iter < k:
+        raise ValueError(f"max_iter={max_iter} Lanczos steps give at most {max_iter} Ritz values, fewer than "
+                         f"k={k}; raise max_iter to at least k")
     gen = torch.Generator().manual_seed(seed)
     start = op.num_hvps
     state = {}
@@ -216,7 +238,7 @@ def top_eigenvalues(model, data=None, k: int = 1, tol: float = 1e-3, max_iter: i
         return bool((res <= tol * theta[top].abs().clamp_min(1e-30)).all())
 
     v0 = _random_unit(op.num_params, gen, op.device, op.dtype)
-    alphas, betas, basis = _lanczos(op.matvec, v0, max_iter, stop=converged)
+    alphas, betas, basis = _lanczos(op.matvec, v0, max_iter, stop=converged, restart=gen)
     if "theta" not in state or len(state["theta"]) != len(alphas):
         converged(alphas, betas)
     theta, s, top, res = state["theta"], state["s"], state["top"], state["res"]
@@ -305,7 +327,8 @@ def trace(model, data=None, probes: int = 30, method: str = "hutch++", seed: int
 @dataclass
 class SpectralDensity:
     """A smoothed eigenvalue density of H: ``density`` on ``grid`` integrates to one. ``nodes``
-    and ``weights`` (one row per probe) are the raw quadrature, whose weights sum to one per row."""
+    and ``weights`` (one row per probe) are the raw quadrature, whose weights sum to one per row;
+    a probe that stopped early is padded with zero-weight copies of its largest node."""
 
     grid: torch.Tensor
     density: torch.Tensor
@@ -335,9 +358,10 @@ def spectral_density(model, data=None, probes: int = 5, steps: int = 60, grid_si
         theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
         nodes.append(theta)
         weights.append(s[0] ** 2)
-    # A probe whose Lanczos run stopped early (invariant subspace) is padded with zero-weight nodes.
+    # A probe whose Lanczos run stopped early (invariant subspace) is padded with zero-weight
+    # copies of its own largest node: a padding value such as 0 would enter the grid's range.
     longest = max(len(n) for n in nodes)
-    nodes = torch.stack([F.pad(n, (0, longest - len(n))) for n in nodes])
+    nodes = torch.stack([torch.cat([n, n[-1].repeat(longest - len(n))]) for n in nodes])
     weights = torch.stack([F.pad(w, (0, longest - len(w))) for w in weights])
     lo, hi = nodes.min().item(), nodes.max().item()
     sigma = width if width is not None else max(0.01 * (hi - lo), 1e-12)

@@ -174,15 +174,25 @@ def _behaviour_task(config, noise, bins, seed, store_root) -> dict:
 
 def behaviour_table(configs, noise=NOISE, bins: int = ECE_BINS, seed: int = 0, executor=None, progress: bool = True):
     """One row of ``behaviour`` per config (in order), the networks' behaviour computed where
-    ``executor`` says (``flatlib.executors``; missing entries only) and read from the store."""
+    ``executor`` says (``flatlib.executors``; missing entries only) and read from the store. As
+    in ``flatlib.study.network_table``, an unknown executor or a store this process cannot
+    write to is refused before any work, and an entry that a worker finished but this process
+    cannot find in its store (the workers wrote to another one) is an error, not computed
+    again here."""
     import pandas as pd
     configs = list(configs)
     executor = executors.chosen(executor)
+    executors.validate(executor)
+    store.check_writable()
     missing = [c for c in dict.fromkeys(configs) if store.get_json(_behaviour_key(c, noise, bins, seed)) is None]
     if missing and not executors.is_serial(executor):
         root = str(store.cache_dir())
         executors.run_checked(_behaviour_task, [(c, tuple(noise), bins, seed, root) for c in missing],
                               executor, "test-set behaviour", progress)
+        for c in missing:
+            if store.get_json(_behaviour_key(c, noise, bins, seed)) is None:
+                raise study.not_shared(executor, study.NotInStore(
+                    f"the test-set behaviour of network seed={c.seed} (key {c.key()})"))
     rows = [network_behaviour(c, noise, bins, seed) for c in progress_bar(configs, "test-set behaviour", progress)]
     return pd.DataFrame(rows)
 

@@ -206,8 +206,9 @@ def partial_spearman(x, y, z, n_resamples: int = 10000, confidence_level: float 
                      seed: int = 0) -> CorrelationResult:
     """Spearman correlation of ``x`` and ``y`` with the (rank-linear) effect of ``z`` removed.
     p-value from Student's t with n - 3 degrees of freedom; a paired bootstrap interval over
-    (x, y, z) triples; a permutation p-value from permuting the ranks of y residualised on z
-    (Freedman & Lane 1983), seeded."""
+    (x, y, z) triples; a seeded permutation p-value by Freedman & Lane (1983) on the ranks:
+    permute the residuals of the reduced model (ranks of y on 1 and the ranks of z), add them
+    back to its fitted values, and recompute the partial correlation of x and that y given z."""
     x, y = _pair(x, y)
     _, z = _pair(x, z)
     r = float(_partial_rows(x[None], y[None], z[None])[0])
@@ -216,12 +217,20 @@ def partial_spearman(x, y, z, n_resamples: int = 10000, confidence_level: float 
     pvalue = float(2 * sps.t.sf(abs(t), n - 3))
     interval = _bootstrap((x, y, z), _partial_rows, n_resamples, confidence_level,
                           seed, _chunk_size(n))
-    # Permutation: residualise the ranks of x and y on the ranks of z, permute y's residuals.
+    # Freedman-Lane: y* = fitted + permuted residual ey[pi], whose partial correlation with x
+    # given z is the correlation of ex with y*'s residual on z, (I - P) y* = ey[pi] - P ey[pi]
+    # (P the projection onto 1 and rz, which keeps the fitted values). Without re-residualising
+    # it would be Kennedy's (1995) scheme, whose |r| under each permutation is never larger, so
+    # its p-values are never larger (too liberal, Anderson & Legendre 1999).
     rx, ry, rz = (sps.rankdata(a) for a in (x, y, z))
     design = np.column_stack([np.ones(n), rz])
-    ex = rx - design @ np.linalg.lstsq(design, rx, rcond=None)[0]
-    ey = ry - design @ np.linalg.lstsq(design, ry, rcond=None)[0]
-    p_perm = _permutation(ex, ey, _pearson_rows, n_resamples, seed + 1, _chunk_size(n)) if math.isfinite(r) \
+    projection = design @ np.linalg.pinv(design)
+    ex, ey = rx - projection @ rx, ry - projection @ ry
+
+    def refitted(a, b):
+        return _pearson_rows(a, b - b @ projection)
+
+    p_perm = _permutation(ex, ey, refitted, n_resamples, seed + 1, _chunk_size(n)) if math.isfinite(r) \
         else math.nan
     return CorrelationResult(method="partial_spearman", statistic=r, pvalue=pvalue,
                              interval=interval, permutation_pvalue=p_perm, n=int(n),
@@ -381,19 +390,23 @@ def weighted_trend(x, y, se) -> TrendResult:
 
 def format_pvalue(p: float, n_resamples: int | None = None) -> str:
     """A p-value as a reader should see it: two significant figures, and a Monte Carlo
-    p-value at its floor 1 / (n_resamples + 1) as "< 1e-4" (a bound, never a value)."""
+    p-value at its floor 1 / (n_resamples + 1) as a bound, never a value: the smallest power of
+    ten 1e-k at or above the floor, "< 1e-4" (10,000 resamples) or, when the floor is that power
+    itself, "≤ 1e-4" (9,999 resamples)."""
     if p is None or not math.isfinite(p):
         return "n/a"
     if n_resamples is not None and p <= 1 / (n_resamples + 1) * (1 + 1e-9):
-        return f"< 1e{math.ceil(math.log10(1 / (n_resamples + 1)))}"
+        # in integers, so that a floor that is exactly a power of ten is recognised as one
+        k = len(str(int(n_resamples) + 1)) - 1
+        return f"{'≤' if int(n_resamples) + 1 == 10 ** k else '<'} 1e-{k}"
     return f"{p:.2g}"
 
 
 def p_text(p: float, n_resamples: int | None = None) -> str:
-    """A p-value for prose: "p = 0.015", or "p < 1e-4" at the Monte Carlo floor
-    (:func:`format_pvalue`)."""
+    """A p-value for prose: "p = 0.015", or "p < 1e-4" (or "p ≤ 1e-4") at the Monte Carlo
+    floor (:func:`format_pvalue`)."""
     shown = format_pvalue(p, n_resamples)
-    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+    return f"p {shown}" if shown[0] in "<≤" else f"p = {shown}"
 
 
 # ----------------------------------------------------------------------------- against a value

@@ -100,7 +100,7 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
         for config in missing:
             results[config] = load_network(config)
             if results[config] is None:
-                raise _not_shared(executor, NotInStore(f"network seed={config.seed} (key {config.key()})"))
+                raise not_shared(executor, NotInStore(f"network seed={config.seed} (key {config.key()})"))
     store.report_discarded()
     return [results[config] for config in configs]
 
@@ -299,7 +299,7 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
             try:
                 rows[config] = _network_row(config, names, options, stored_only=True)
             except NotInStore as error:
-                raise _not_shared(executor, error) from error
+                raise not_shared(executor, error) from error
     store.report_discarded()
     return pd.DataFrame([rows[config] for config in configs])
 
@@ -328,7 +328,7 @@ def _compute_on(executor, configs, names, options, desc, progress) -> None:
     executors.run_checked(_network_task, argsets, executor, desc, progress, keys=task_keys)
 
 
-def _not_shared(executor, error: NotInStore) -> executors.ExecutorError:
+def not_shared(executor, error: NotInStore) -> executors.ExecutorError:
     return executors.ExecutorError(
         f"{error.args[0]} is not in the store {store.cache_dir()} although its task on "
         f"{executors.describe(executor)} finished: the workers wrote to a store this process cannot see. "
@@ -371,6 +371,22 @@ def usable(table, minimum: int = 4):
         raise StudyError(f"{len(table) - len(ok)} of {len(table)} networks diverged, leaving {len(ok)}; the analysis "
                          f"needs at least {minimum}. Lower lr, or inspect the per-network CSV.")
     return ok
+
+
+def at_target(table, minimum: int = 4):
+    """``(kept, left_out)``: the rows of a ``network_table`` whose networks stopped at the common
+    training-loss target (``stopped_by == "target_train_loss"``, so every one was compared at the
+    same fit of its training set), and the count of the others by the rule that stopped them
+    ("patience", "epoch cap", "diverged", ...). Networks compared in one correlation stop at the
+    same training loss; one that did not is counted here and left out, never silently kept. Fewer
+    than ``minimum`` kept is one clear error."""
+    kept = table[(table["status"] == "ok") & (table["stopped_by"] == "target_train_loss")]
+    left_out = table.loc[~table.index.isin(kept.index), "stopped_by"].value_counts().to_dict()
+    if len(kept) < minimum:
+        raise StudyError(f"{len(kept)} of {len(table)} networks reached the training-loss target ({left_out} did "
+                         f"not); the analysis needs at least {minimum}. Raise the epoch cap or the patience, or "
+                         "lower the learning rate.")
+    return kept, {str(k): int(v) for k, v in left_out.items()}
 
 
 def in_store(configs: Iterable[ftrain.TrainConfig]) -> int:

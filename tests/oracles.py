@@ -14,10 +14,10 @@ from flatlib import models
 from flatlib.train import TrainConfig, train
 
 
-def dense_hessian(model, data) -> torch.Tensor:
-    """The p x p Hessian d^2 L / dw^2 of L(w) = mean cross-entropy of ``model`` on
-    ``data = (x, y)``, where w is every tensor of ``model.parameters()``, flattened and
-    concatenated in that order (the order flatlib.hessian uses).
+def dense_hessian(model, data, loss=F.cross_entropy) -> torch.Tensor:
+    """The p x p Hessian d^2 L / dw^2 of L(w) = ``loss(model(x), y)`` (default: the mean
+    cross-entropy) on ``data = (x, y)``, where w is every tensor of ``model.parameters()``,
+    flattened and concatenated in that order (the order flatlib.hessian uses).
 
     Computed by torch.autograd.functional.hessian on a functional_call of the model, with no
     flatlib code involved: the oracle for hvp, top_eigenvalues, power_iteration, trace,
@@ -33,7 +33,7 @@ def dense_hessian(model, data) -> torch.Tensor:
     def loss_of(w):
         pieces = torch.split(w, [shape.numel() for shape in shapes])
         params = {name: piece.reshape(shape) for name, piece, shape in zip(names, pieces, shapes)}
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
+        return loss(functional_call(model, params, (x,)), y)
 
     return torch.autograd.functional.hessian(loss_of, flat)
 

@@ -95,3 +95,36 @@ def test_labelled_and_fit_tables():
     assert (row.reached_target, row.diverged, row.networks, row.epochs) == (0, 1, 2, 3.0)
     with pytest.raises(ValueError, match="4 rows for 3 planned"):
         atlas.labelled(raw, plan[:3])
+
+
+def _networks(cells):
+    """A hand-built network table: per (dataset, environment), a list of stop rules."""
+    import pandas as pd
+
+    rows = [{"dataset": d, "environment": e, "status": "diverged" if s == "diverged" else "ok", "stopped_by": s}
+            for (d, e), stops in cells.items() for s in stops]
+    return pd.DataFrame(rows)
+
+
+def test_only_networks_at_the_target_of_environments_at_80_percent_are_kept():
+    from flatlib import atlas
+
+    table = _networks({("mnist", "a"): ["target_train_loss"] * 4 + ["patience"],          # 80 %: kept
+                       ("mnist", "b"): ["target_train_loss"] * 3 + ["epoch cap"] * 2,     # 60 %: left out
+                       ("fashion_mnist", "a"): ["target_train_loss"] * 5,                 # 100 %
+                       ("fashion_mnist", "b"): ["target_train_loss"] * 4 + ["diverged"]})  # 80 %
+    kept, environments = atlas.usable(table)
+    assert environments["eligible"].tolist() == [True, False, True, True]
+    assert environments["share"].tolist() == [0.8, 0.6, 1.0, 0.8]
+    assert len(kept) == 4 + 5 + 4 and set(kept["stopped_by"]) == {"target_train_loss"}
+    assert not ((kept["dataset"] == "mnist") & (kept["environment"] == "b")).any()
+
+
+def test_the_head_to_head_keeps_the_networks_at_the_target_and_counts_the_rest():
+    from flatlib import study
+
+    table = _networks({("mnist", "h"): ["target_train_loss"] * 5 + ["patience"] * 2 + ["epoch cap", "diverged"]})
+    kept, left_out = study.at_target(table)
+    assert len(kept) == 5 and left_out == {"patience": 2, "epoch cap": 1, "diverged": 1}
+    with pytest.raises(study.StudyError, match="2 of 6 networks reached the training-loss target"):
+        study.at_target(table.iloc[3:], minimum=4)

@@ -69,6 +69,9 @@ def test_out_of_range_values_are_refused_before_a_kernel_starts(chapter, name, v
     assert words in str(err.value)
 
 
+@pytest.mark.slow
+@pytest.mark.slow
+@pytest.mark.book
 @pytest.mark.parametrize("chapter", sorted(CHAPTERS))
 def test_chapter_smoke_run(chapter, tmp_path):
     summary = runner.run(chapter, CHAPTERS[chapter].smoke, out=tmp_path / chapter, progress=False)
@@ -80,6 +83,8 @@ def test_chapter_smoke_run(chapter, tmp_path):
     assert "TqdmWarning" not in notebook, "a progress-bar warning reached the published page"
 
 
+@pytest.mark.slow
+@pytest.mark.book
 def test_a_chapter_on_worker_processes_publishes_the_serial_runs_numbers(tmp_path, monkeypatch):
     # The whole chapter (tables, statistics, verdict), each run from its own empty store; the
     # full-size run of this on the published head-to-head page is benchmarks/chapter_bench.py.
@@ -131,6 +136,7 @@ def test_the_landing_figure_colours_each_claim_by_its_verdict(tmp_path):
         assert claim.topic and claim.topic in svg.replace("&#39;", "'")
 
 
+@pytest.mark.book
 def test_book_builds_with_warnings_as_errors(tmp_path):
     jb = Path(sys.executable).parent / "jupyter-book"
     out = subprocess.run([str(jb), "build", "-W", "-n", "--keep-going", "book/", "--path-output", str(tmp_path)],

@@ -136,6 +136,7 @@ def test_quad_objective_bounds_the_kl_inverse_from_above(error, kl):
     assert quad >= error
 
 
+@pytest.mark.slow
 def test_certificate_by_hand():
     model = _tiny_model(4, sizes=(4, 6, 3))
     gen = torch.Generator().manual_seed(1)
@@ -176,6 +177,7 @@ def test_a_confidence_outside_the_unit_interval_is_refused(delta, delta_mc):
         C.certify(posterior, (torch.randn(10, 4), torch.zeros(10, dtype=torch.long)), delta=delta, delta_mc=delta_mc)
 
 
+@pytest.mark.slow
 def test_sigma_lr_gives_the_widths_their_own_optimiser():
     model = _tiny_model(1, sizes=(4, 6, 3))
     gen = torch.Generator().manual_seed(2)
@@ -263,6 +265,7 @@ SMALL = ftrain.TrainConfig(dataset="mnist", n=1000, widths=(32,), optimizer="sgd
                            epochs=3, target_train_acc=None, seed=0)
 
 
+@pytest.mark.slow
 def test_the_optimised_certificate_is_below_the_unoptimised_ones_and_above_the_held_out_error():
     result = study.trained(SMALL)
     # a data-dependent prior: the optimised posterior and its start are both certified, and the
@@ -284,6 +287,7 @@ def test_the_optimised_certificate_is_below_the_unoptimised_ones_and_above_the_h
     assert at_init["bound"] <= pacbayes.gaussian_bound(result.model, (x, y), result.initial_state).bound
 
 
+@pytest.mark.slow
 def test_the_certificate_of_a_network_that_memorised_random_labels_is_vacuous():
     x, _ = fdata.load("mnist", "train", n=500)
     y = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(0))
@@ -309,6 +313,7 @@ def test_a_certificate_is_deterministic_and_served_from_the_store(monkeypatch):
     assert C.certificate_table([spec], progress=False)["bound"].tolist() == [first["bound"]]
 
 
+@pytest.mark.slow
 def test_workers_store_the_same_certificates_as_the_serial_path(isolated_cache, tmp_path, monkeypatch):
     specs = [C.CertificateSpec(SMALL, epochs=1), C.CertificateSpec(SMALL, prior="data", bound_n=2000, epochs=1)]
     with executors.local_processes(1) as pool:

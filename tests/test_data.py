@@ -61,6 +61,7 @@ def private_data_dir(tmp_path, monkeypatch):
     return tmp_path / "data"
 
 
+@pytest.mark.slow
 def test_corrupt_cached_file_is_detected_and_refetched(private_data_dir, monkeypatch):
     monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: False)
     folder = data.fetch("mnist")
@@ -84,6 +85,7 @@ def test_no_source_names_every_attempt_and_the_fix(private_data_dir, monkeypatch
     assert not any(private_data_dir.rglob("*-ubyte"))
 
 
+@pytest.mark.slow
 def test_corrupt_mirror_is_rejected_and_nothing_half_written(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -106,6 +106,7 @@ def test_the_stacked_forward_gives_each_members_logits(trained_members):
         torch.testing.assert_close(mine, models.predict(member, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_batched_diagonals_equal_the_dense_hessians_diagonals():
     members, data = _tiny_members()
     diagonals = ensemble.hessian_diagonals(members, data, batch_size=16)  # batches of 16, 16 and 8
@@ -123,6 +124,7 @@ def test_batched_diagonals_equal_the_loops_on_trained_networks(trained_members):
         assert mine.sum().item() == pytest.approx(loop.sum().item(), rel=1e-5)  # the exact hessian_trace
 
 
+@pytest.mark.slow
 def test_batched_top_eigenvalues_equal_the_dense_hessians():
     members, data = _tiny_members()
     results = ensemble.top_eigenvalues(members, data, tol=1e-10, max_iter=74)
@@ -141,6 +143,7 @@ def _same_eigen_results(batched, loop, rel=1e-5):
     torch.testing.assert_close(batched.eigenvectors, loop.eigenvectors, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_batched_top_eigenvalues_follow_the_loop_step_for_step(trained_members):
     members, data = trained_members
     results = ensemble.top_eigenvalues(members, data, tol=1e-4)
@@ -224,6 +227,7 @@ def test_batched_weight_noise_draws_equal_the_pacbayes_samplers(trained_members,
     assert errors.std(1).min() > 0  # the draws differ
 
 
+@pytest.mark.slow
 def test_the_batched_paths_give_the_registered_measures_numbers(trained_members):
     """What a study's table would hold: the registry's top_eigenvalue and exact hessian_trace at
     their default options, and the Monte Carlo errors of pacbayes_bound at every noise scale."""

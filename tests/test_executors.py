@@ -70,6 +70,7 @@ def free_port() -> int:
 
 # --------------------------------------------------------------------------- local processes
 
+@pytest.mark.slow
 def test_processes_give_the_serial_table_and_train_each_network_once(tmp_path, monkeypatch):
     reference = serial_table(tmp_path / "serial", monkeypatch, [0, 1, 2, 1])
     log = tmp_path / "trained.log"
@@ -97,6 +98,7 @@ study.network_table([TrainConfig(**{**tiny, "seed": s}) for s in seeds], names=n
 """
 
 
+@pytest.mark.slow
 def test_a_killed_processes_sweep_resumes_without_retraining(tmp_path, monkeypatch):
     root, seeds = tmp_path / "store", list(range(6))
     env = {**os.environ, "FLATLIB_CACHE": str(root), "PYTHONPATH": REPO}
@@ -171,6 +173,8 @@ def dask_cluster(tmp_path):
         logs.close()
 
 
+@pytest.mark.slow
+@pytest.mark.dask
 def test_dask_sweep_with_a_worker_killed_mid_sweep_stores_each_network_once_with_the_serial_numbers(
         dask_cluster, tmp_path, monkeypatch):
     from distributed import Client
@@ -221,6 +225,7 @@ def counted_work(monkeypatch):
     return started
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_fails_within_seconds_naming_its_address(counted_work):
     address = f"tcp://127.0.0.1:{free_port()}"
     start = time.perf_counter()

@@ -69,6 +69,39 @@ def test_lanczos_at_default_tolerance_is_within_tol(tiny):
         assert result.converged and abs(result.eigenvalues[0].item() - top) <= 1e-3 * abs(top)
 
 
+def logistic_regression_on_two_points():
+    """Multinomial logistic regression (one Linear layer, 4 inputs, 3 classes, p = 15) in float64
+    on two points. Its Hessian, the mean over the points of (diag(p_n) - p_n p_n^T) kron
+    (x_n, 1)(x_n, 1)^T, has rank 4: a Lanczos run from any start vector reaches an invariant
+    subspace after 5 steps (four nonzero eigenvalues and 0), and 0 has multiplicity 11."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()
+    return model, (torch.randn(2, 4, dtype=torch.float64), torch.tensor([0, 2]))
+
+
+def test_lanczos_past_an_invariant_subspace_finds_the_top_k_with_their_multiplicity():
+    model, data = logistic_regression_on_two_points()
+    dense = dense_hessian(model, data)
+    exact = torch.linalg.eigvalsh(dense).flip(0)
+    scale = exact[0].item()
+    assert (exact[:4] > 1e-3 * scale).all() and (exact[4:].abs() < 1e-12 * scale).all()  # rank 4, as built
+    for k in (5, 6, 9):
+        result = hessian.top_eigenvalues(model, data, k=k, tol=1e-8)
+        assert result.converged
+        assert torch.allclose(result.eigenvalues, exact[:k], rtol=0, atol=1e-9 * scale)
+        vectors = result.eigenvectors
+        assert torch.allclose(vectors @ vectors.T, torch.eye(k, dtype=torch.float64), atol=1e-8)
+        assert ((dense @ vectors.T - vectors.T * result.eigenvalues).norm(dim=0) < 1e-8 * scale).all()
+
+
+def test_lanczos_refuses_fewer_iterations_than_eigenvalues_before_any_product(tiny):
+    model, data, dense = tiny
+    op = hessian.HessianOperator(model, data)
+    with pytest.raises(ValueError, match="max_iter=2 .* k=3"):
+        hessian.top_eigenvalues(op, k=3, max_iter=2)
+    assert op.num_hvps == 0
+
+
 def test_power_iteration_finds_the_largest_magnitude_eigenvalue(tiny):
     model, data, dense = tiny
     exact = torch.linalg.eigvalsh(dense)
@@ -77,6 +110,7 @@ def test_power_iteration_finds_the_largest_magnitude_eigenvalue(tiny):
     assert abs(result.eigenvalues[0].item() - largest) < 1e-4 * abs(largest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
 def test_trace_estimators_are_unbiased(tiny, method):
     model, data, dense = tiny
@@ -100,6 +134,7 @@ def test_hutchplusplus_has_lower_variance_than_hutchinson_at_equal_probes_when_t
     assert spread["hutch++"] < spread["hutchinson"]
 
 
+@pytest.mark.slow
 def test_reported_trace_stderr_matches_the_spread_over_seeds(tiny):
     model, data, dense = tiny
     op = hessian.HessianOperator(model, data)
@@ -115,6 +150,7 @@ def test_trace_counts_its_hvps(tiny):
     assert hessian.trace(model, data, probes=10, method="hutchinson").num_hvps == 10
 
 
+@pytest.mark.slow
 def test_spectral_density_integrates_to_one_and_its_mean_is_trace_over_p(tiny):
     model, data, dense = tiny
     p = dense.shape[0]
@@ -127,12 +163,32 @@ def test_spectral_density_integrates_to_one_and_its_mean_is_trace_over_p(tiny):
     assert abs(smoothed_mean - mean) < 1e-3 * max(abs(mean), 1e-12) + 1e-6
 
 
+@pytest.mark.slow
 def test_spectral_density_nodes_span_the_exact_spectrum(tiny):
     model, data, dense = tiny
     exact = torch.linalg.eigvalsh(dense)
     sd = hessian.spectral_density(model, data, probes=2, steps=dense.shape[0], seed=1)
     assert abs(sd.nodes.max().item() - exact[-1].item()) < 1e-6 * abs(exact[-1].item())
     assert abs(sd.nodes.min().item() - exact[0].item()) < 1e-6 * max(abs(exact[0].item()), 1.0)
+
+
+def test_spectral_density_grid_stays_on_the_spectrum_when_probes_stop_at_different_steps():
+    # Linear regression (MSE, one Linear layer without bias) whose Hessian is diag(1, 2, 2 + 1e-12, 3):
+    # whether Lanczos resolves the near-double eigenvalue, or stops at an invariant subspace one
+    # step earlier, depends on the probe, so the probes' node lists differ in length.
+    loss = torch.nn.functional.mse_loss
+    eigs = torch.tensor([1.0, 2.0, 2.0 + 1e-12, 3.0], dtype=torch.float64)
+    model = torch.nn.Linear(4, 1, bias=False).double()
+    data = (torch.diag((eigs * 2).sqrt()), torch.zeros(4, 1, dtype=torch.float64))
+    exact = torch.linalg.eigvalsh(dense_hessian(model, data, loss))
+    lo, hi = exact[0].item(), exact[-1].item()
+    assert abs(lo - 1) < 1e-12 and abs(hi - 3) < 1e-12  # the Hessian is the one built
+    sd = hessian.spectral_density(model, data, probes=10, loss=loss)
+    assert len(set((sd.weights > 0).sum(1).tolist())) > 1  # some probes stopped early: the case under test
+    assert sd.nodes.min().item() >= lo - 1e-9 and sd.nodes.max().item() <= hi + 1e-9
+    # default width: 1 % of the spectrum's range, and the grid reaches 5 widths beyond it
+    margin = 5 * 0.01 * (hi - lo)
+    assert sd.grid[0].item() >= lo - margin - 1e-9 and sd.grid[-1].item() <= hi + margin + 1e-9
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -150,6 +206,7 @@ def test_diagonal_is_the_dense_hessian_diagonal_for_an_mlp(tiny):
     assert torch.allclose(diag, torch.diagonal(dense), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_diagonal_is_the_dense_hessian_diagonal_for_a_cnn():
     model, data = tiny_cnn()
     dense = dense_hessian(model, data)

@@ -80,6 +80,7 @@ def test_the_minimum_over_rescalings_is_scipys_and_keeps_the_function():
 SMALL = dict(n=30, width=60, steps=20000, penalty_steps=1000, adversarial_points=30)
 
 
+@pytest.mark.slow
 def test_interpolators_fit_what_they_are_given_and_are_kept_in_the_store(monkeypatch):
     task = I.Task(d=5, links=("relu",))
     rows = {kind: I.row(I.Fit(task, kind, seed=0, **SMALL)) for kind in I.KINDS}

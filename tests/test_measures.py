@@ -50,7 +50,9 @@ def test_every_measure_is_tagged_with_a_family_and_documented():
         assert "Larger =" in m.doc, f"{m.name} must state its sign convention"
 
 
-@pytest.mark.parametrize("name", sorted(MEASURES) + sorted(measures.EXTRAS))
+# The PAC-Bayes measures search a posterior for each network they measure: over 5 s each.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("pacbayes_") else name
+                                  for name in sorted(MEASURES) + sorted(measures.EXTRAS)])
 def test_invariance_tag_matches_measurement(network, informative, name):
     m = measures.lookup(name)
     model, ds, init = informative if m.family == "bound" else network
@@ -108,6 +110,7 @@ def test_input_volume_matches_the_distance_to_a_linear_boundary():
     assert value == pytest.approx(torch.log(expected).mean().item(), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_relative_flatness_and_trace_match_the_dense_hessian():
     model, (x, y) = tiny_mlp(n=30)
     dense = dense_hessian(model, (x, y))
@@ -131,6 +134,7 @@ def test_worst_case_sharpness_grows_with_the_box(network):
     assert 0 <= small < large
 
 
+@pytest.mark.slow
 def test_description_length_quantisation_keeps_every_training_prediction(network):
     model, ds, _ = network
     step = measures.coarsest_lossless_step(model, ds)
@@ -156,6 +160,7 @@ def _rescaled(model, log_scales):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_min_trace_over_rescaling_is_attained_and_locally_minimal_on_the_dense_hessian(arch):
     model, batch = tiny_mlp(n=30) if arch == "mlp" else tiny_cnn()
@@ -189,6 +194,7 @@ def test_min_trace_balances_each_units_incoming_and_outgoing_curvature():
     assert result.log_scales[0].item() == pytest.approx(0.25 * math.log(incoming / outgoing), rel=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["isotropic", "magnitude"])
 def test_bounds_move_under_reparameterisation(informative, kind):
     from flatlib import pacbayes
@@ -201,6 +207,7 @@ def test_bounds_move_under_reparameterisation(informative, kind):
         assert min(kl_change) > 1e-3, kl_change
 
 
+@pytest.mark.slow
 def test_top_eigenvalue_on_a_subsample_is_the_subsamples_dense_top_eigenvalue():
     torch.manual_seed(0)
     model = models.mlp((6,)).double()

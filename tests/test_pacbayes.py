@@ -53,6 +53,7 @@ def small():
     return trained_float64(TrainConfig(n=4000, widths=(8,), epochs=3, target_train_acc=None, optimizer="adam", lr=3e-3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["isotropic", "magnitude"])
 def test_gaussian_bound_is_assembled_from_its_parts(small, kind):
     model, ds, init = small
@@ -77,6 +78,7 @@ def test_gaussian_bound_refuses_a_mismatched_init(small):
         pacbayes.gaussian_bound(model, ds, init, kind="laplace")
 
 
+@pytest.mark.slow
 def test_sharpness_sigma_drops_training_accuracy_by_the_requested_amount(small):
     model, ds, _ = small
     sigma = pacbayes.sharpness_sigma(model, ds, drop=0.1, samples=10)

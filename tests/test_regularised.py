@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import stats as sps
 from torch import nn
 
-from flatlib import regularised
+from flatlib import executors, regularised, store
 from flatlib import train as ftrain
 
 SMALL = dict(dataset="mnist", n=100, arch="mlp", widths=(8,), lr=0.05, batch_size=50, epochs=1,
@@ -144,6 +144,48 @@ def test_behaviour_table_is_the_same_computed_on_workers_as_here(isolated_cache,
     monkeypatch.setenv("FLATLIB_CACHE", str(tmp_path / "other"))
     here = regularised.behaviour_table(configs, noise=(0.2,), executor="serial", progress=False)
     pd.testing.assert_frame_equal(pooled, here)
+
+
+class ElsewhereExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Workers that write into their own store, ``root``, instead of the one they are given:
+    what a cluster whose workers do not mount the submitting process's store does."""
+
+    def __init__(self, root):
+        super().__init__(1)
+        self.root = str(root)
+
+    def submit(self, fn, *args, **kwargs):
+        return super().submit(fn, *args[:-1], self.root, **kwargs)  # the store root is the last argument
+
+
+def test_behaviour_table_refuses_a_store_its_workers_did_not_write_to(tmp_path, monkeypatch):
+    configs = [regularised.config("baseline", 0, **SMALL)]
+    computed_here = []
+    real = regularised.behaviour
+    monkeypatch.setattr(regularised, "behaviour", lambda *a, **k: computed_here.append(1) or real(*a, **k))
+    with ElsewhereExecutor(tmp_path / "workers-store") as pool:
+        with pytest.raises(executors.ExecutorError, match="not in the store .* cannot see"):
+            regularised.behaviour_table(configs, noise=(0.2,), executor=pool, progress=False)
+    assert len(computed_here) == 1  # once, by the worker; never again, silently, in this process
+    assert list((tmp_path / "workers-store" / "behaviour").glob("*.json"))  # the worker did write, elsewhere
+
+
+@pytest.mark.parametrize("executor", [None, "processes"])
+def test_behaviour_table_refuses_a_store_it_cannot_write_before_any_work(executor, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FLATLIB_CACHE", str(blocker / "store"))  # a folder inside a file: even root cannot
+    started = []
+    monkeypatch.setattr(ftrain, "train", lambda *a, **k: started.append("train"))
+    monkeypatch.setattr(executors, "run", lambda *a, **k: started.append("run"))
+    with pytest.raises(store.StoreError, match="not writable"):
+        regularised.behaviour_table([regularised.config("baseline", 0, **SMALL)], executor=executor, progress=False)
+    assert started == []
+
+
+def test_behaviour_table_refuses_an_unknown_executor_even_with_nothing_to_compute():
+    with pytest.raises(ValueError, match="unknown executor 'threads'"):
+        regularised.behaviour_table([], executor="threads", progress=False)
 
 
 # ----------------------------------------------------------------------------- consistency and effects

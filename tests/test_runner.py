@@ -148,6 +148,7 @@ def test_unknown_chapter_lists_the_chapters(book):
         runner.validate("eccho", {})
 
 
+@pytest.mark.book
 def test_run_writes_notebook_and_summary_with_provenance(book, tmp_path):
     summary = runner.run("echo", {"n": "4"}, progress=False)
     out = next((tmp_path / "runs").glob("echo-*"))
@@ -163,6 +164,7 @@ def test_run_writes_notebook_and_summary_with_provenance(book, tmp_path):
     assert not list((tmp_path / "runs").glob(".*partial"))
 
 
+@pytest.mark.book
 def test_a_failing_chapter_leaves_no_half_written_output(book, tmp_path):
     out = tmp_path / "runs" / "target"
     handler = signal.getsignal(signal.SIGINT)
@@ -175,6 +177,7 @@ def test_a_failing_chapter_leaves_no_half_written_output(book, tmp_path):
     assert (out / "summary.json").is_file() and not (tmp_path / "runs" / "target.failed").exists()
 
 
+@pytest.mark.book
 def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_path):
     runner.run("echo", {"n": "2"}, out=book / "echo", progress=False)
     table = scoreboard.render(book)
@@ -183,6 +186,7 @@ def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_p
     assert table.count("| pending |") == len(claims.CLAIMS) - 1
 
 
+@pytest.mark.book
 def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path, monkeypatch):
     monkeypatch.setattr(report, "today", lambda: "2026-01-01")  # two runs either side of midnight
     runner.run("echo", {"n": "2"}, out=tmp_path / "a", progress=False)
@@ -208,6 +212,7 @@ def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path
     assert nb.metadata["papermill"]["input_path"].endswith("echo.md")
 
 
+@pytest.mark.book
 def test_the_kernel_draws_no_progress_bars(book, tmp_path, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     source = book / "echo" / "echo.md"
@@ -235,6 +240,7 @@ def test_a_registered_chapter_without_its_source_says_so(book):
         runner.validate("echo", {})
 
 
+@pytest.mark.book
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes_intact(book, tmp_path):
     first, hold, out = _held_run(book, tmp_path)
     kernel = None
@@ -255,6 +261,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes_i
     assert not list((tmp_path / "runs").glob(".*")), "no scratch folder and no lock file are left"
 
 
+@pytest.mark.book
 def test_ctrl_c_stops_the_run_and_its_kernel_and_says_how_to_resume(book, tmp_path):
     proc, hold, out = _held_run(book, tmp_path)
     kernel = None
@@ -282,6 +289,7 @@ def test_ctrl_c_stops_the_run_and_its_kernel_and_says_how_to_resume(book, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.book
 def test_a_leftover_from_a_killed_run_is_removed_with_one_line(book, tmp_path, capsys):
     runs = tmp_path / "runs"
     scratch = runs / ".target.partial"
@@ -324,6 +332,7 @@ def test_malformed_params_are_one_clear_error(text, match):
         runner.parse_params(text)
 
 
+@pytest.mark.book
 def test_params_as_one_string_reach_the_chapter(book, tmp_path):
     out = tmp_path / "out"
     assert main(["run", "echo", "--out", str(out), "--no-progress", "--params", "widths=[8, 8] label='a b' n=2"]) == 0
@@ -369,6 +378,7 @@ def test_a_run_with_overrides_suffixes_the_labels_it_defines_and_its_references_
     assert ":name: fig-a-fashion-mnist\n" in nb.cells[1].source
 
 
+@pytest.mark.book
 def test_a_chapter_whose_code_changed_on_disk_while_it_ran_is_not_published(book, tmp_path):
     source = book / "echo" / "echo.md"
     # the kernel reports another version of flatlib.claims than the one on disk when the run began

@@ -18,6 +18,9 @@ import pytest
 
 from flatlib import report
 
+# Builds the book, then drives Chromium: none of it in `make test-fast`.
+pytestmark = [pytest.mark.browser, pytest.mark.book, pytest.mark.slow]
+
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 SHOTS = report.ROOT / "_build" / "site-screenshots"
 # What must never reach a published page: progress-bar noise and the build machine's paths.

@@ -102,6 +102,31 @@ def test_partial_spearman_equals_the_correlation_of_rank_residuals_and_removes_a
     assert direct.statistic > 0.4 and direct.permutation_pvalue < 0.01
 
 
+def test_partial_spearman_permutation_pvalue_is_freedman_lane_against_its_exact_distribution():
+    # Freedman & Lane (1983), as in Anderson & Legendre (1999), on the ranks: fit y ~ 1 + z, add
+    # each permutation of its residuals back to its fitted values, refit y* ~ 1 + x + z and compare
+    # |t| of x's coefficient with the observed one; all 5040 permutations of 7 rows.
+    x = np.array([-0.2, 0.3, 0.1, 1.5, 0.0, 1.8, -0.7])
+    y = np.array([-2.3, -0.3, 1.0, 2.4, -0.9, 1.5, 0.1])
+    z = np.array([-1.3, 0.6, 0.6, 1.3, -0.8, 1.7, -0.3])
+    rx, ry, rz = (sps.rankdata(a) for a in (x, y, z))
+    reduced, full = np.column_stack([np.ones(7), rz]), np.column_stack([np.ones(7), rx, rz])
+    fitted = reduced @ np.linalg.lstsq(reduced, ry, rcond=None)[0]
+    residual = ry - fitted
+
+    def t_of_x(response):
+        coef, *_ = np.linalg.lstsq(full, response, rcond=None)
+        rest = response - full @ coef
+        return coef[1] / np.sqrt(rest @ rest / (7 - 3) * np.linalg.inv(full.T @ full)[1, 1])
+
+    observed = abs(t_of_x(ry))
+    exact = np.mean([abs(t_of_x(fitted + residual[list(p)])) >= observed * (1 - 1e-9)
+                     for p in itertools.permutations(range(7))])
+    n = 20000
+    ours = stats.partial_spearman(x, y, z, n_resamples=n, seed=0).permutation_pvalue
+    assert ours == pytest.approx(exact, abs=4 * np.sqrt(exact * (1 - exact) / n) + 1 / n)
+
+
 def test_paired_difference_matches_scipy_paired_t_test():
     rng = np.random.default_rng(3)
     a = rng.normal(0.92, 0.01, size=6)
@@ -185,10 +210,19 @@ def test_weighted_trend_rejects_degenerate_input():
 
 def test_format_pvalue_shows_a_monte_carlo_floor_as_a_bound():
     assert stats.format_pvalue(1 / 10001, n_resamples=10000) == "< 1e-4"
-    assert stats.format_pvalue(1 / 1000, n_resamples=999) == "< 1e-3"
     assert stats.format_pvalue(0.000123) == "0.00012"
     assert stats.format_pvalue(0.0312, n_resamples=10000) == "0.031"
     assert stats.format_pvalue(float("nan")) == "n/a"
+
+
+@pytest.mark.parametrize("n_resamples", [99, 199, 200, 999, 1000, 9999, 10000, 99999])
+def test_a_pvalue_at_the_permutation_floor_prints_a_true_statement(n_resamples):
+    floor = 1 / (n_resamples + 1)  # the smallest Monte Carlo p-value, reached when no permutation is as extreme
+    shown = stats.p_text(floor, n_resamples)
+    relation, bound = shown.removeprefix("p ").split(" ")
+    true_of_floor = {"<": floor < float(bound), "≤": floor <= float(bound), "=": False}
+    assert true_of_floor[relation], shown  # a bound the floor satisfies, never a value below it
+    assert float(bound) <= 10 * floor  # and not a loose one
 
 
 def test_p_text_reads_as_prose():
