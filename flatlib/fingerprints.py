@@ -258,11 +258,12 @@ def _stats_canary():
     y = x + rng.normal(size=30)
     z = y + rng.normal(size=30)
     rho = stats.spearman(x, y, n_resamples=199, seed=1)
-    partial = stats.partial_spearman(x, y, z, n_resamples=199, seed=1)
+    # weak given z, so that the permutation scheme shows (Freedman-Lane against Kennedy's)
+    partial = stats.partial_spearman(x, z + 0.3 * rng.normal(size=30), z, n_resamples=999, seed=1)
     pooled = stats.pooled_correlation([0.3, 0.5, -0.1], [20, 30, 25])
-    return {"spearman": [rho.statistic, rho.pvalue, *rho.confidence_interval()],
+    return {"spearman": [rho.statistic, rho.pvalue, rho.permutation_pvalue, *rho.confidence_interval()],
             "kendall": stats.kendall(x, y, n_resamples=199, seed=1).statistic,
-            "partial": [partial.statistic, partial.pvalue],
+            "partial": [partial.statistic, partial.pvalue, partial.permutation_pvalue, *partial.confidence_interval()],
             "pooled": [pooled.statistic, pooled.pvalue, pooled.q, pooled.tau2],
             "fisher_z": stats.fisher_z_test(0.3, 100, 0.5),
             "trend": stats.weighted_trend([1, 2, 3, 4], [0.5, 0.3, 0.2, 0.1], [0.1, 0.1, 0.05, 0.05]).slope}
