@@ -51,7 +51,8 @@ def shown(value, limit: int = 60) -> str:
     """``repr(value)`` for a message, at most about ``limit`` characters: a long list keeps its
     first items and says how many it has, a long number its first digits and how many it has,
     a long string its start and its length; so a 20,000-item list is not echoed back whole."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 13000:
+        # beyond about 4,000 digits, Python refuses to write an int out in decimal
         return f"an integer of about {math.floor(value.bit_length() * math.log10(2)) + 1} digits"
     text = repr(value)
     if len(text) <= limit:
