@@ -223,7 +223,10 @@ def _coerce(name: str, raw, default):
         takes = f"a list of {_TAKES_ITEMS.get(kind, 'values')} like {fparams.shown(default)}"
         if not isinstance(value, (list, tuple)):
             raise ChapterError(f"Parameter {name!r} takes {takes}; got {fparams.shown(raw)}.")
-        if kind is None:
+        if kind is None:  # a default of mixed items, or none: any flat list
+            if any(isinstance(item, (list, tuple, dict, set)) for item in value):
+                raise ChapterError(f"Parameter {name!r} takes a flat list like {fparams.shown(default)}; "
+                                   f"got {fparams.shown(raw)}.")
             return type(default)(value)
         return type(default)(_exactly(name, item, kind, raw, takes) for item in value)
     if type(default) in _TAKES:
