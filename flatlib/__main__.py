@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
                             "(widths=[8, 8] lr=0.1); -p wins where both set a key")
     run_p.add_argument("--out", help="output folder (default: runs/<chapter>-<hash of parameters>/)")
     run_p.add_argument("--no-progress", action="store_true")
+    run_p.add_argument("--force-publish", action="store_true",
+                       help="let a run into its chapter's published folder (book/<folder>) replace the published "
+                            "run although its parameters differ from those chapters.yml publishes; the page then "
+                            "shows numbers `make reproduce` will not give. Without it such a run is refused; a "
+                            "run into another chapter's folder is refused either way")
     reproduce_p = sub.add_parser("reproduce", help="re-run the stale published chapters in place (say which, and how "
                                                    "long), then update the scoreboard")
     reproduce_p.add_argument("--all", action="store_true", help="re-run every published chapter, current or not")
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             overrides = {**runner.parse_params(args.params), **dict(args.param)}
-            summary = runner.run(args.chapter, overrides, args.out, progress=not args.no_progress)
+            summary = runner.run(args.chapter, overrides, args.out, progress=not args.no_progress,
+                                 force_publish=args.force_publish)
             print(json.dumps(summary.get("headline", {}), indent=2))
         elif args.command == "reproduce":
             runner.reproduce(everything=args.all)
@@ -103,14 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             for name, chapter in runner.manifest().items():
                 print(f"{name}  ({chapter.source.relative_to(runner.report.ROOT)})")
                 for key, value in runner.parameters(chapter.source).items():
+                    if key == "out_dir":  # the runner's (--out), not a reader's parameter
+                        continue
                     spec = chapter.ranges.get(key)
                     print(f"    {key} = {value!r}" + (f"    ({fparams.describe(spec)})" if spec else ""))
     except (runner.ChapterError, CompareError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not turn this into a traceback
-        return 130  # 128 + SIGINT, as a shell reports it; the runner has said what was kept
+    except KeyboardInterrupt as stop:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a further signal must not turn this into a traceback
+            signal.signal(signum, signal.SIG_IGN)
+        return 128 + getattr(stop, "signum", signal.SIGINT)  # as a shell reports it; the runner said what was kept
     return 0
 
 

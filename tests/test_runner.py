@@ -179,7 +179,7 @@ def test_a_failing_chapter_leaves_no_half_written_output(book, tmp_path):
 
 @pytest.mark.book
 def test_scoreboard_fills_from_summaries_and_leaves_the_rest_pending(book, tmp_path):
-    runner.run("echo", {"n": "2"}, out=book / "echo", progress=False)
+    runner.run("echo", {"n": "2"}, out=book / "echo", progress=False, force_publish=True)
     table = scoreboard.render(book)
     assert "| [C1](echo/echo): " in table and "| 3x | **inconclusive** |" in table
     assert table.splitlines()[0] == "| claim | our figure | verdict |"
