@@ -136,7 +136,8 @@ def test_a_pure_refactor_of_training_rekeys_nothing_and_leaves_every_chapter_as_
 
 @pytest.mark.parametrize("module,old,new,canary", [
     ("train.py", "lr=config.lr, momentum", "lr=config.lr * 1.001, momentum", "training"),  # a training constant
-    ("train.py", "since_best >= config.patience", "since_best > config.patience", "training"),  # a stopping rule
+    ("train.py", "since_best >= config.patience:\n            # Training stopped",
+     "since_best > config.patience:\n            # Training stopped", "training"),  # a stopping rule
     ("measures.py", "u = (u.detach() + 0.25 * torch.sign(g))", "u = (u.detach() + 0.26 * torch.sign(g))",
      "measure:adaptive_sharpness"),  # a measure's constant
 ])
