@@ -63,20 +63,37 @@ def _within_rho(table, measures: list[str], target: str = "test_acc"):
     import pandas as pd
     from scipy import stats as sps
 
-    rows = []
     ok = table[table["status"] == "ok"]
-    for (dataset, label), group in ok.groupby(["dataset", "environment"], sort=False):
-        for measure in measures:
-            pair = group[[measure, target]].astype(float)
+    values = ok[measures + [target]].to_numpy(dtype=float)
+    keys, rhos, ns = [], [], []
+    for (dataset, label), rows in ok.groupby(["dataset", "environment"], sort=False).indices.items():
+        block = values[rows]
+        whole = np.isfinite(block).all() and len(block) >= 4
+        if whole:  # the usual case: every network measured, so one ranking serves every measure
+            ranks = sps.rankdata(block, axis=0)
+            centred = ranks - ranks.mean(axis=0)
+            norms = np.sqrt((centred ** 2).sum(axis=0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                block_rho = np.where(norms[:-1] * norms[-1] > 0,
+                                     (centred[:, :-1] * centred[:, -1:]).sum(axis=0) / (norms[:-1] * norms[-1]), np.nan)
+        for j, measure in enumerate(measures):
+            keys.append((dataset, label, measure))
+            if whole:
+                ns.append(len(block))
+                rhos.append(float(block_rho[j]))
+                continue
+            pair = block[:, [j, -1]]
             pair = pair[np.isfinite(pair).all(axis=1)]
-            n = len(pair)
-            rho = np.nan
-            if n >= 4 and pair[measure].nunique() > 1 and pair[target].nunique() > 1:
-                rho = float(np.corrcoef(sps.rankdata(pair[measure]), sps.rankdata(pair[target]))[0, 1])
-            t = rho * np.sqrt((n - 2) / max(1 - rho * rho, 1e-300)) if np.isfinite(rho) else np.nan
-            rows.append({"dataset": dataset, "environment": label, "measure": measure, "rho": rho, "n": n,
-                         "p": float(2 * sps.t.sf(abs(t), n - 2)) if np.isfinite(t) else np.nan})
-    return pd.DataFrame(rows)
+            ns.append(len(pair))
+            ranks = sps.rankdata(pair, axis=0)
+            spread = ranks.std(axis=0) if len(pair) else np.zeros(2)
+            rhos.append(float(np.corrcoef(ranks.T)[0, 1]) if len(pair) >= 4 and (spread > 0).all() else np.nan)
+    rho, n = np.array(rhos), np.array(ns, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = rho * np.sqrt((n - 2) / np.maximum(1 - rho * rho, 1e-300))
+        p = 2 * sps.t.sf(np.abs(t), n - 2)
+    frame = pd.DataFrame(keys, columns=["dataset", "environment", "measure"])
+    return frame.assign(rho=rho, n=n.astype(int), p=p)
 
 
 def atlas_verdict(table, measures: list[str], sharpness: list[str]):

@@ -95,3 +95,16 @@ def test_labelled_and_fit_tables():
     assert (row.reached_target, row.diverged, row.networks, row.epochs) == (0, 1, 2, 3.0)
     with pytest.raises(ValueError, match="4 rows for 3 planned"):
         atlas.labelled(raw, plan[:3])
+
+
+def test_within_partial_is_partial_spearman_per_environment_and_margin(table):
+    table = table.assign(margin=table["test_acc"] + 0.002 * np.random.default_rng(1).normal(size=len(table)))
+    result = atlas.within_partial(table, "good", ["margin", "noise"])
+    assert len(result) == 4 * 2 and set(result["given"]) == {"margin", "noise"}
+    first = table[(table.environment == "sgd n=1000 w=64 b=64") & (table.status == "ok")]
+    row = result[(result.environment == "sgd n=1000 w=64 b=64") & (result.given == "margin")].iloc[0]
+    direct = stats.partial_spearman(first["good"], first["test_acc"], first["margin"], n_resamples=99)
+    assert row.partial_rho == pytest.approx(direct.statistic, abs=1e-12) and row.n == 6
+    assert row.rho == pytest.approx(stats.spearman(first["good"], first["test_acc"], n_resamples=99).statistic)
+    with pytest.raises(ValueError, match="jacobian_norm"):
+        atlas.within_partial(table, "good", ["jacobian_norm"])
