@@ -971,8 +971,19 @@ def describe_stability(verdict: str, shares: dict[str, float] | None) -> str:
     contradicted 31 %, inconclusive 5 %)"; the verdict alone without ``shares``."""
     if not shares:
         return verdict
-    others = ", ".join(f"{v} {100 * s:.0f} %" for v, s in shares.items() if v != verdict)
-    return f"{verdict} ({100 * shares.get(verdict, 0.0):.0f} %" + (f"; {others})" if others else ")")
+    others = ", ".join(f"{v} {percent(s)}" for v, s in shares.items() if v != verdict)
+    return f"{verdict} ({percent(shares.get(verdict, 0.0))}" + (f"; {others})" if others else ")")
+
+
+def percent(share: float) -> str:
+    """A share of replicates as a whole percentage; "< 1 %" and "> 99 %" where rounding would
+    say 0 or 100 of a share that is neither (one replicate in 200 is not none)."""
+    shown = f"{100 * share:.0f}"
+    if share > 0 and shown == "0":
+        return "< 1 %"
+    if share < 1 and shown == "100":
+        return "> 99 %"
+    return f"{shown} %"
 
 
 def correlation(row, n: int, p: str = "p_perm") -> dict:

@@ -369,8 +369,9 @@ def auc_standard_error(table, value: str = "min_trace", replicates: int = 200, s
     either group are left out; NaN if fewer than two remain."""
     from flatlib import stats
 
-    clusters = [(runs.loc[runs["generalising_kind"], value].to_numpy(float),
-                 runs.loc[~runs["generalising_kind"], value].to_numpy(float)) for _, runs in table.groupby("seed")]
+    seeds, kind = table["seed"].to_numpy(), table["generalising_kind"].to_numpy(bool)
+    values = table[value].to_numpy(float)
+    clusters = [(values[(seeds == s) & kind], values[(seeds == s) & ~kind]) for s in np.unique(seeds)]
     if not clusters:
         return math.nan
 

@@ -98,7 +98,7 @@ def figure(book: Path = BOOK) -> str:
             ax.add_patch(FancyBboxPatch((0.12, top), 0.36, height, boxstyle="round,pad=0,rounding_size=0.02",
                                         facecolor=VERDICT_COLORS[verdict], edgecolor="#636363", lw=0.8))
             dark = verdict in ("supported", "contradicted")
-            label = f"{verdict} {100 * stable.get(verdict, 0.0):.0f} %" if stable else verdict
+            label = f"{verdict} {claims.percent(stable.get(verdict, 0.0))}" if stable else verdict
             ax.text(0.30, top + height / 2, label, va="center", ha="center", fontsize=10 if not stable else 9,
                     color="white" if dark else "black")
             if stable:

@@ -63,6 +63,8 @@ def test_stability_reads_as_the_scoreboard_shows_it():
         "not supported (64 %; contradicted 31 %, inconclusive 5 %)"
     assert claims.describe_stability("supported", {"supported": 1.0}) == "supported (100 %)"
     assert claims.describe_stability("supported", None) == "supported"
+    assert claims.describe_stability("contradicted", {"contradicted": 0.995, "inconclusive": 0.005}) == \
+        "contradicted (> 99 %; inconclusive < 1 %)"
 
 
 # ----------------------------------------------------------------------------- the adapters
