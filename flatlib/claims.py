@@ -952,16 +952,29 @@ def stability(rule, table, replicates: int = STABILITY_REPLICATES, seed: int = 0
     has one per claim). ``table`` is a frame with one row per network (or a mapping name ->
     frame, each with its own plan); each replicate is ``stats.resample(table, units, within)``:
     the units (seeds, environments then seeds, draws) drawn with replacement inside each group
-    of ``within``. ``units`` and ``within`` are, for a mapping, mappings of the same names."""
+    of ``within``. ``units`` and ``within`` are, for a mapping, mappings of the same names.
+
+    A replicate the rule refuses as input it cannot judge (``ValueError``: with few seeds, a
+    replicate may draw one seed every time, and a paired interval has no spread) counts as
+    inconclusive: the data of that replicate decide nothing. If the rule refuses every
+    replicate, its error is raised."""
     from collections import Counter
 
     if isinstance(table, dict):
+        if not isinstance(units, dict) or set(units) != set(table):
+            raise ValueError(f"for several tables give units as a mapping with one entry per table: {sorted(table)}")
         tables, plan = table, {name: (units[name], within.get(name, ()) if within else ()) for name in table}
     else:
         tables, plan = {"table": table}, {"table": (units, within)}
-    counts = Counter()
+    counts, refused = Counter(), []
     for replicate in stats.bootstrap_tables(tables, plan, replicates, seed):
-        counts[rule(replicate if isinstance(table, dict) else replicate["table"]).verdict] += 1
+        try:
+            counts[rule(replicate if isinstance(table, dict) else replicate["table"]).verdict] += 1
+        except ValueError as error:  # a replicate the rule cannot judge (one seed drawn every time, say)
+            refused.append(error)
+            counts["inconclusive"] += 1
+    if len(refused) == replicates:
+        raise ValueError(f"the rule refused every replicate; the first said: {refused[0]}") from refused[0]
     order = sorted(counts, key=lambda v: (-counts[v], VERDICTS.index(v)))
     return {verdict: counts[verdict] / replicates for verdict in order}
 

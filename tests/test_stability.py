@@ -42,6 +42,20 @@ def test_stability_is_reproducible_from_its_seed_and_reuses_the_rule_unchanged()
     assert a == claims.stability(rule, table, replicates=30, seed=4, units=("seed",), within=("n",))
 
 
+def test_a_replicate_the_rule_cannot_judge_counts_as_inconclusive():
+    # two seeds: at each size half the replicates draw one seed twice, whose gap then has no spread, so the
+    # rule refuses three replicates in four (both sizes keep two seeds with probability 1/4)
+    two = {n: gaps[:2] for n, gaps in CLEAR.items()}
+    shares = stability.batch_sweep(paired_table(two), 0.0025, replicates=400)
+    assert shares["inconclusive"] == pytest.approx(0.75, abs=0.07)
+
+    def refuses(table):
+        raise ValueError("nothing to judge")
+
+    with pytest.raises(ValueError, match="refused every replicate; the first said: nothing to judge"):
+        claims.stability(refuses, paired_table(CLEAR), replicates=3, units=("seed",))
+
+
 def test_stability_of_several_tables_resamples_each_by_its_own_plan():
     learners = pd.DataFrame({"rule": ["r"] * 6, "draw": [0, 0, 1, 1, 2, 2], "x": [1, 2, 3, 4, 5, 6]})
     nets = pd.DataFrame({"seed": range(5), "y": range(5)})
