@@ -236,16 +236,16 @@ def effects(table, metrics, baseline: str = "baseline", pair_on: str = "seed", b
         lacking = sorted({baseline, *regimes} - set(group["regime"]))
         if lacking:
             raise ValueError(f"{by}={key} has no networks of regime(s) {lacking}; every {by} needs every regime")
-        wide = {metric: group.pivot(index=pair_on, columns="regime", values=metric) for metric in metrics}
+        wide = group.pivot(index=pair_on, columns="regime", values=list(metrics))
         for regime in regimes:
             for metric in metrics:
-                w = wide[metric]
-                if w[[regime, baseline]].isna().any().any():
+                a, b = wide[(metric, regime)].to_numpy(dtype=float), wide[(metric, baseline)].to_numpy(dtype=float)
+                if np.isnan(a).any() or np.isnan(b).any():
                     raise ValueError(f"{metric}: {by}={key} has a {pair_on} missing in {regime!r} or {baseline!r}")
-                d = stats.paired_difference(w[regime], w[baseline], confidence_level=level)
+                d = stats.paired_difference(a, b, confidence_level=level)
                 ci = d.confidence_interval()
-                rows.append({by: key, "regime": regime, "metric": metric, "regularised": float(w[regime].mean()),
-                             "baseline": float(w[baseline].mean()), "difference": d.mean, "ci_low": ci.low,
+                rows.append({by: key, "regime": regime, "metric": metric, "regularised": float(a.mean()),
+                             "baseline": float(b.mean()), "difference": d.mean, "ci_low": ci.low,
                              "ci_high": ci.high, "p": d.pvalue, "units": d.n, "level": level})
     return pd.DataFrame(rows)
 

@@ -84,13 +84,24 @@ def _atomic_write_json(path: Path, payload: dict) -> None:
     atomic_write(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
 
 
-def scoreboard_row(verdict: Verdict, ours: str) -> dict:
+def scoreboard_row(verdict: Verdict, ours: str, stability: dict[str, float] | None = None) -> dict:
     """One row of the introduction's scoreboard: the claim and verdict decided by its rule in
-    ``flatlib.claims``, the sub-claims behind it, and ``ours``, our figure as the reader sees it."""
+    ``flatlib.claims``, the sub-claims behind it, ``ours``, our figure as the reader sees it, and
+    where given the verdict's ``stability`` (``flatlib.claims.stability``: the share of bootstrap
+    replicates in which the rule returns each verdict)."""
     if not isinstance(verdict, Verdict):
         raise TypeError("scoreboard_row takes the Verdict a rule in flatlib.claims returned, not a typed verdict")
     keys.note(f"rule:{verdict.claim}", RULE_VERSIONS[verdict.claim])
-    return {"claim": verdict.claim, "ours": ours, "verdict": verdict.verdict, "checks": verdict.describe()}
+    row = {"claim": verdict.claim, "ours": ours, "verdict": verdict.verdict, "checks": verdict.describe()}
+    if stability is not None:
+        from flatlib.claims import VERDICTS
+
+        unknown = sorted(set(stability) - set(VERDICTS))
+        total = sum(stability.values())
+        if unknown or not math.isclose(total, 1.0, abs_tol=1e-9) or min(stability.values(), default=0) < 0:
+            raise ValueError(f"stability must map verdicts {VERDICTS} to shares summing to 1, got {stability!r}")
+        row["stability"] = dict(stability)
+    return row
 
 
 def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scoreboard: list[dict] = (),
