@@ -145,13 +145,19 @@ def _summary_hash(summary: dict) -> str:
     return hashlib.sha256(json.dumps(unsealed, sort_keys=True).encode()).hexdigest()
 
 
+def _published_files(summary: Path) -> list[Path]:
+    """The files a run published beside its summary: everything in the folder but the summary and
+    the chapter's source (``<chapter>.md``, which is code and lives there too)."""
+    return [p for p in sorted(summary.parent.iterdir()) if p.is_file() and p.name != summary.name
+            and p.suffix != ".md" and not p.name.startswith(".")]
+
+
 def seal(path: Path) -> dict:
     """Record in the summary at ``path`` the SHA-256 of every other file of its folder, and of the
     summary itself (without this record), as the run published them (``unsealed`` checks them)."""
     path = Path(path)
     summary = json.loads(path.read_text())
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.parent.iterdir())
-             if p.is_file() and p.name != path.name}
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in _published_files(path)}
     summary[SEAL] = {"files": files, "summary": _summary_hash(summary)}
     _atomic_write_json(path, summary)
     return summary
@@ -166,7 +172,7 @@ def unsealed(path: Path) -> list[str]:
     if not record:
         return []
     changed = [] if record.get("summary") == _summary_hash(summary) else [path.name]
-    now = {p.name for p in path.parent.iterdir() if p.is_file() and p.name != path.name}
+    now = {p.name for p in _published_files(path)}
     for name, digest in sorted(record["files"].items()):
         file = path.parent / name
         if not file.is_file():

@@ -251,6 +251,7 @@ def test_check_flags_a_published_file_edited_after_its_run(tmp_path, monkeypatch
     _summaries(tmp_path, monkeypatch, {"run": keys.used()})
     (tmp_path / "run" / "table.csv").write_text("a,b\n1,2\n")
     report.seal(tmp_path / "run" / "summary.json")
+    (tmp_path / "run" / "run.md").write_text("# the chapter's source, which is code, not output\n")
     assert main(["check"]) == 0
     (tmp_path / "run" / "table.csv").write_text("a,b\n1,3\n")
     assert main(["check"]) == 1
