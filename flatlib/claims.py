@@ -257,12 +257,30 @@ def reparameterisation(alphas, eig_inflation, trace_inflation, predictions_chang
 
 # C2, C3 -------------------------------------------------------------------------------------
 
-def head_to_head(dataset: str, weakness: dict, sharpness: dict, simplicity: dict, alpha: float = ALPHA) -> Verdict:
+GIVEN_FIT = "given the training loss at the stop"
+
+
+def robust_to_fit(central: Check, given_fit: Check, headline: str) -> str:
+    """The pre-registered robustness check of the common training loss (fixed before the re-run
+    of the head-to-heads and the atlas at the new recipe): the central check is computed again on
+    the partial correlation given each network's training loss at the stop. A finding
+    (``central`` supported or contradicted) that the partial correlation does not reproduce in
+    the same state rests on how well the networks fit, not on the measure: the headline becomes
+    inconclusive. An absence of finding is left as it is (the partial state is reported)."""
+    if central.state in ("supported", "contradicted") and given_fit.state != central.state:
+        return "inconclusive"
+    return headline
+
+
+def head_to_head(dataset: str, weakness: dict, sharpness: dict, simplicity: dict, alpha: float = ALPHA,
+                 weakness_given_fit: dict | None = None) -> Verdict:
     """C2 (MNIST) and C3 (Fashion-MNIST), on the pre-registered primary measures, each given as
     ``{"rho", "p", "ci_low", "ci_high", "n"}`` against test accuracy (``p``: the decision
     p-value, the permutation p). Central: weakness predicts test accuracy (rho > 0). Sides:
     sharpness anticorrelates (rho < 0); simplicity predicts nothing on MNIST (equivalence test)
-    and is somewhat predictive (rho > 0) on Fashion-MNIST."""
+    and is somewhat predictive (rho > 0) on Fashion-MNIST. With ``weakness_given_fit`` (the same
+    fields for the partial correlation given the training loss at the stop), the central check
+    is repeated on it and ``robust_to_fit`` applies."""
     claim = head_to_head_claim(dataset)
 
     def ci(r):
@@ -276,7 +294,12 @@ def head_to_head(dataset: str, weakness: dict, sharpness: dict, simplicity: dict
     else:
         sides.append(directional("simplicity somewhat predictive", simplicity["rho"], simplicity["p"], ci(simplicity),
                                  +1, alpha))
-    return Verdict(claim, _headline(central, sides), (central, *sides))
+    headline = _headline(central, sides)
+    if weakness_given_fit is None:
+        return Verdict(claim, headline, (central, *sides))
+    given = directional(f"weakness predicts test accuracy {GIVEN_FIT}", weakness_given_fit["rho"],
+                        weakness_given_fit["p"], ci(weakness_given_fit), +1, alpha)
+    return Verdict(claim, robust_to_fit(central, given, headline), (central, *sides, given))
 
 
 def distinct_hypotheses(table, measures: list[str], targets: list[str]) -> int:
@@ -332,7 +355,8 @@ def _combined(states: list[str]) -> str:
     return "inconclusive"
 
 
-def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNESS, alpha: float = ALPHA) -> Verdict:
+def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNESS, alpha: float = ALPHA,
+          within_given_fit=None) -> Verdict:
     """C2+, the robustness atlas, from ``within``: one row per (``dataset``, ``environment``,
     ``measure``) with the Spearman ``rho`` of the measure with test accuracy over the
     environment's networks, its decision p-value ``p`` (the permutation p) and its number of
@@ -359,6 +383,9 @@ def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNE
 
     The headline follows the primary weakness measure's pooled check, lowered from supported
     to partly supported when its robustness or its comparison with sharpness is not supported.
+    With ``within_given_fit`` (the same table with each environment's partial correlation given
+    the training loss at the stop as ``rho``), the primary's pooled check is repeated on it and
+    ``robust_to_fit`` applies.
     The counts of environments where each weakness measure has the paper's sign (significantly,
     and at all) and where it is significantly reversed are reported for every dataset."""
     needed = {"dataset", "environment", "measure", "rho", "p", "n"}
@@ -437,6 +464,18 @@ def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNE
             headline = central.state
             if headline == "supported" and (robust.state != "supported" or beat.state != "supported"):
                 headline = "partly supported"
+            if within_given_fit is not None:
+                states = []
+                for dataset in datasets:
+                    rows = within_given_fit[(within_given_fit["measure"] == measure)
+                                            & (within_given_fit["dataset"] == dataset)]
+                    result = stats.pooled_correlation(rows["rho"], rows["n"])
+                    states.append(directional(measure, result.statistic, result.pvalue, tuple(result.interval), +1,
+                                              alpha).state)
+                given = Check(f"{measure}: pooled within environments {GIVEN_FIT}", _combined(states),
+                              dict(zip(datasets, states)))
+                checks.append(given)
+                headline = robust_to_fit(central, given, headline)
     values["headline_measure"] = weakness[0]
     return Verdict("C2+", headline, tuple(checks), values)
 

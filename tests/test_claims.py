@@ -738,3 +738,50 @@ def test_c7_separation_weakens_only_by_the_minimum_drop_with_its_interval(benign
 
 def test_c7_minimum_drop_is_the_distance_from_perfect_to_clean_separation():
     assert claims.MIN_AUC_DROP == pytest.approx(1 - claims.CLEAN_SEPARATION)
+
+
+# The common training loss: the pre-registered robustness check ------------------------------
+
+def _r(rho, p, low, high, n=100):
+    return {"rho": rho, "p": p, "ci_low": low, "ci_high": high, "n": n}
+
+
+@pytest.mark.parametrize("raw,given,headline", [
+    (_r(0.4, 1e-4, 0.2, 0.55), _r(0.35, 1e-3, 0.15, 0.5), "supported"),  # the finding survives the fit
+    (_r(0.4, 1e-4, 0.2, 0.55), _r(0.05, 0.6, -0.15, 0.25), "inconclusive"),  # it rests on the fit
+    (_r(-0.3, 1e-3, -0.45, -0.1), _r(-0.28, 2e-3, -0.45, -0.1), "contradicted"),
+    (_r(-0.3, 1e-3, -0.45, -0.1), _r(-0.1, 0.3, -0.3, 0.1), "inconclusive"),
+    (_r(-0.05, 0.6, -0.25, 0.12), _r(0.3, 1e-3, 0.1, 0.5), "not supported"),  # no finding: left as it is
+])
+def test_a_head_to_head_finding_the_partial_given_the_fit_does_not_reproduce_is_inconclusive(raw, given, headline):
+    sharp, simple = _r(-0.3, 1e-3, -0.45, -0.1), _r(0.01, 0.9, -0.1, 0.1)
+    verdict = claims.head_to_head("mnist", raw, sharp, simple, weakness_given_fit=given)
+    assert verdict.verdict == headline
+    assert verdict.check(f"weakness predicts test accuracy {claims.GIVEN_FIT}").state == \
+        claims.directional("x", given["rho"], given["p"], (given["ci_low"], given["ci_high"]), +1).state
+    assert claims.head_to_head("mnist", raw, sharp, simple).verdict == (
+        "supported" if raw["rho"] > 0 else "contradicted" if raw["p"] < 0.05 else "not supported")
+
+
+def test_the_atlas_finding_that_vanishes_given_the_fit_is_inconclusive():
+    import pandas as pd
+
+    def table(rho_w):
+        rows = []
+        for dataset in ("mnist", "fashion_mnist"):
+            for e in range(6):
+                rows.append({"dataset": dataset, "environment": f"e{e}", "measure": "weakness_open_labels",
+                             "rho": rho_w, "p": 0.01, "n": 24})
+                rows.append({"dataset": dataset, "environment": f"e{e}", "measure": "top_eigenvalue",
+                             "rho": -0.1, "p": 0.5, "n": 24})
+        return pd.DataFrame(rows)
+
+    raw = table(-0.4)  # a reversal in every environment: pooled contradicted
+    plain = claims.atlas(raw, ["top_eigenvalue"], ("weakness_open_labels",))
+    assert plain.verdict == "contradicted"
+    assert claims.atlas(raw, ["top_eigenvalue"], ("weakness_open_labels",),
+                        within_given_fit=table(-0.4)).verdict == "contradicted"
+    vanished = claims.atlas(raw, ["top_eigenvalue"], ("weakness_open_labels",), within_given_fit=table(0.0))
+    assert vanished.verdict == "inconclusive"
+    assert vanished.check(f"weakness_open_labels: pooled within environments {claims.GIVEN_FIT}").state == \
+        "not supported"
