@@ -575,9 +575,9 @@ def _stored(spec: CertificateSpec) -> bool:
 def certificate(spec: CertificateSpec, progress: bool = False) -> dict:
     """``compute(spec)``, from the store if it is there, else computed and stored."""
     if _stored(spec):
-        return store.get_json(_key(spec))
-    entry = {**compute(spec, progress), "code": code_version(__name__)}
-    store.put_json(_key(spec), entry)
+        return {k: v for k, v in store.get_json(_key(spec)).items() if k != "code"}  # provenance, not a number
+    entry = compute(spec, progress)
+    store.put_json(_key(spec), {**entry, "code": code_version(__name__)})
     return entry
 
 

@@ -253,7 +253,7 @@ def train(fit: Fit) -> dict:
     kept in the store."""
     cached = store.get_torch(fit.key())
     if cached is not None:
-        return cached
+        return {k: v for k, v in cached.items() if k != "code"}  # provenance, not a result
     with one_thread():  # as flatlib.train: the same fit gives the same weights whatever the core count
         result = _train(fit)
     store.put_torch(fit.key(), {**result, "code": code_version(__name__)})
