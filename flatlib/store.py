@@ -136,8 +136,9 @@ class _ObjectStore:
             import fsspec
 
             # A client of its own (not fsspec's shared instance), made with the credentials the
-            # environment holds now; _backend makes a new one when they change.
-            self.fs = fsspec.filesystem(scheme, skip_instance_cache=True)
+            # environment holds now; _backend makes a new one when they change. No listings cache:
+            # other processes write the same prefix, and a stale listing would read as a miss.
+            self.fs = fsspec.filesystem(scheme, skip_instance_cache=True, use_listings_cache=False)
         except ImportError as error:
             raise StoreError(f"the store {url} needs the package {OBJECT_STORES[scheme]}, which is not installed: "
                              "pip install -r requirements.txt") from error
@@ -151,8 +152,8 @@ class _ObjectStore:
         return f"{self.root}/{'/'.join(_parts(key))}"
 
     def read(self, key: str) -> bytes | None:
-        try:
-            return self.fs.cat_file(self._object(key))
+        try:  # max_concurrency=1: one GET, without the HEAD that s3fs sends first to split large objects
+            return self.fs.cat_file(self._object(key), max_concurrency=1)
         except FileNotFoundError:
             return None
 
