@@ -186,7 +186,7 @@ def behaviour_table(configs, noise=NOISE, bins: int = ECE_BINS, seed: int = 0, e
     store.check_writable()
     missing = [c for c in dict.fromkeys(configs) if store.get_json(_behaviour_key(c, noise, bins, seed)) is None]
     if missing and not executors.is_serial(executor):
-        root = str(store.cache_dir())
+        root = store.location()
         executors.run_checked(_behaviour_task, [(c, tuple(noise), bins, seed, root) for c in missing],
                               executor, "test-set behaviour", progress)
         for c in missing:
