@@ -36,11 +36,12 @@ sysdeps:
 
 # MathJax served with the site (npm's mathjax 3.2.2), so that an offline copy renders its
 # mathematics; unpacked into book/_extra/mathjax/ (not in git), which the build copies to the
-# site's root as it is (Jupyter Book would load every script it found in _static).
+# site's root as it is (Jupyter Book would load every script it found in _static). The build
+# itself unpacks it when missing (book/_ext/mathjax.py, so `jupyter-book build book/` works on a
+# fresh clone); this target runs the same recipe ahead of it.
 MATHJAX := book/_extra/mathjax/tex-mml-chtml.js
 $(MATHJAX): | sysdeps
-	rm -rf .mathjax && mkdir .mathjax && cd .mathjax && npm pack --silent mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz
-	rm -rf book/_extra/mathjax && mkdir -p book/_extra && cp -r .mathjax/package/es5 book/_extra/mathjax && rm -rf .mathjax
+	$(PYTHON) book/_ext/mathjax.py
 
 mathjax: $(MATHJAX)
 

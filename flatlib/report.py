@@ -248,6 +248,11 @@ def interval(low, high, digits: int = 3, signed: bool = False) -> str:
     return f"[{ends[0]}, {ends[1]}]"
 
 
+def estimate(value, low, high, digits: int = 3) -> str:
+    """A value with its interval: "0.912 [0.905, 0.918]"."""
+    return f"{number(value, digits)} {interval(low, high, digits)}"
+
+
 def tally(values) -> str:
     """How often each value occurs, most frequent first: "target loss (97), patience (3)"."""
     import pandas as pd
@@ -308,7 +313,8 @@ def table(frame, *, digits: int = 3, columns: list | None = None, intervals: dic
     orders the columns (after the index is reset); ``scale`` multiplies columns (100 for a fraction
     shown in percent or percentage points); ``intervals`` maps a new column to its (low, high)
     columns, shown as "[low, high]" where the low one was; ``pvalues`` are formatted as
-    ``stats.format_pvalue`` does (with ``resamples``, a Monte Carlo floor as "< 1e-4"); ``signed``
+    ``stats.format_pvalue`` does (with ``resamples``, a Monte Carlo floor as "< 1e-4"; a dict gives
+    each p-value column its own number of resamples, None for an asymptotic p-value); ``signed``
     columns show "+" before positive values; ``units`` appends "(unit)" to a column's name and
     ``rename`` renames (both after the rest, by the original name). Every other cell is
     :func:`number` at ``digits`` significant figures. Tables longer than ``max_rows`` fold behind a
@@ -344,7 +350,8 @@ def table(frame, *, digits: int = 3, columns: list | None = None, intervals: dic
             continue
         values = df[name]
         if name in pvalues:
-            shown[name] = [stats.format_pvalue(p, resamples) if p is not None else MISSING for p in values]
+            floor = pvalues[name] if isinstance(pvalues, dict) else resamples
+            shown[name] = [stats.format_pvalue(p, floor) if p is not None else MISSING for p in values]
         else:
             shown[name] = [number(v, digits, signed=name in signed) for v in values]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -357,3 +364,21 @@ def table(frame, *, digits: int = 3, columns: list | None = None, intervals: dic
         renamed[name] = label
     shown = shown.rename(columns=renamed)
     return Table(shown, summary, max_rows, {renamed[c] for c in numeric})
+
+
+CORRELATION_NAMES = {"rho": "rho", "partial_rho": "partial rho", "p": "p (asymptotic)", "p_perm": "p (permutation)",
+                     "kendall_tau": "Kendall tau", "kendall_p": "p (Kendall)", "n": "networks"}
+
+
+def correlation_table(frame, resamples: int | None = None, summary: str | None = None, max_rows: int = 12,
+                      digits: int = 3, **options) -> Table:
+    """Rows of correlations (``flatlib.stats.correlation_table``, ``partial_table``) as a
+    :func:`table`: rho signed, its bootstrap interval as one column, asymptotic p-values as they
+    are and permutation p-values with their Monte Carlo floor (``resamples``); other keywords go
+    to :func:`table`."""
+    signed = [c for c in ("rho", "partial_rho", "kendall_tau", "ci_low") if c in frame.columns]
+    intervals = {"95% interval": ("ci_low", "ci_high")} if {"ci_low", "ci_high"} <= set(frame.columns) else {}
+    pvalues = {c: (resamples if c == "p_perm" else None) for c in ("p", "p_perm", "kendall_p") if c in frame.columns}
+    rename = {**CORRELATION_NAMES, **options.pop("rename", {})}
+    return table(frame, digits=digits, intervals=intervals, signed=[*signed, *options.pop("signed", ())],
+                 pvalues=pvalues, rename=rename, summary=summary, max_rows=max_rows, **options)

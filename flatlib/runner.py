@@ -364,9 +364,12 @@ def _execute(source: Path, executed: Path, params: dict, progress: bool, kernels
         with tempfile.TemporaryDirectory() as tmp:
             as_ipynb = Path(tmp) / executed.name
             nbformat.write(read_notebook(source), as_ipynb)
+            # The kernel's own log would tell the terminal that it talks to this process over TCP
+            # on localhost without encryption; cells' output and errors come back as messages.
             papermill.execute_notebook(str(as_ipynb), str(executed), parameters=params, kernel_name="python3",
                                        cwd=str(executed.parent), progress_bar=progress,
-                                       kernel_manager_class=_remembered_in(kernels))
+                                       kernel_manager_class=_remembered_in(kernels),
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
     finally:
         for key, value in saved.items():
             if value is None:
