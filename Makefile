@@ -68,12 +68,14 @@ reproduce: data mathjax
 	$(BIN)/python -m flatlib reproduce
 	$(BIN)/jupyter-book build $(JB_FLAGS) book/
 
-# make chapter CH=<name> PARAMS="key=value ..."  ->  runs/<name>-<hash>/
+# make chapter CH=<name> PARAMS="key=value ..."  ->  runs/<name>-<hash>/, with a web page of the
+# run in runs/<name>-<hash>/page/_build/html/<name>.html (offline MathJax, citations resolved, not
+# executed again); it prints the folder, the page and the verdict.
 # PARAMS goes to flatlib whole (single-quoted for the shell), which splits it on spaces outside
 # brackets and quotes, so PARAMS="widths=[8, 8] lr=0.1" is two parameters.
-chapter: data
+chapter: data mathjax
 	@test -n "$(CH)" || { echo 'usage: make chapter CH=<name> PARAMS="key=value ..."'; $(BIN)/python -m flatlib chapters; exit 2; }
-	$(BIN)/python -m flatlib run $(CH) --params '$(subst ','\'',$(PARAMS))'
+	$(BIN)/python -m flatlib run $(CH) --page --params '$(subst ','\'',$(PARAMS))'
 
 bench: data
 	$(BIN)/pip install -r benchmarks/requirements.txt

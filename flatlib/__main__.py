@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
+
+
+def _shown(path) -> str:
+    """``path`` relative to the working directory when it lies inside it."""
+    from pathlib import Path
+
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                             "(widths=[8, 8] lr=0.1); -p wins where both set a key")
     run_p.add_argument("--out", help="output folder (default: runs/<chapter>-<hash of parameters>/)")
     run_p.add_argument("--no-progress", action="store_true")
+    run_p.add_argument("--page", action="store_true",
+                       help="then build a web page of the run (in <out>/page/; offline, never executed again)")
     reproduce_p = sub.add_parser("reproduce", help="re-run the stale published chapters in place (say which, and how "
                                                    "long), then update the scoreboard")
     reproduce_p.add_argument("--all", action="store_true", help="re-run every published chapter, current or not")
@@ -49,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             overrides = {**runner.parse_params(args.params), **dict(args.param)}
             summary = runner.run(args.chapter, overrides, args.out, progress=not args.no_progress)
-            print(json.dumps(summary.get("headline", {}), indent=2))
+            folder = runner.out_dir_of(args.chapter, overrides, args.out)
+            print(f"folder:  {_shown(folder)}{os.sep}  (the executed notebook, summary.json, tables and figures)")
+            if args.page:
+                print(f"page:    {_shown(runner.page(folder))}")
+            else:
+                print("page:    not built (add --page, as `make chapter` does)")
+            rows = summary.get("scoreboard", [])
+            print("verdict: " + ("; ".join(f"{row['claim']} {row['verdict']}" for row in rows) if rows else
+                                 "none (this chapter judges no claim)"))
         elif args.command == "reproduce":
             runner.reproduce(everything=args.all)
             scoreboard.update()
@@ -103,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, chapter in runner.manifest().items():
                 print(f"{name}  ({chapter.source.relative_to(runner.report.ROOT)})")
                 for key, value in runner.parameters(chapter.source).items():
+                    if key == "out_dir":  # where the runner puts a run's files (--out), not a parameter
+                        continue
                     spec = chapter.ranges.get(key)
                     print(f"    {key} = {value!r}" + (f"    ({fparams.describe(spec)})" if spec else ""))
     except (runner.ChapterError, CompareError, DataError) as exc:

@@ -119,8 +119,12 @@ def _run_together(labels, renderer, axis: str) -> bool:
     extents = [t.get_window_extent(renderer) for t in labels]
     angle = np.deg2rad(labels[0].get_rotation()) if labels else 0.0
     if abs(np.sin(angle)) < 1e-3 or abs(np.cos(angle)) < 1e-3 and axis == "y":
-        for a, b in zip(extents, extents[1:]):
-            if min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1:
+        # upright neighbours need a gap of a fifth of the type size, or "-1.00-0.75" reads as one number
+        gap = 0.2 * labels[0].get_fontsize() * renderer.points_to_pixels(1.0) if labels else 0.0
+        ordered = sorted(extents, key=lambda e: e.x0 if axis == "x" else e.y0)
+        for a, b in zip(ordered, ordered[1:]):
+            if axis == "x" and b.x0 - a.x1 < gap and min(a.y1, b.y1) > max(a.y0, b.y0) or \
+                    axis == "y" and b.y0 - a.y1 < gap and min(a.x1, b.x1) > max(a.x0, b.x0):
                 return True
         return False
     height = labels[0].get_fontsize() * renderer.points_to_pixels(1.0)
@@ -590,7 +594,8 @@ def forest(rows, labels: list[str], is_bound, xlabel: str):
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    ax.set(xlabel=xlabel)
+    ax.set(xlabel=xlabel, xlim=(-1.05, 1.05))
+    ax.set_xticks([-1, -0.5, 0, 0.5, 1])
     ax.legend(handles=[Line2D([], [], ls="", marker="D", color=FAMILY_COLORS["bound"], label="a bound"),
                        Line2D([], [], ls="", marker="o", color=FAMILY_COLORS["weakness"], label="a weakness measure")],
               loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2)

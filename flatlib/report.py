@@ -82,6 +82,10 @@ def _jsonable(value):
 
 def _atomic_write_json(path: Path, payload: dict) -> None:
     atomic_write(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
+    # readable as any file the user writes (the temporary file it replaced was private, 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def scoreboard_row(verdict: Verdict, ours: str) -> dict:

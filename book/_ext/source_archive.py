@@ -61,7 +61,8 @@ def _on_config(app, config):
 
 
 def _archive(app, exception):
-    if exception is not None or app.builder.format != "html" or not SOURCE["commit"]:
+    if exception is not None or app.builder.format != "html" or not SOURCE["commit"] or \
+            not app.config.flatbook_source_archive:
         return
     out = Path(app.outdir) / ARCHIVE
     done = subprocess.run(["git", "archive", "--format=tar.gz", f"--prefix=flat-minima-{SOURCE['commit'][:12]}/",
@@ -161,6 +162,8 @@ def _outdated(app, env, added, changed, removed):
 
 
 def setup(app):
+    # off for a page of one run (flatlib.runner.page), which needs the commit links, not the archive
+    app.add_config_value("flatbook_source_archive", True, "html")
     app.connect("config-inited", _on_config)
     app.connect("env-get-outdated", _outdated)
     app.connect("doctree-read", _cite_box)
