@@ -459,7 +459,7 @@ def atlas_within(within, order: list[str], environments: list[str], datasets: li
         ax.scatter(xs, ys, s=6, color="black")
         ax.set_yticks(range(len(order)), order)
         ax.set_xticks(range(len(environments)), environments, rotation=90)
-        ax.set_title(f"{dataset}: rho with test accuracy within each environment ({seeds} seeds)")
+        ax.set_title(f"{dataset}: {seeds} seeds per environment")
         ax.grid(False)
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.5, label="Spearman rho")
     return fig

@@ -89,3 +89,13 @@ def test_publish_shows_the_saved_file_at_its_natural_css_size(tmp_path):
     with Image.open(tmp_path / "one.png") as saved:
         assert image.width == round(saved.size[0] / 2)
     assert image.data == (tmp_path / "one.png").read_bytes()
+
+
+def test_a_saved_axis_of_large_values_is_labelled_120k_not_with_a_multiplier(tmp_path):
+    fig, ax = plots.figure("single")
+    ax.plot([-600000, 550000], [0, 1])
+    ax.set_xlabel("eigenvalue")
+    found = plots.metadata(plots.savefig(fig, tmp_path, "large"))
+    labels = [t.get_text() for t in ax.xaxis.get_ticklabels() if t.get_text()]
+    assert found["problems"] == [] and ax.xaxis.get_offset_text().get_text() == ""
+    assert any(label.endswith("k") for label in labels) and all("e" not in label for label in labels)
