@@ -199,8 +199,9 @@ def number(value, digits: int = 3, signed: bool = False) -> str:
     and no decimals; a true minus sign; "+" before positive values when ``signed``; NaN and None
     as an em dash; booleans as yes/no; a dict as "key: value, ..."; a list or tuple comma-separated."""
     import numpy as np
+    import pandas as pd
 
-    if value is None:
+    if value is None or pd.api.types.is_scalar(value) and not isinstance(value, str) and pd.isna(value):
         return MISSING
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"

@@ -11,7 +11,8 @@ from flatlib import report
     (0.123456, 3, "0.123"), (2.0e6, 2, "2.0\u00d710\u2076"),
     (12.3456, 3, "12.3"), (-0.0456789, 2, "\u22120.046"), (1234.567, 3, "1,235"),
     (60000, 3, "60,000"), (150.0, 3, "150"), (3.2e-6, 2, "3.2\u00d710\u207b\u2076"), (2.5e7, 3, "2.50\u00d710\u2077"),
-    (float("nan"), 3, "\u2014"), (None, 3, "\u2014"), (True, 3, "yes"), (np.bool_(False), 3, "no"),
+    (float("nan"), 3, "\u2014"), (None, 3, "\u2014"), (pd.NA, 3, "\u2014"), (True, 3, "yes"),
+    (np.bool_(False), 3, "no"),
     (np.int64(7), 3, "7"), (np.float32(0.5), 3, "0.500"), ("sgd", 3, "sgd"), (float("inf"), 3, "\u221e"),
 ])
 def test_numbers_are_shown_to_significant_figures_with_a_true_minus_and_no_nan(value, digits, shown):
