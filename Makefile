@@ -36,11 +36,12 @@ sysdeps:
 
 # MathJax served with the site (npm's mathjax 3.2.2), so that an offline copy renders its
 # mathematics; unpacked into book/_extra/mathjax/ (not in git), which the build copies to the
-# site's root as it is (Jupyter Book would load every script it found in _static).
+# site's root as it is (Jupyter Book would load every script it found in _static). The build
+# itself unpacks it when missing (book/_ext/mathjax.py, so `jupyter-book build book/` works on a
+# fresh clone); this target runs the same recipe ahead of it.
 MATHJAX := book/_extra/mathjax/tex-mml-chtml.js
 $(MATHJAX): | sysdeps
-	rm -rf .mathjax && mkdir .mathjax && cd .mathjax && npm pack --silent mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz
-	rm -rf book/_extra/mathjax && mkdir -p book/_extra && cp -r .mathjax/package/es5 book/_extra/mathjax && rm -rf .mathjax
+	$(PYTHON) book/_ext/mathjax.py
 
 mathjax: $(MATHJAX)
 
@@ -73,12 +74,14 @@ reproduce: data mathjax
 	$(BIN)/python -m flatlib reproduce
 	$(BIN)/jupyter-book build $(JB_FLAGS) book/
 
-# make chapter CH=<name> PARAMS="key=value ..."  ->  runs/<name>-<hash>/
+# make chapter CH=<name> PARAMS="key=value ..."  ->  runs/<name>-<hash>/, with a web page of the
+# run in runs/<name>-<hash>/page/_build/html/<name>.html (offline MathJax, citations resolved, not
+# executed again); it prints the folder, the page and the verdict.
 # PARAMS goes to flatlib whole (single-quoted for the shell), which splits it on spaces outside
 # brackets and quotes, so PARAMS="widths=[8, 8] lr=0.1" is two parameters.
-chapter: data
+chapter: data mathjax
 	@test -n "$(CH)" || { echo 'usage: make chapter CH=<name> PARAMS="key=value ..."'; $(BIN)/python -m flatlib chapters; exit 2; }
-	$(BIN)/python -m flatlib run $(CH) --params '$(subst ','\'',$(PARAMS))'
+	$(BIN)/python -m flatlib run $(CH) --page --params '$(subst ','\'',$(PARAMS))'
 
 bench: data
 	$(BIN)/pip install -r benchmarks/requirements.txt

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
+
+
+def _shown(path) -> str:
+    """``path`` relative to the working directory when it lies inside it."""
+    from pathlib import Path
+
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                             "run although its parameters differ from those chapters.yml publishes; the page then "
                             "shows numbers `make reproduce` will not give. Without it such a run is refused; a "
                             "run into another chapter's folder is refused either way")
+    run_p.add_argument("--page", action="store_true",
+                       help="then build a web page of the run (in <out>/page/; offline, never executed again)")
     reproduce_p = sub.add_parser("reproduce", help="re-run the stale published chapters in place (say which, and how "
                                                    "long), then update the scoreboard")
     reproduce_p.add_argument("--all", action="store_true", help="re-run every published chapter, current or not")
@@ -55,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {**runner.parse_params(args.params), **dict(args.param)}
             summary = runner.run(args.chapter, overrides, args.out, progress=not args.no_progress,
                                  force_publish=args.force_publish)
-            print(json.dumps(summary.get("headline", {}), indent=2))
+            folder = runner.out_dir_of(args.chapter, overrides, args.out)
+            print(f"folder:  {_shown(folder)}{os.sep}  (the executed notebook, summary.json, tables and figures)")
+            if args.page:
+                print(f"page:    {_shown(runner.page(folder))}")
+            else:
+                print("page:    not built (add --page, as `make chapter` does)")
+            rows = summary.get("scoreboard", [])
+            print("verdict: " + ("; ".join(f"{row['claim']} {row['verdict']}" for row in rows) if rows else
+                                 "none (this chapter judges no claim)"))
         elif args.command == "reproduce":
             runner.reproduce(everything=args.all)
             scoreboard.update()
@@ -109,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, chapter in runner.manifest().items():
                 print(f"{name}  ({chapter.source.relative_to(runner.report.ROOT)})")
                 for key, value in runner.parameters(chapter.source).items():
-                    if key == "out_dir":  # the runner's (--out), not a reader's parameter
+                    if key == "out_dir":  # where the runner puts a run's files (--out), not a parameter
                         continue
                     spec = chapter.ranges.get(key)
                     print(f"    {key} = {value!r}" + (f"    ({fparams.describe(spec)})" if spec else ""))

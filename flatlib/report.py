@@ -82,6 +82,10 @@ def _jsonable(value):
 
 def _atomic_write_json(path: Path, payload: dict) -> None:
     atomic_write(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
+    # readable as any file the user writes (the temporary file it replaced was private, 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def scoreboard_row(verdict: Verdict, ours: str, stability: dict[str, float] | None = None) -> dict:
@@ -197,3 +201,206 @@ def add_provenance(path: Path, parameters: dict, wall_time_s: float, notebook: s
         name: importlib.metadata.version(name) for name in ("torch", "numpy", "scipy", "pandas", "papermill")}}
     _atomic_write_json(Path(path), summary)
     return summary
+
+
+# ----------------------------------------------------------------------------- numbers and tables for people
+
+MINUS = "\u2212"
+MISSING = "\u2014"  # an em dash: no value (NaN, None), never "NaN"
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+def number(value, digits: int = 3, signed: bool = False) -> str:
+    """A value as a reader should see it: ``digits`` significant figures; from 10^6 up and below
+    10^-3 as 3.2×10⁻⁶; whole numbers (ints, and floats that are whole) with thousands separators
+    and no decimals; a true minus sign; "+" before positive values when ``signed``; NaN and None
+    as an em dash; booleans as yes/no; a dict as "key: value, ..."; a list or tuple comma-separated."""
+    import numpy as np
+    import pandas as pd
+
+    if value is None or pd.api.types.is_scalar(value) and not isinstance(value, str) and pd.isna(value):
+        return MISSING
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {number(v, digits)}" for k, v in value.items()) or MISSING
+    if isinstance(value, (list, tuple)):
+        return ", ".join(number(v, digits) for v in value) or MISSING
+    if isinstance(value, (int, np.integer)):
+        text = f"{int(value):,}"
+    elif isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return MISSING
+        if math.isinf(value):
+            text = "\u221e" if value > 0 else "-\u221e"
+        elif value.is_integer() and abs(value) < 1e6:
+            text = f"{int(value):,}"
+        else:
+            size = abs(value)
+            if size >= 1e6 or size < 1e-3:
+                mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+                text = f"{mantissa}\u00d710{str(int(exponent)).translate(_SUPERSCRIPT)}"
+            else:
+                decimals = max(0, digits - 1 - math.floor(math.log10(size)))
+                text = f"{value:,.{decimals}f}"
+    else:
+        return str(value)
+    if signed and not text.startswith("-") and text not in ("0", "0.0"):
+        text = "+" + text
+    return text.replace("-", MINUS, 1) if text.startswith("-") else text
+
+
+def interval(low, high, digits: int = 3, signed: bool = False) -> str:
+    """An interval as "[low, high]", both ends at the decimals of the wider one (so they line up)."""
+    import numpy as np
+
+    if any(v is None or isinstance(v, (float, np.floating)) and math.isnan(v) for v in (low, high)):
+        return MISSING
+    size = max(abs(float(low)), abs(float(high)))
+    if size == 0 or size >= 1e6 or size < 1e-3:
+        return f"[{number(low, digits, signed)}, {number(high, digits, signed)}]"
+    decimals = max(0, digits - 1 - math.floor(math.log10(size)))
+    ends = []
+    for v in (float(low), float(high)):
+        text = f"{v:,.{decimals}f}"
+        if signed and v > 0:
+            text = "+" + text
+        ends.append(text.replace("-", MINUS, 1))
+    return f"[{ends[0]}, {ends[1]}]"
+
+
+def estimate(value, low, high, digits: int = 3) -> str:
+    """A value with its interval: "0.912 [0.905, 0.918]"."""
+    return f"{number(value, digits)} {interval(low, high, digits)}"
+
+
+def tally(values) -> str:
+    """How often each value occurs, most frequent first: "target loss (97), patience (3)"."""
+    import pandas as pd
+
+    counts = pd.Series(list(values)).value_counts()
+    return ", ".join(f"{str(k).replace('_', ' ')} ({v})" for k, v in counts.items()) or "none"
+
+
+def duration(seconds: float) -> str:
+    """A wall time for prose: "under a second", "42 s", "3.2 minutes", "2 h 05 min"."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} minutes"
+    hours, rest = divmod(round(seconds / 60), 60)
+    return f"{hours} h {rest:02d} min"
+
+
+class Table:
+    """A table formatted for the page (``text/html``): no index column, numbers as :func:`number`
+    writes them, a one-line summary above, and the rows folded behind a toggle when there are more
+    than the page should show at once. ``frame`` holds the formatted cells (strings)."""
+
+    def __init__(self, frame, summary: str | None, max_rows: int, numeric: set):
+        self.frame, self.summary, self.max_rows, self.numeric = frame, summary, max_rows, numeric
+
+    @property
+    def folded(self) -> bool:
+        return len(self.frame) > self.max_rows
+
+    def _repr_html_(self) -> str:
+        import html
+
+        head = "".join(f'<th class="{"num" if c in self.numeric else "text"}">{html.escape(str(c))}</th>'
+                       for c in self.frame.columns)
+        body = "".join("<tr>" + "".join(f'<td class="{"num" if c in self.numeric else "text"}">{html.escape(v)}</td>'
+                                        for c, v in zip(self.frame.columns, row)) + "</tr>"
+                       for row in self.frame.itertuples(index=False))
+        grid = f'<table class="flatbook-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        summary = f'<p class="table-summary">{html.escape(self.summary)}</p>' if self.summary else ""
+        if self.folded:
+            grid = (f'<details class="table-toggle"><summary>Show all {len(self.frame)} rows</summary>{grid}'
+                    "</details>")
+        return f'<div class="flatbook-table-block">{summary}{grid}</div>'
+
+    def __repr__(self) -> str:
+        return ((self.summary + "\n") if self.summary else "") + self.frame.to_string(index=False)
+
+
+def table(frame, *, digits: int = 3, columns: list | None = None, intervals: dict | None = None,
+          scale: dict | None = None, units: dict | None = None, rename: dict | None = None, signed=(),
+          pvalues=(), resamples: int | None = None, summary: str | None = None, max_rows: int = 12) -> Table:
+    """``frame`` as a table for people (:class:`Table`).
+
+    A named index becomes the first column(s); a plain row number is dropped. ``columns`` picks and
+    orders the columns (after the index is reset); ``scale`` multiplies columns (100 for a fraction
+    shown in percent or percentage points); ``intervals`` maps a new column to its (low, high)
+    columns, shown as "[low, high]" where the low one was; ``pvalues`` are formatted as
+    ``stats.format_pvalue`` does (with ``resamples``, a Monte Carlo floor as "< 1e-4"; a dict gives
+    each p-value column its own number of resamples, None for an asymptotic p-value); ``signed``
+    columns show "+" before positive values; ``units`` appends "(unit)" to a column's name and
+    ``rename`` renames (both after the rest, by the original name). Every other cell is
+    :func:`number` at ``digits`` significant figures. Tables longer than ``max_rows`` fold behind a
+    toggle, under ``summary`` (one line; give one for every long table)."""
+    import pandas as pd
+
+    from flatlib import stats
+
+    df = frame.copy()
+    if isinstance(df.index, pd.RangeIndex) and df.index.name is None:
+        df = df.reset_index(drop=True)
+    else:
+        df = df.reset_index()
+    if isinstance(df.columns, pd.MultiIndex):
+        df.columns = [" ".join(str(part) for part in c if str(part)) for c in df.columns]
+    df.columns = [str(c) for c in df.columns]
+    if columns is not None:
+        df = df[list(columns) + [c for pair in (intervals or {}).values() for c in pair if c not in columns]]
+    for name, factor in (scale or {}).items():
+        df[name] = df[name] * factor
+    shown = pd.DataFrame(index=df.index)
+    numeric = set()
+    consumed = {c for pair in (intervals or {}).values() for c in pair}
+    starts = {pair[0]: name for name, pair in (intervals or {}).items()}
+    for name in df.columns:
+        if name in starts:
+            low, high = intervals[starts[name]]
+            shown[starts[name]] = [interval(a, b, digits, signed=starts[name] in signed or low in signed)
+                                   for a, b in zip(df[low], df[high])]
+            numeric.add(starts[name])
+            continue
+        if name in consumed:
+            continue
+        values = df[name]
+        if name in pvalues:
+            floor = pvalues[name] if isinstance(pvalues, dict) else resamples
+            shown[name] = [stats.format_pvalue(p, floor) if p is not None else MISSING for p in values]
+        else:
+            shown[name] = [number(v, digits, signed=name in signed) for v in values]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            numeric.add(name)
+    renamed = {}
+    for name in shown.columns:
+        label = (rename or {}).get(name, name)
+        if name in (units or {}):
+            label = f"{label} ({units[name]})"
+        renamed[name] = label
+    shown = shown.rename(columns=renamed)
+    return Table(shown, summary, max_rows, {renamed[c] for c in numeric})
+
+
+CORRELATION_NAMES = {"rho": "rho", "partial_rho": "partial rho", "p": "p (asymptotic)", "p_perm": "p (permutation)",
+                     "kendall_tau": "Kendall tau", "kendall_p": "p (Kendall)", "n": "networks"}
+
+
+def correlation_table(frame, resamples: int | None = None, summary: str | None = None, max_rows: int = 12,
+                      digits: int = 3, **options) -> Table:
+    """Rows of correlations (``flatlib.stats.correlation_table``, ``partial_table``) as a
+    :func:`table`: rho signed, its bootstrap interval as one column, asymptotic p-values as they
+    are and permutation p-values with their Monte Carlo floor (``resamples``); other keywords go
+    to :func:`table`."""
+    signed = [c for c in ("rho", "partial_rho", "kendall_tau", "ci_low") if c in frame.columns]
+    intervals = {"95% interval": ("ci_low", "ci_high")} if {"ci_low", "ci_high"} <= set(frame.columns) else {}
+    pvalues = {c: (resamples if c == "p_perm" else None) for c in ("p", "p_perm", "kendall_p") if c in frame.columns}
+    rename = {**CORRELATION_NAMES, **options.pop("rename", {})}
+    return table(frame, digits=digits, intervals=intervals, signed=[*signed, *options.pop("signed", ())],
+                 pvalues=pvalues, rename=rename, summary=summary, max_rows=max_rows, **options)

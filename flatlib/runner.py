@@ -331,6 +331,15 @@ def default_out_dir(chapter: str, overrides: dict) -> Path:
     return RUNS / f"{chapter}-{digest}"
 
 
+def out_dir_of(chapter: str, overrides: dict, out: str | os.PathLike | None = None) -> Path:
+    """The folder a run of ``chapter`` with ``overrides`` writes: ``out`` when given, else
+    ``runs/<chapter>-<hash of the validated overrides>``, as :func:`run` chooses it."""
+    if out is not None:
+        return Path(out).resolve()
+    params = validate(chapter, overrides)
+    return default_out_dir(chapter, {k: params[k] for k in overrides}).resolve()
+
+
 def run(chapter: str, overrides: dict | None = None, out: str | os.PathLike | None = None,
         progress: bool = True, resume: str | None = None, force_publish: bool = False) -> dict:
     """Execute ``chapter`` with ``overrides`` into ``out``; return its summary.
@@ -475,9 +484,12 @@ def _execute(source: Path, executed: Path, params: dict, progress: bool, kernels
         with tempfile.TemporaryDirectory() as tmp:
             as_ipynb = Path(tmp) / executed.name
             nbformat.write(read_notebook(source), as_ipynb)
+            # The kernel's own log would tell the terminal that it talks to this process over TCP
+            # on localhost without encryption; cells' output and errors come back as messages.
             papermill.execute_notebook(str(as_ipynb), str(executed), parameters=params, kernel_name="python3",
                                        cwd=str(executed.parent), progress_bar=progress,
-                                       kernel_manager_class=_remembered_in(kernels))
+                                       kernel_manager_class=_remembered_in(kernels),
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
     finally:
         for key, value in saved.items():
             if value is None:
@@ -687,24 +699,25 @@ def _suffix_labels(nb, overrides: dict) -> None:
 
 def _provenance(summary: dict, files: list[str], rerun: str | None) -> str:
     """The provenance of a run, from its summary, as Markdown: when and where it ran, the code
-    and libraries, the data, the command that re-runs it, and the files to download."""
-    commit = summary.get("git_commit") or "unknown"
+    and libraries, the data, the command that re-runs it, and the files to download. The commit is
+    written ``{commit}`<sha>```, which the site links to the repository when it knows one."""
+    commit = summary.get("git_commit")
     data = "; ".join(f"{name}: " + ", ".join(f"`{f}` {h[:12]}" for f, h in files_.items())
                      for name, files_ in summary.get("data_checksums", {}).items()) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())
+    # the wall time stays in summary.json: on the page it would change a re-run's notebook
     rows = [("run", f"{summary.get('run_date', 'unknown')} (UTC); its wall time is in `summary.json`"),
             ("device", summary.get("device", "unknown")),
-            ("code", f"git `{commit[:12]}`, flatlib {summary.get('flatlib_version', '?')} "
-                     f"(source hash `{summary.get('flatlib_source_hash', '?')}`)"),
+            ("code", (f"git {{commit}}`{commit}`" if commit else "git commit unknown")
+             + f", flatlib {summary.get('flatlib_version', '?')} "
+               f"(source hash `{summary.get('flatlib_source_hash', '?')}`)"),
             ("libraries", versions or f"torch {summary.get('torch_version', '?')}"),
             ("data (SHA-256)", data)]
     if rerun:
         rows.append(("re-run", f"`{rerun}`"))
-    bar = "\\|"  # a literal | inside a table cell
-    table = "\n".join(f"| {k} | {v.replace('|', bar)} |" for k, v in rows)
+    listed = "\n".join(f"- **{k}**: {v}" for k, v in rows)
     downloads = ", ".join(f"{{download}}`{name} <{name}>`" for name in files)
-    return (f"## Provenance\n\n| | |\n|---|---|\n{table}\n\n"
-            + (f"Downloads: {downloads}." if downloads else ""))
+    return f"## Provenance\n\n{listed}\n\n" + (f"Downloads: {downloads}." if downloads else "")
 
 
 def _parameters_table(source: str) -> str:
@@ -827,3 +840,55 @@ def reproduce(progress: bool = True, everything: bool = False, out=sys.stderr) -
                                                                      else "") + ". Interrupted, run the same "
               "command again: it resumes from the store and skips what is current.", file=out)
     return [run(r.chapter, r.params, r.out_dir, progress, resume="python -m flatlib reproduce") for r in todo]
+
+
+PAGE = "page"  # the folder inside a run's output where `page` builds it
+
+
+def page(out_dir: str | os.PathLike) -> Path:
+    """Build a viewable web page of the run in ``out_dir`` (its executed notebook, rendered as the
+    site renders a chapter, never executed again) and return the page's path.
+
+    The run's folder is the book's source, so its figures and downloads are where the notebook
+    names them; the book's configuration lives in ``out_dir/page/`` (a folder, which the run's seal
+    does not cover) with a references page, and the HTML in ``out_dir/page/_build/html/``. MathJax
+    is the site's own copy (unpacked from npm when missing), so the page renders its mathematics
+    offline; citations resolve against ``book/references.bib``. Links to other chapters of the
+    book do not resolve: the page stands alone."""
+    import yaml
+
+    out_dir = Path(out_dir).resolve()
+    summary_path = out_dir / report.SUMMARY_NAME
+    if not summary_path.is_file():
+        raise ChapterError(f"{out_dir} holds no {report.SUMMARY_NAME}: it is not the output folder of a run.")
+    notebook = out_dir / json.loads(summary_path.read_text()).get("notebook", "")
+    if notebook.suffix != ".ipynb" or not notebook.is_file():
+        raise ChapterError(f"{out_dir} holds no executed notebook named by its {report.SUMMARY_NAME}.")
+    book, ext = report.ROOT / "book", str(report.ROOT / "book" / "_ext")
+    config = {
+        "title": f"A run of {notebook.stem}", "only_build_toc_files": True,
+        "exclude_patterns": [f"{PAGE}/_build/**"],
+        "execute": {"execute_notebooks": "off"},
+        "bibtex_bibfiles": [str(book / "references.bib")],
+        "parse": {"myst_enable_extensions": ["dollarmath", "amsmath", "colon_fence", "deflist"]},
+        "sphinx": {"config": {"html_extra_path": [str(book / "_extra")], "mathjax_path": "../mathjax/tex-mml-chtml.js",
+                              "html_static_path": [str(book / "_static")], "html_css_files": ["flatbook.css"],
+                              "html_js_files": ["enlarge.js"], "bibtex_default_style": "flatbook",
+                              "flatbook_source_archive": False, "nb_merge_streams": True,
+                              "suppress_warnings": ["mystnb.unknown_mime_type"]},
+                   "local_extensions": {"mathjax": ext, "bibstyle": ext, "source_archive": ext}},
+    }
+    folder = out_dir / PAGE
+    folder.mkdir(exist_ok=True)
+    (folder / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": notebook.stem,
+                                                     "chapters": [{"file": f"{PAGE}/references"}]}, sort_keys=False))
+    (folder / "references.md").write_text("# References\n\n```{bibliography}\n```\n")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    built = subprocess.run([str(jupyter_book if jupyter_book.exists() else "jupyter-book"), "build", str(out_dir),
+                            "--config", str(folder / "_config.yml"), "--toc", str(folder / "_toc.yml"),
+                            "--path-output", str(folder)], capture_output=True, text=True, timeout=1800)
+    html = folder / "_build" / "html" / f"{notebook.stem}.html"
+    if built.returncode != 0 or not html.is_file():
+        raise ChapterError(f"Building the page of {out_dir} failed:\n{(built.stdout + built.stderr)[-3000:]}")
+    return html

@@ -1,10 +1,12 @@
 """The book as published: chapters smoke-run with tiny parameters, the scoreboard matches the
 committed summaries, and the site builds with warnings as errors."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -81,6 +83,50 @@ def test_chapter_smoke_run(chapter, tmp_path):
         assert row["verdict"] in claims.VERDICTS
     assert "it/s]" not in notebook and "s/it]" not in notebook, "a progress bar reached the published page"
     assert "TqdmWarning" not in notebook, "a progress-bar warning reached the published page"
+    shown = _reader_facing(nbformat.reads(notebook, as_version=4))
+    assert 'class="dataframe"' not in shown, "a raw DataFrame reached the page: show it with flatlib.report.table"
+    assert not re.search(r"\bNaN\b|\{'[^']*': ", shown), "a NaN or a dict's repr reached the page"
+    _check_figures(tmp_path / chapter)
+
+
+def _reader_facing(nb) -> str:
+    """Everything a chapter's outputs show on its page: printed text, tables, glued values."""
+    found = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            found.append(output.get("text", ""))
+            for mime, value in output.get("data", {}).items():
+                if mime.endswith(("text/plain", "text/html", "text/markdown")):
+                    found.append(value if isinstance(value, str) else "".join(value))
+    return "\n".join(found)
+
+
+def _check_figures(folder: Path) -> None:
+    """Every figure a run wrote was saved by ``flatlib.plots`` for the book's column: text at least
+    ``plots.MIN_TEXT_PX`` where the column shows it, at most ``MAX_LEGEND_ENTRIES`` legend entries,
+    no tick labels run together, no text printed over another panel."""
+    from flatlib import plots
+
+    figures = sorted(folder.glob("*.png"))
+    problems = []
+    for path in figures:
+        found = plots.metadata(path)
+        if not found:
+            problems.append(f"{path.name}: not saved by flatlib.plots.savefig")
+            continue
+        if found["min_text_px"] < plots.MIN_TEXT_PX:
+            problems.append(f"{path.name}: text of {found['min_text_px']:.1f} px in the column")
+        if found["width_px"] * plots.CSS_PX_PER_INCH / found["dpi"] > 1.25 * plots.COLUMN_PX:
+            problems.append(f"{path.name}: {found['width_px']} px wide, shrunk by more than a fifth in the column")
+        problems += [f"{path.name}: {p}" for p in found["problems"]]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("run", PUBLISHED, ids=lambda r: r.folder)
+def test_every_published_figure_was_drawn_for_the_column(run):
+    if run.folder in runner.stale():
+        pytest.skip("a stale chapter's figures are its last run's; they are redrawn by its re-run")
+    _check_figures(run.out_dir)
 
 
 @pytest.mark.slow
@@ -132,8 +178,9 @@ def test_the_landing_figure_colours_each_claim_by_its_verdict(tmp_path):
     assert svg == scoreboard.figure(book)  # deterministic: the committed file can be checked
     assert svg.count(scoreboard.VERDICT_COLORS["pending"]) >= len(claims.CLAIMS) - 2
     assert scoreboard.VERDICT_COLORS["supported"] in svg and scoreboard.VERDICT_COLORS["contradicted"] in svg
-    for claim in claims.CLAIMS.values():
-        assert claim.topic and claim.topic in svg.replace("&#39;", "'")
+    text = " ".join(re.findall(r"<text[^>]*>([^<]*)</text>", svg.replace("&#39;", "'")))
+    for claim in claims.CLAIMS.values():  # each topic, wrapped onto lines of its column
+        assert claim.topic and claim.topic in " ".join(text.split())
 
 
 def test_the_scoreboard_shows_each_verdicts_stability_recomputed_from_the_summaries(tmp_path):
@@ -189,7 +236,9 @@ def test_the_chapters_command_lists_each_parameter_with_its_range(capsys):
     from flatlib.__main__ import main
 
     assert main(["chapters"]) == 0
-    assert "    networks = 100    (>= 4, <= 10000)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "    networks = 100    (>= 4, <= 10000)" in out
+    assert "out_dir" not in out  # where a run's files go is --out, not a parameter offered to readers
 
 
 def _summaries(tmp_path, monkeypatch, computations: dict) -> dict:

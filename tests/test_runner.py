@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,6 +208,7 @@ def test_the_executed_notebook_is_stable_and_folds_its_parameters(book, tmp_path
     assert "out_dir" not in tables[0].source
     provenance = nb.cells[-1]
     assert "provenance" in provenance.metadata["tags"] and provenance.source.startswith("## Provenance")
+    assert "| | |" not in provenance.source and "- **device**: " in provenance.source  # a list, no empty header
     assert "2026-01-01" in provenance.source and "{download}`summary.json <summary.json>`" in provenance.source
     assert "python -m flatlib run echo -p n 2 --out" in provenance.source
     assert nb.metadata["papermill"]["input_path"].endswith("echo.md")
@@ -389,3 +391,50 @@ def test_a_chapter_whose_code_changed_on_disk_while_it_ran_is_not_published(book
     with pytest.raises(runner.ChapterError, match="changed on disk while it ran .flatlib.claims."):
         runner.run("echo", {}, out=out, progress=False)
     assert not out.exists() and (tmp_path / "runs" / "target.failed").is_dir()
+
+
+@pytest.mark.parametrize("raw, default, words", [("x", 3, "takes an integer like 3"),
+                                                 ("x", 0.5, "takes a number like 0.5"),
+                                                 ("1", [1], "takes a list of integers like [1]")])
+def test_a_value_of_the_wrong_type_is_refused_in_words(raw, default, words):
+    with pytest.raises(runner.ChapterError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        runner._coerce("p", raw, default)
+
+
+def test_the_provenance_links_its_commit_through_the_commit_role():
+    text = runner._provenance({"git_commit": "0123456789abcdef0123456789abcdef01234567"}, [], None)
+    assert "git {commit}`0123456789abcdef0123456789abcdef01234567`" in text
+
+
+def test_a_run_says_its_folder_its_page_and_its_verdict(book, tmp_path, capsys):
+    out = tmp_path / "runs" / "said"
+    assert main(["run", "echo", "--out", str(out), "--no-progress", "-p", "n", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"folder:  {out}") and lines[1].startswith("page:    not built")
+    assert lines[2] == "verdict: C1 inconclusive" and len(lines) == 3
+    assert oct(os.stat(out / "summary.json").st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_page_of_a_run_renders_its_maths_offline_and_resolves_its_citations(tmp_path):
+    run = tmp_path / "demo"
+    run.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Demo\n\nA formula $x^2$ and a citation {cite}`bennett2026flat`; "
+                                              "code at {commit}`0123456789abcdef0123456789abcdef01234567`.")]
+    nbformat.write(nb, run / "demo.ipynb")
+    (run / "summary.json").write_text(json.dumps({"notebook": "demo.ipynb"}))
+    html = runner.page(run)
+    assert html == run / runner.PAGE / "_build" / "html" / "demo.html"
+    text = html.read_text()
+    scripts = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', text)
+    assert scripts and not scripts[0].startswith("http")  # MathJax served with the page
+    assert (html.parent / scripts[0].split("?")[0]).resolve().is_file()
+    assert "Bennett 2026" in text and "{cite}" not in text  # the citation resolved, with its author-year label
+    assert "0123456789ab" in text and "{commit}" not in text
+    assert not list(run.glob("*.yml"))  # the run's own folder gains no files: its seal still holds

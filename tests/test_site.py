@@ -130,7 +130,7 @@ def test_the_scoreboard_fits_a_phone(site):
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(urljoin(base, "intro.html"), wait_until="networkidle")
         table = page.locator("table").first
-        assert "verdict" in table.inner_text()
+        assert "verdict" in table.text_content()  # its header (a phone shows each cell's label instead)
         box = table.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 + 1, box
         browser.close()
@@ -153,3 +153,139 @@ def test_every_figure_opens_at_full_size(site):
             for href in links:
                 assert page.request.get(href).ok, href
         browser.close()
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+
+
+def test_the_claims_table_fits_a_phone_with_every_verdict_in_view(site):
+    from playwright.sync_api import sync_playwright
+
+    _, base = site
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(urljoin(base, "intro.html"), wait_until="networkidle")
+        table = page.locator(".scoreboard table").first
+        assert table.evaluate("t => t.scrollWidth <= t.clientWidth + 1"), "the claims table scrolls sideways"
+        verdicts = page.eval_on_selector_all(".scoreboard td:nth-child(3)",
+                                             "cells => cells.map(c => [c.innerText, c.getBoundingClientRect().right])")
+        assert len(verdicts) >= 9 and all(right <= 390 for _, right in verdicts), verdicts
+        browser.close()
+
+
+def _smallest_text_px(path: Path, shown_width: float) -> float | None:
+    """The CSS size of a figure's smallest text as shown ``shown_width`` CSS px wide: from the fonts
+    recorded in a PNG (``flatlib.plots.savefig``) or written in an SVG (its user units are
+    points, scaled with the SVG's width); None for a PNG that records none."""
+    from flatlib import plots
+
+    if path.suffix == ".svg":
+        text = path.read_text()
+        sizes = [float(s) for s in re.findall(r"font-size:\s*([\d.]+)px", text)]
+        width = float(re.search(r'viewBox="[\d.\s-]+?\s([\d.]+)\s[\d.]+"', text).group(1))
+        return min(sizes) * shown_width / width
+    found = plots.metadata(path)
+    if not found:
+        return None
+    natural = found["width_px"] * plots.CSS_PX_PER_INCH / found["dpi"]
+    return min(found["fonts_pt"]) * plots.CSS_PX_PER_INCH / 72 * shown_width / natural
+
+
+def test_figure_text_is_at_least_9px_on_a_desktop_and_the_claims_figure_on_a_phone(site):
+    from playwright.sync_api import sync_playwright
+
+    html, base = site
+    small, unmeasured = [], []
+    with sync_playwright() as p:
+        browser = _browser(p)
+        for width, pages in ((1280, _pages(html)), (390, ["intro.html"])):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            for name in pages:
+                page.goto(urljoin(base, name), wait_until="networkidle")
+                shown = page.eval_on_selector_all(".bd-article img", "imgs => imgs.map(i => "
+                                                  "[i.getAttribute('src'), i.getBoundingClientRect().width])")
+                for src, shown_width in shown:
+                    path = ((html / name).parent / unquote(urlparse(src).path)).resolve()
+                    px = _smallest_text_px(path, shown_width)
+                    if px is None:
+                        unmeasured.append(f"{name}: {src}")
+                    elif px < 9:
+                        small.append(f"{name} @ {width}: {src} shows text at {px:.1f} px")
+            page.close()
+        browser.close()
+    assert not unmeasured, "figures not saved by flatlib.plots (re-run their chapters):\n" + "\n".join(unmeasured)
+    assert not small, "\n".join(small)
+
+
+def test_the_landing_page_states_the_bottom_line_first(site):
+    from playwright.sync_api import sync_playwright
+
+    from flatlib import scoreboard
+
+    _, base = site
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(urljoin(base, "intro.html"), wait_until="networkidle")
+        line = page.locator(".bottom-line").first
+        shown = " ".join(line.inner_text().split()).replace("\u2019", "'")  # the site's typographic apostrophes
+        assert shown.endswith(" ".join(scoreboard.bottom_line().split()))
+        assert line.bounding_box()["y"] < page.locator("figure").first.bounding_box()["y"]
+        browser.close()
+
+
+# Raw TeX that MathJax left as text, a pandas NaN or a dict's repr: none may reach a reader.
+RAW = re.compile(r"\\\(|\\\[|\$\$|\$\\|\\(frac|lambda|sigma|alpha|tau|rho|mathrm|lVert)\b|\bNaN\b|\{'[^']*': ")
+
+
+def test_no_page_shows_raw_tex_nan_a_dict_repr_or_a_pandas_index(site):
+    from playwright.sync_api import sync_playwright
+
+    html, base = site
+    found = []
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        for name in _pages(html):
+            page.goto(urljoin(base, name), wait_until="networkidle")
+            texts = page.evaluate("""() => {
+                const walker = document.createTreeWalker(document.querySelector('.bd-article'), NodeFilter.SHOW_TEXT);
+                const out = [];
+                while (walker.nextNode()) {
+                    const node = walker.currentNode;
+                    if (!node.parentElement.closest('pre, code, script, style, mjx-container, .highlight'))
+                        out.push(node.textContent);
+                }
+                return out;
+            }""")
+            found += [f"{name}: {t.strip()[:80]!r}" for t in texts if RAW.search(t)]
+            index = page.eval_on_selector_all(".cell_output table tbody th", "cells => cells.length")
+            if index:
+                found.append(f"{name}: a table with {index} index cells (a raw DataFrame; use flatlib.report.table)")
+        browser.close()
+    assert not found, "\n".join(found[:40])
+
+
+def test_the_source_archive_of_the_commit_downloads_from_the_landing_page(site):
+    import io
+    import tarfile
+
+    from playwright.sync_api import sync_playwright
+
+    _, base = site
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(urljoin(base, "intro.html"), wait_until="networkidle")
+        links = page.eval_on_selector_all("a.source-archive", "links => links.map(a => a.href)")
+        assert links, "no link to the source archive on the landing page"
+        response = page.request.get(links[0])
+        assert response.ok, links[0]
+        with tarfile.open(fileobj=io.BytesIO(response.body()), mode="r:gz") as archive:
+            names = archive.getnames()
+        browser.close()
+    tracked = subprocess.run(["git", "ls-files"], cwd=report.ROOT, capture_output=True, text=True).stdout.split()
+    assert len(names) >= len(tracked) and any(n.endswith("/flatlib/plots.py") for n in names)
+    assert "source.tar.gz" not in tracked
