@@ -44,7 +44,13 @@ def head_to_head_verdict(table, dataset: str, primary: dict, resamples: int = RE
     ``test_acc``."""
     inputs = [_correlation(table[primary[f]], table["test_acc"], resamples, seed)
               for f in ("weakness", "sharpness", "simplicity")]
-    return claims.head_to_head(dataset, *inputs)
+    given_fit = None
+    if "train_loss" in table:  # the rule's robustness check, as the chapter computes it
+        r = stats.partial_spearman(table[primary["weakness"]], table["test_acc"], table["train_loss"],
+                                   n_resamples=resamples, seed=seed)
+        given_fit = {"rho": r.statistic, "p": r.permutation_pvalue, "ci_low": r.interval.low,
+                     "ci_high": r.interval.high, "n": r.n}
+    return claims.head_to_head(dataset, *inputs, weakness_given_fit=given_fit)
 
 
 def head_to_head(table, dataset: str, primary: dict, replicates: int = claims.STABILITY_REPLICATES,

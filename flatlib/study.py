@@ -415,7 +415,8 @@ def correct_predictions(configs: Iterable[ftrain.TrainConfig], progress: bool = 
 
 def seed_study(dataset: str, networks: int, n: int, widths, optimizer: str, lr: float, batch_size: int,
                max_epochs: int, first_seed: int = 0, target_train_loss: float = 0.01,
-               patience: int | None = 10) -> list[ftrain.TrainConfig]:
+               patience: int | None = 10, lr_decay: float | None = None,
+               lr_decays: int = 2) -> list[ftrain.TrainConfig]:
     """The configs of the head-to-head design (Bennett 2026): ``networks`` networks that differ
     only in their seed (initialisation and data order), on one class-stratified subset of ``n``
     training images. Every network stops at the end of the first epoch whose full-pass training
@@ -423,8 +424,11 @@ def seed_study(dataset: str, networks: int, n: int, widths, optimizer: str, lr: 
     ``patience`` epochs, capped at ``max_epochs``: one loss target for all, so that the networks
     are compared at the same fit of their training set (stopping at 100 % training accuracy
     left the loss at the stop free to vary, and it tracked the sharpness and weakness measures).
-    The head-to-head and PAC-Bayes chapters share these networks."""
+    With ``lr_decay``, a plateau first lowers the learning rate (``TrainConfig.lr_decay``), so that
+    networks that would stall above the target reach it. The head-to-head and PAC-Bayes chapters
+    share these networks."""
     return [ftrain.TrainConfig(dataset=dataset, n=n, widths=tuple(widths), optimizer=optimizer, lr=lr,
                                batch_size=batch_size, epochs=max_epochs, target_train_acc=None,
-                               target_train_loss=target_train_loss, patience=patience, seed=seed)
+                               target_train_loss=target_train_loss, patience=patience, seed=seed,
+                               lr_decay=lr_decay, lr_decays=lr_decays)
             for seed in range(first_seed, first_seed + networks)]
