@@ -63,7 +63,8 @@ def grid(optimizers, sizes, widths, batch_sizes) -> list[Environment]:
 
 
 def configs(dataset: str, environment: Environment, seeds: int, lrs: dict, max_epochs: int,
-            target_train_loss: float, patience: int | None, first_seed: int = 0) -> list[ftrain.TrainConfig]:
+            target_train_loss: float, patience: int | None, first_seed: int = 0, lr_decay: float | None = None,
+            lr_decays: int = 2) -> list[ftrain.TrainConfig]:
     """The ``seeds`` networks of one environment: a (width, width) ReLU MLP on one
     class-stratified subset of n training images, trained with the optimiser at ``lrs[optimizer]``
     and stopped, as in the head-to-head, at the first epoch whose full-pass training loss is at
@@ -75,7 +76,7 @@ def configs(dataset: str, environment: Environment, seeds: int, lrs: dict, max_e
     return [ftrain.TrainConfig(dataset=dataset, n=e.train_size, widths=(e.width, e.width), optimizer=e.optimizer,
                                lr=lrs[e.optimizer], batch_size=e.batch_size, epochs=max_epochs,
                                target_train_acc=None, target_train_loss=target_train_loss, patience=patience,
-                               seed=seed)
+                               seed=seed, lr_decay=lr_decay, lr_decays=lr_decays)
             for seed in range(first_seed, first_seed + seeds)]
 
 
@@ -115,10 +116,11 @@ def across(table, measures: list[str], signs: dict, target: str = "test_acc"):
         for measure in measures:
             psi = stats.granulated_kendall(group, measure, target, list(AXES), sign=signs[measure])
             errors = stats.sign_errors(group, measure, target, list(AXES), sign=signs[measure])["sign_error"]
+            some = len(errors) > 0  # environments left out can leave no pair that differs in one axis
             rows.append({"dataset": dataset, "measure": measure, **{f"psi_{a}": psi[a] for a in AXES},
-                         "psi": psi["overall"], "sign_error_mean": float(errors.mean()),
-                         "sign_error_p90": float(np.percentile(errors, 90)), "sign_error_max": float(errors.max()),
-                         "pairs": int(len(errors))})
+                         "psi": psi["overall"], "sign_error_mean": float(errors.mean()) if some else np.nan,
+                         "sign_error_p90": float(np.percentile(errors, 90)) if some else np.nan,
+                         "sign_error_max": float(errors.max()) if some else np.nan, "pairs": int(len(errors))})
     return pd.DataFrame(rows)
 
 

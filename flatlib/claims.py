@@ -469,6 +469,9 @@ def atlas(within, sharpness: list[str], weakness: tuple[str, ...] = ATLAS_WEAKNE
                 for dataset in datasets:
                     rows = within_given_fit[(within_given_fit["measure"] == measure)
                                             & (within_given_fit["dataset"] == dataset)]
+                    if len(rows) == 0:  # no environment with a partial correlation: no finding
+                        states.append("inconclusive")
+                        continue
                     result = stats.pooled_correlation(rows["rho"], rows["n"])
                     states.append(directional(measure, result.statistic, result.pvalue, tuple(result.interval), +1,
                                               alpha).state)

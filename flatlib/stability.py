@@ -104,8 +104,15 @@ def _within_rho(table, measures: list[str], target: str = "test_acc"):
 
 
 def atlas_verdict(table, measures: list[str], sharpness: list[str]):
-    """``claims.atlas`` on the atlas's per-network ``table`` (``atlas_networks.csv``)."""
-    return claims.atlas(_within_rho(table, measures), sharpness)
+    """``claims.atlas`` on the atlas's per-network ``table`` (``atlas_networks.csv``), with the
+    rule's robustness check on the partial correlation given the training loss at the stop, as
+    the chapter computes it."""
+    given_fit = None
+    if "train_loss" in table:
+        given_fit = fatlas.within_partial(table, claims.ATLAS_WEAKNESS[0], ["train_loss"]).dropna(
+            subset=["partial_rho"])
+        given_fit = given_fit.assign(rho=given_fit["partial_rho"])
+    return claims.atlas(_within_rho(table, measures), sharpness, within_given_fit=given_fit)
 
 
 def atlas(table, measures: list[str], sharpness: list[str], replicates: int = claims.STABILITY_REPLICATES,
