@@ -88,23 +88,37 @@ def _atomic_write_json(path: Path, payload: dict) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def scoreboard_row(verdict: Verdict, ours: str, stability: dict[str, float] | None = None) -> dict:
+def _checked_stability(stability: dict[str, float]) -> dict[str, float]:
+    from flatlib.claims import VERDICTS
+
+    unknown = sorted(set(stability) - set(VERDICTS))
+    total = sum(stability.values())
+    if unknown or not math.isclose(total, 1.0, abs_tol=1e-9) or min(stability.values(), default=0) < 0:
+        raise ValueError(f"stability must map verdicts {VERDICTS} to shares summing to 1, got {stability!r}")
+    return dict(stability)
+
+
+def scoreboard_row(verdict: Verdict, ours: str, stability: dict[str, float] | None = None,
+                   geometric: tuple[Verdict, dict | None] | None = None) -> dict:
     """One row of the introduction's scoreboard: the claim and verdict decided by its rule in
     ``flatlib.claims``, the sub-claims behind it, ``ours``, our figure as the reader sees it, and
     where given the verdict's ``stability`` (``flatlib.claims.stability``: the share of bootstrap
-    replicates in which the rule returns each verdict)."""
+    replicates in which the rule returns each verdict). The verdict is the pre-registered
+    primary reading of weakness (the literal one); ``geometric`` is (the same rule's verdict with
+    the geometric reading in the weakness slot, its stability), shown beside it as a peer."""
     if not isinstance(verdict, Verdict):
         raise TypeError("scoreboard_row takes the Verdict a rule in flatlib.claims returned, not a typed verdict")
     keys.note(f"rule:{verdict.claim}", RULE_VERSIONS[verdict.claim])
     row = {"claim": verdict.claim, "ours": ours, "verdict": verdict.verdict, "checks": verdict.describe()}
     if stability is not None:
-        from flatlib.claims import VERDICTS
-
-        unknown = sorted(set(stability) - set(VERDICTS))
-        total = sum(stability.values())
-        if unknown or not math.isclose(total, 1.0, abs_tol=1e-9) or min(stability.values(), default=0) < 0:
-            raise ValueError(f"stability must map verdicts {VERDICTS} to shares summing to 1, got {stability!r}")
-        row["stability"] = dict(stability)
+        row["stability"] = _checked_stability(stability)
+    if geometric is not None:
+        other, other_stability = geometric
+        if not isinstance(other, Verdict) or other.claim != verdict.claim:
+            raise TypeError("geometric takes (the Verdict of the same claim's rule, its stability or None)")
+        row["geometric"] = {"verdict": other.verdict, "checks": other.describe()}
+        if other_stability is not None:
+            row["geometric"]["stability"] = _checked_stability(other_stability)
     return row
 
 

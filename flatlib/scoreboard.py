@@ -36,9 +36,22 @@ def summaries(book: Path = BOOK) -> list[tuple[Path, dict]]:
 
 def _verdict_cell(row: dict) -> str:
     """The verdict in bold, then its stability where the summary carries one:
-    "**not supported** (64 %; contradicted 31 %)"."""
+    "**not supported** (64 %; contradicted 31 %)"; with a geometric reading beside the
+    pre-registered literal one, both, the primary first and marked so."""
     shown = claims.describe_stability(row["verdict"], row.get("stability"))
-    return f"**{row['verdict']}**" + shown[len(row["verdict"]):]
+    cell = f"**{row['verdict']}**" + shown[len(row["verdict"]):]
+    other = row.get("geometric")
+    if not other:
+        return cell
+    shown = claims.describe_stability(other["verdict"], other.get("stability"))
+    return f"literal reading (primary): {cell}; geometric reading: **{other['verdict']}**" + \
+        shown[len(other["verdict"]):]
+
+
+def geometric_verdicts(book: Path = BOOK) -> dict[str, str]:
+    """The geometric reading's verdict of each claim whose current summary carries one."""
+    return {row["claim"]: row["geometric"]["verdict"] for _, summary in summaries(book)
+            if not runner.staleness(summary) for row in summary.get("scoreboard", []) if row.get("geometric")}
 
 
 def render(book: Path = BOOK) -> str:
@@ -151,6 +164,7 @@ def figure(book: Path = BOOK) -> str:
 
     state = verdicts(book)
     shares = stabilities(book)
+    geometric = geometric_verdicts(book)
     # 3.6 inches (346 CSS px): shown at its own size on a phone's 358-px column, so its text stays
     # 13-15 px there; a topic too long for its column wraps onto a second line.
     with matplotlib.rc_context({"svg.hashsalt": "flatbook", "svg.fonttype": "none", "font.size": 11,
@@ -177,6 +191,8 @@ def figure(book: Path = BOOK) -> str:
                     left += 0.38 * stable[other]
                 ax.add_patch(Rectangle((0.13, i + 0.18), 0.38, 0.14, fill=False, edgecolor="#636363", lw=0.5))
             topic = "\n".join(textwrap.wrap(claims.CLAIMS[cid].topic, 24, break_on_hyphens=False))
+            if cid in geometric:  # the geometric reading's verdict beside the primary's chip
+                topic += f"\ngeometric reading: {geometric[cid]}"
             ax.text(0.54, i, topic, va="center", fontsize=10, linespacing=1.1)
         out = io.StringIO()
         fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight")

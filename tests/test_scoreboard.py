@@ -54,3 +54,24 @@ def test_the_claims_follow_the_chapters_order():
 def test_the_committed_bottom_line_is_generated_from_the_summaries():
     assert scoreboard.current(start=scoreboard.BOTTOM_START, end=scoreboard.BOTTOM_END) == scoreboard.bottom_line(), \
         "run `python -m flatlib scoreboard` and commit"
+
+
+def test_both_readings_of_weakness_are_shown_as_peers_the_primary_first(tmp_path):
+    from flatlib import report
+
+    book = tmp_path / "book"
+    (book / "c").mkdir(parents=True)
+    literal = claims.Verdict("C2", "contradicted", ())
+    geometric = claims.Verdict("C2", "supported", ())
+    row = report.scoreboard_row(literal, "x", {"contradicted": 1.0}, geometric=(geometric, {"supported": 0.9,
+                                                                                           "inconclusive": 0.1}))
+    (book / "c" / "summary.json").write_text(json.dumps({"chapter": "c", "computations": keys.used(),
+                                                         "scoreboard": [row]}))
+    table = scoreboard.render(book)
+    assert ("| literal reading (primary): **contradicted** (100 %); geometric reading: **supported** (90 %; "
+            "inconclusive 10 %) |") in table
+    assert "geometric reading: supported" in scoreboard.figure(book)
+    import pytest
+
+    with pytest.raises(TypeError, match="same claim"):
+        report.scoreboard_row(literal, "x", geometric=(claims.Verdict("C3", "supported", ()), None))
