@@ -222,6 +222,11 @@ def sweep(configs, progress: bool = True) -> list[ftrain.TrainResult]:
         raise EnsembleError("ensemble.sweep is for CUDA configs: on CPU the loop (flatlib.study.sweep) is as fast "
                             "and bit-reproducible, and the store must not depend on which path trained a network; "
                             f"got device(s) {cpu}")
+    return _sweep(configs, progress)
+
+
+def _sweep(configs, progress):
+    """``sweep`` on any device: for ``flatlib.study``'s dispatch (``flatlib.executors.ensemble_groups``)."""
     found = {c: study.load_network(c) for c in dict.fromkeys(configs)}
     missing = [c for c, r in found.items() if r is None]
     for group in progress_bar(groups(missing), "ensembles", progress):
