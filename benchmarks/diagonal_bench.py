@@ -1,13 +1,15 @@
-"""The exact Hessian diagonal: ``flatlib.hessian.diagonal`` and ``flatlib.ensemble.hessian_diagonals``
-(for one member) against BackPACK's ``DiagHessian`` (Dangel, Kunstner & Hennig 2020), side by side
-in one process, on every device present.
+"""The exact Hessian diagonal: ``flatlib.hessian.diagonal`` (for this MLP the batched algorithm,
+``hessian.mlp_diagonals``) and its per-class path (one backward pass per class, the algorithm it
+used for every network until issue 37 and still uses for CNNs) against BackPACK's ``DiagHessian``
+(Dangel, Kunstner & Hennig 2020), side by side in one process, on every device present.
 
 Setup (the issue's): a 784-512-512-10 ReLU MLP after one epoch of SGD on 5,000 MNIST images
 (``hessian_bench.setup``), the Hessian of the mean cross-entropy over 1,000 other training images,
-float32. Each method runs ``--repeats`` times after one untimed call; medians are reported, with
-the largest relative difference between each flatlib diagonal and BackPACK's (over entries above 1e-6 of the
-largest, where float32 rounding is not the whole of the value). ``--threads`` sets torch's
-intra-op threads on CPU (default: torch's own choice).
+float32. After one untimed call each, the three run ``--repeats`` times alternated (one of each per
+round, so that drift in a shared machine's speed falls on all three); medians are reported, with
+the largest relative difference between each flatlib diagonal and BackPACK's (over entries above
+1e-6 of the largest, where float32 rounding is not the whole of the value). ``--threads`` sets
+torch's intra-op threads on CPU (default: torch's own choice).
 
 Writes ``benchmarks/results/diagonal.json`` with the device, torch version and date. Run with
 ``make bench`` or ``python -m benchmarks.diagonal_bench``.
@@ -19,15 +21,14 @@ import copy
 import datetime
 import functools
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from benchmarks.ensemble_bench import side_by_side
 from benchmarks.hessian_bench import setup
-from flatlib import ensemble, hessian, report
+from flatlib import hessian, report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "diagonal.json"
 
@@ -44,28 +45,17 @@ def backpack_diagonal(model, x, y) -> torch.Tensor:
     return torch.cat([p.diag_h.detach().reshape(-1) for p in model.parameters()])
 
 
-def one_member_diagonal(model, data) -> torch.Tensor:
-    return ensemble.hessian_diagonals([model], data)[0]
+def per_class_diagonal(model, data, batch_size=1000) -> torch.Tensor:
+    """``hessian.diagonal``'s per-class path (its CNN path) on any accepted network."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    first = next(model.parameters())
+    return hessian._diagonal_per_class(model, layers, data[0].to(first.device, first.dtype), batch_size)
 
 
 def relative_difference(diag, reference) -> float:
     """The largest relative difference over entries above 1e-6 of the reference's largest."""
     big = reference.abs() > 1e-6 * reference.abs().max()
     return ((diag - reference).abs()[big] / reference.abs()[big]).max().item()
-
-
-def _timed(fn, repeats, device):
-    fn()  # first-call costs out of the timing
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def main(argv=None):
@@ -80,18 +70,19 @@ def main(argv=None):
     for name in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         device = torch.device(name)
         model, x, y = setup(device)
-        ours_s, ours = _timed(functools.partial(hessian.diagonal, model, (x, y)), args.repeats, device)
-        batched_s, batched = _timed(functools.partial(one_member_diagonal, model, (x, y)), args.repeats, device)
-        theirs_s, theirs = _timed(functools.partial(backpack_diagonal, model, x, y), args.repeats, device)
+        (ours_s, old_s, theirs_s), (ours, old, theirs) = side_by_side(
+            [functools.partial(hessian.diagonal, model, (x, y)), functools.partial(per_class_diagonal, model, (x, y)),
+             functools.partial(backpack_diagonal, model, x, y)], device, args.repeats)
         rows.append({"device": report.device_description(name), "threads": torch.get_num_threads(),
                      "flatlib_s": ours_s, "backpack_s": theirs_s, "flatlib_over_backpack": ours_s / theirs_s,
-                     "max_relative_difference": relative_difference(ours, theirs), "ensemble_s": batched_s,
-                     "ensemble_over_backpack": batched_s / theirs_s,
-                     "ensemble_max_relative_difference": relative_difference(batched, theirs),
+                     "max_relative_difference": relative_difference(ours, theirs), "per_class_s": old_s,
+                     "per_class_over_backpack": old_s / theirs_s,
+                     "per_class_max_relative_difference": relative_difference(old, theirs),
                      "parameters": ours.numel()})
         print(json.dumps(rows[-1]), flush=True)
     results = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "git_commit": report.git_commit(),
-               "setup": {"widths": [512, 512], "images": len(y), "dtype": "float32", "repeats": args.repeats},
+               "setup": {"widths": [512, 512], "images": len(y), "dtype": "float32", "repeats": args.repeats,
+                         "order": "alternated"},
                "gpu": "present" if torch.cuda.is_available() else "none on this machine: no GPU rows",
                "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

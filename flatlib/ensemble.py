@@ -17,10 +17,11 @@ store under their configs' keys, on CUDA only: on CPU the loop is as fast and bi
 and a network in the store must not depend on which path trained it.
 
 The curvature measures batch the same way, for trained MLPs of one architecture measured on the
-same data (``stack``): ``hessian_diagonals`` gives every member's exact Hessian diagonal (as
-``flatlib.hessian.diagonal``) and ``top_eigenvalues`` runs one Lanczos iteration per member side by
-side (as ``flatlib.hessian.top_eigenvalues`` with ``k=1``), each Hessian-vector product taken for
-all members at once on the stacked weights, and ``perturbed_errors`` makes the PAC-Bayes measures'
+same data (``stack``): ``hessian_diagonals`` gives every member's exact Hessian diagonal (by
+``flatlib.hessian.diagonal``'s own function for MLPs, ``hessian.mlp_diagonals``, on the stacked
+weights) and ``top_eigenvalues`` runs one Lanczos iteration per member side by side (as
+``flatlib.hessian.top_eigenvalues`` with ``k=1``), each Hessian-vector product taken for all
+members at once on the stacked weights, and ``perturbed_errors`` makes the PAC-Bayes measures'
 Monte Carlo draws (as ``flatlib.pacbayes``' sampler) for every member and several draws in one
 forward pass. ``tests/test_ensemble.py`` checks them against the loop and the curvature against
 dense Hessians. The Lanczos steps and stopping rule repeat ``flatlib.hessian``'s (``_LanczosRun``,
@@ -221,6 +222,11 @@ def sweep(configs, progress: bool = True) -> list[ftrain.TrainResult]:
         raise EnsembleError("ensemble.sweep is for CUDA configs: on CPU the loop (flatlib.study.sweep) is as fast "
                             "and bit-reproducible, and the store must not depend on which path trained a network; "
                             f"got device(s) {cpu}")
+    return _sweep(configs, progress)
+
+
+def _sweep(configs, progress):
+    """``sweep`` on any device: for ``flatlib.study``'s dispatch (``flatlib.executors.ensemble_groups``)."""
     found = {c: study.load_network(c) for c in dict.fromkeys(configs)}
     missing = [c for c, r in found.items() if r is None]
     for group in progress_bar(groups(missing), "ensembles", progress):
@@ -264,12 +270,10 @@ class Stack:
         pieces = torch.split(flat, [shape.numel() for shape in shapes], dim=1)
         return [piece.reshape(len(flat), *shape) for piece, shape in zip(pieces, shapes)]
 
-    def forward(self, x: torch.Tensor, params=None, keep: bool = False):
-        """Logits (M, N, classes) of every member on the same inputs ``x`` (N, ...); with
-        ``keep``, also each Linear layer's input (the first shared, (N, in)) and the ReLU masks."""
+    def forward(self, x: torch.Tensor, params=None):
+        """Logits (M, N, classes) of every member on the same inputs ``x`` (N, ...)."""
         params = self.params() if params is None else params
         a = x.reshape(len(x), -1)
-        inputs, masks = [a], []
         for i in range(0, len(params), 2):
             w, b = params[i], params[i + 1]
             if i == 0:  # the inputs are shared: one product with every member's first layer side by side
@@ -277,11 +281,8 @@ class Stack:
             else:
                 z = torch.baddbmm(b[:, None, :], a, w.transpose(1, 2))
             if i + 2 == len(params):
-                return (z, inputs, masks) if keep else z
-            mask = z > 0
-            a = z * mask  # ReLU, with PyTorch's zero gradient at 0
-            inputs.append(a)
-            masks.append(mask)
+                return z
+            a = z * (z > 0)  # ReLU, with PyTorch's zero gradient at 0
 
 
 def stack(models) -> Stack:
@@ -310,15 +311,11 @@ def stack(models) -> Stack:
 
 
 def _linear_layers(model, k):
-    body = list(model) if isinstance(model, torch.nn.Sequential) else []
-    if body and isinstance(body[0], torch.nn.Flatten):
-        body = body[1:]
-    plain = len(body) % 2 == 1 and all(isinstance(m, torch.nn.Linear if j % 2 == 0 else torch.nn.ReLU)
-                                       for j, m in enumerate(body))
-    if not plain or any(m.bias is None for m in body[::2]):
+    layers = hessian.plain_mlp_layers(model)
+    if layers is None:
         raise EnsembleError(f"model {k} is not a plain ReLU MLP (Flatten -> [Linear -> ReLU]* -> Linear with "
                             "biases, flatlib.models.mlp without BatchNorm): measure it with flatlib.hessian")
-    return body[::2]
+    return layers
 
 
 def _prepare(models, data):
@@ -340,38 +337,13 @@ def _positive(name, value):
 @torch.no_grad()
 def hessian_diagonals(models, data, batch_size: int | None = 1000) -> torch.Tensor:
     """Every member's exact Hessian diagonal of the mean training cross-entropy, (M, num_params)
-    in ``parameters()`` order: row m equals ``flatlib.hessian.diagonal(models[m], data,
-    batch_size)`` up to rounding.
-
-    The same identity as there (``H_ii`` is the Gauss-Newton diagonal for ReLU MLPs), with the
-    output gradients of all C directions ``s_c = sqrt(p_c) (e_c - p)`` back-propagated together
-    through the stacked weights, and summed over the directions before the one product per layer:
-    the diagonal of layer l's weights is ``sum_n (sum_c g_nc^2)^T a_n^2``. Squares and products are
-    taken in the model's precision (as BackPACK does; ``hessian.diagonal`` squares in float64) and
-    summed over batches in float64: in float32 the two differ by about 2e-7 of the largest entry
-    (``benchmarks/results/ensemble.json``), in float64 by rounding."""
+    in ``parameters()`` order: row m is ``flatlib.hessian.diagonal(models[m], data, batch_size)``,
+    computed by the same function (``hessian.mlp_diagonals``) for all members at once on the
+    stacked weights (the batched products may sum in another order than single ones: equal up
+    to rounding)."""
     st, inputs, _ = _prepare(models, data)
-    w0 = st.weights[0]
-    n = len(inputs)
-    batch_size = n if batch_size is None else _positive("batch_size", batch_size)
-    acc_w = [torch.zeros(w.shape, dtype=torch.float64, device=w.device) for w in st.weights]
-    acc_b = [torch.zeros(b.shape, dtype=torch.float64, device=b.device) for b in st.biases]
-    for start in range(0, n, batch_size):
-        logits, acts, masks = st.forward(inputs[start:start + batch_size], keep=True)
-        p = torch.softmax(logits, dim=2)  # (M, B, C)
-        eye = torch.eye(p.shape[2], dtype=p.dtype, device=p.device)
-        g = p.sqrt()[..., :, None] * (eye - p[..., None, :])  # (M, B, direction c, logit): s_c
-        for layer in range(len(st.weights) - 1, -1, -1):
-            squares = g.square().sum(2)  # (M, B, out), summed over the directions
-            a2 = acts[layer].square()  # (B, in) for the first layer, (M, B, in) after
-            acc_w[layer] += torch.matmul(squares.transpose(1, 2), a2)
-            acc_b[layer] += squares.sum(1)
-            if layer:
-                shape = g.shape[:3] + (st.weights[layer].shape[2],)
-                g = torch.bmm(g.flatten(1, 2), st.weights[layer]).view(shape)  # one product for every direction
-                g.mul_(masks[layer - 1][:, :, None, :])
-    flat = st.flat([t for pair in zip(acc_w, acc_b) for t in pair])
-    return (flat / n).to(w0.dtype)
+    batch_size = len(inputs) if batch_size is None else _positive("batch_size", batch_size)
+    return hessian.mlp_diagonals(st.weights, st.biases, inputs, batch_size)
 
 
 def top_eigenvalues(models, data, tol: float = 1e-3, max_iter: int = 200, seed: int = 0) -> list[hessian.EigenResult]:

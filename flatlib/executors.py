@@ -22,6 +22,11 @@ Executors, by the ``executor`` argument:
   seconds is one clear error naming it.
 - a ``distributed.Client``: used as it is, left open. Dask reschedules the tasks of a worker
   that dies; a task that is run twice recomputes only what its first run did not store.
+
+Whatever the executor, configs on a CUDA device that differ only in their seed are trained first,
+in this process, as vectorised ensembles (``ensemble_groups``, ``flatlib.ensemble.sweep``), which
+store each network under its config's key as the loop would; the rest of the sweep (the other
+networks, and every measure) then goes as above. On CPU every network is trained by the loop.
 """
 from __future__ import annotations
 
@@ -38,6 +43,10 @@ from flatlib.threads import one_thread
 
 SERIAL, PROCESSES = "serial", "processes"
 CONNECT_TIMEOUT_S = 5
+
+# Tests only: take the ensemble path on CPU too, to compare its networks with the loop's there. A
+# store filled this way holds CPU networks the loop did not train (``flatlib.ensemble``'s docstring).
+ENSEMBLE_ON_CPU = False
 
 
 class ExecutorError(RuntimeError):
@@ -76,6 +85,27 @@ def describe(executor) -> str:
     if _is_dask_client(executor):
         return f"dask {executor.scheduler.address}"
     return type(executor).__name__
+
+
+def ensemble_groups(configs) -> list[list]:
+    """The configs of a sweep that train as ensembles (``flatlib.ensemble.groups``): every group of
+    two or more distinct configs that differ only in their seed, on a CUDA device, and that the
+    ensemble vectorises (``flatlib.ensemble.check``: no SAM, augmentation or learning-rate decay).
+    Empty on CPU (unless ``ENSEMBLE_ON_CPU``), where the loop is as fast and bit-reproducible."""
+    import torch
+
+    from flatlib import ensemble
+
+    chosen_groups = []
+    for group in ensemble.groups(configs):
+        if len(group) < 2 or not (ENSEMBLE_ON_CPU or torch.device(group[0].device).type == "cuda"):
+            continue
+        try:
+            ensemble.check(group)
+        except ensemble.EnsembleError:
+            continue
+        chosen_groups.append(group)
+    return chosen_groups
 
 
 def local_processes(workers: int | None = None, initializer: Callable | None = None,

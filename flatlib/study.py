@@ -89,6 +89,7 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
     executor = executors.chosen(executor)
     executors.validate(executor)
     store.check_writable()
+    _train_ensembles(configs, progress)
     if executors.is_serial(executor):
         results = [trained(c) for c in progress_bar(configs, desc, progress)]
         store.report_discarded()
@@ -284,6 +285,7 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
     executor = executors.chosen(executor)
     executors.validate(executor)
     store.check_writable()
+    _train_ensembles(configs, progress)
     if executors.is_serial(executor):
         table = pd.DataFrame([_network_row(config, names, options) for config in progress_bar(configs, desc, progress)])
         store.report_discarded()
@@ -317,6 +319,17 @@ def _network_task(config: ftrain.TrainConfig, names: list[str] | None, options: 
         else:
             _network_row(config, names, options)
         return executors.receipt()
+
+
+def _train_ensembles(configs, progress) -> None:
+    """Train (or find in the store) the configs that ``executors.ensemble_groups`` picks (on CUDA,
+    differing only in their seed) as ensembles (``flatlib.ensemble``), which store each network
+    under its config's key; the sweep then finds them there as if the loop had trained them."""
+    chosen = [config for group in executors.ensemble_groups(configs) for config in group]
+    if chosen:
+        from flatlib import ensemble  # it imports this module
+
+        ensemble._sweep(chosen, progress)
 
 
 def _compute_on(executor, configs, names, options, desc, progress) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flatlib import data as fdata
-from flatlib import ensemble, hessian, measures, models, pacbayes
+from flatlib import ensemble, executors, hessian, measures, models, pacbayes, study
 from flatlib import train as ftrain
 from oracles import dense_hessian, tiny_cnn, tiny_mlp
 
@@ -17,8 +17,10 @@ BASE = ftrain.TrainConfig(dataset="mnist", n=300, widths=(16, 16), optimizer="sg
                           target_train_acc=None)
 
 
-def _same_as_the_loop(configs, atol=1e-5):
-    together = ensemble.train_ensemble(configs)
+def _same_as_the_loop(configs, atol=1e-5, together=None):
+    """Train ``configs`` as one ensemble (or take ``together``, results of them) and check each
+    member against ``flatlib.train.train``'s network of its config; returns the members."""
+    together = ensemble.train_ensemble(configs) if together is None else together
     test = fdata.load("mnist", "test", n=1000)
     for config, member in zip(configs, together):
         alone = ftrain.train(config)
@@ -64,7 +66,7 @@ def test_a_diverging_member_is_set_aside_as_the_loop_marks_it():
 @pytest.mark.parametrize("configs,match", [
     ([BASE, dataclasses.replace(BASE, lr=0.1, seed=1)], "differ in more than their seed"),
     ([BASE, BASE], "seeds repeat"),
-    ([dataclasses.replace(BASE, sam_rho=0.05)], "SAM and augmentation"),
+    ([dataclasses.replace(BASE, sam_rho=0.05)], "SAM, augmentation"),
     ([], "at least one config"),
 ])
 def test_configs_it_cannot_train_together_are_refused(configs, match):
@@ -81,6 +83,67 @@ def test_groups_split_by_recipe_and_keep_order():
 def test_the_store_is_not_filled_from_cpu_ensembles():
     with pytest.raises(ensemble.EnsembleError, match="for CUDA configs"):
         ensemble.sweep([BASE])
+
+
+def test_sweeps_pick_ensembles_only_on_cuda_for_configs_that_differ_only_in_seed(monkeypatch):
+    seeds = [dataclasses.replace(BASE, seed=s) for s in (0, 1)]
+    other = dataclasses.replace(BASE, lr=0.1)  # alone in its recipe
+    sam = [dataclasses.replace(BASE, sam_rho=0.05, seed=s) for s in (0, 1)]  # not vectorised
+    assert executors.ensemble_groups(seeds + [other] + sam) == []  # on CPU: the loop
+    on_cuda = [dataclasses.replace(c, device="cuda") for c in seeds + [other] + sam]
+    assert executors.ensemble_groups(on_cuda) == [on_cuda[:2]]
+    monkeypatch.setattr(executors, "ENSEMBLE_ON_CPU", True)
+    assert executors.ensemble_groups(seeds + [other] + sam + seeds) == [seeds]
+
+
+def _trained_by_the_ensemble_path(monkeypatch):
+    """Force the ensemble path on CPU, and make the loop's training fail inside the sweep."""
+    monkeypatch.setattr(executors, "ENSEMBLE_ON_CPU", True)
+    loop = ftrain.train
+
+    def refused(config):
+        raise AssertionError(f"the loop trained seed {config.seed}")
+    monkeypatch.setattr(ftrain, "train", refused)
+    return loop
+
+
+def test_a_sweep_on_the_ensemble_path_stores_the_loops_networks(monkeypatch):
+    configs = [dataclasses.replace(BASE, epochs=30, target_train_loss=0.25, patience=3, seed=s) for s in range(3)]
+    loop = _trained_by_the_ensemble_path(monkeypatch)
+    swept = study.sweep(configs, progress=False)
+    monkeypatch.setattr(ftrain, "train", loop)
+    stored = [study.load_network(c) for c in configs]
+    assert all(r is not None for r in stored)
+    _same_as_the_loop(configs, together=swept)  # weights to 1e-5, histories, events, stopping epochs
+    for mine, again in zip(swept, stored):
+        assert mine.history == again.history
+
+
+def test_a_table_on_the_ensemble_path_equals_the_loops(monkeypatch, tmp_path):
+    configs = [dataclasses.replace(BASE, seed=s) for s in (5, 6)]
+    names = ["simplicity_l2"]
+    by_loop = study.network_table(configs, names=names, progress=False)
+    monkeypatch.setenv("FLATLIB_CACHE", str(tmp_path / "ensemble-path"))
+    _trained_by_the_ensemble_path(monkeypatch)
+    by_ensemble = study.network_table(configs, names=names, progress=False)
+    assert list(by_ensemble.columns) == list(by_loop.columns)
+    for column in by_loop.columns:
+        if column == "train_time_s":
+            continue
+        if by_loop[column].dtype.kind == "f":
+            assert by_ensemble[column].tolist() == pytest.approx(by_loop[column].tolist(), rel=1e-5, abs=1e-5)
+        else:
+            assert by_ensemble[column].tolist() == by_loop[column].tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_sweep_takes_the_ensemble_path_and_equals_the_loop(monkeypatch):
+    configs = [dataclasses.replace(BASE, device="cuda", seed=s) for s in (0, 1, 2)]
+    loop = _trained_by_the_ensemble_path(monkeypatch)
+    monkeypatch.setattr(executors, "ENSEMBLE_ON_CPU", False)  # the CUDA rule alone picks it
+    swept = study.sweep(configs, progress=False)
+    monkeypatch.setattr(ftrain, "train", loop)
+    _same_as_the_loop(configs, together=swept)
 
 
 # ----------------------------------------------------------------------------- batched curvature

@@ -202,8 +202,20 @@ def test_hvp_on_cuda_matches_cpu(tiny):
 
 def test_diagonal_is_the_dense_hessian_diagonal_for_an_mlp(tiny):
     model, data, dense = tiny
+    assert hessian.plain_mlp_layers(model) is not None  # the batched path (mlp_diagonals)
     diag = hessian.diagonal(model, data, batch_size=16)  # batches of 16, 16, 8
     assert torch.allclose(diag, torch.diagonal(dense), rtol=1e-9, atol=1e-12)
+
+
+def test_an_mlp_the_batched_path_does_not_take_still_gets_the_dense_hessian_diagonal():
+    torch.manual_seed(2)
+    nn = torch.nn
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False), nn.ReLU(),
+                          nn.Sequential(nn.Linear(5, 4), nn.ReLU()), nn.Linear(4, 3)).double()
+    assert hessian.plain_mlp_layers(model) is None  # no bias, and a nested container: one pass per class
+    data = (torch.randn(30, 6, dtype=torch.float64), torch.randint(0, 3, (30,)))
+    diag = hessian.diagonal(model, data, batch_size=16)
+    assert torch.allclose(diag, torch.diagonal(dense_hessian(model, data)), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.slow
@@ -218,3 +230,8 @@ def test_diagonal_refuses_networks_it_would_get_wrong():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     with pytest.raises(ValueError, match="Tanh"):
         hessian.diagonal(model, (torch.randn(5, 3), torch.zeros(5, dtype=torch.long)))
+    relu = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="batch_size must be a positive"):
+        hessian.diagonal(relu, (torch.randn(5, 3), torch.zeros(5, dtype=torch.long)), batch_size=0)
+    with pytest.raises(ValueError, match="data is empty"):
+        hessian.diagonal(relu, (torch.randn(0, 3), torch.zeros(0, dtype=torch.long)))

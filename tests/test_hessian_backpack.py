@@ -35,6 +35,17 @@ def test_the_mlp_diagonal_is_backpacks():
     torch.testing.assert_close(ours, _backpack_diagonal(model, x, y), rtol=1e-10, atol=1e-14)
 
 
+def test_the_float32_mlp_diagonal_is_backpacks_to_float32_rounding():
+    torch.manual_seed(2)
+    model = models.mlp((32, 16), in_features=49)
+    x, y = _data((1, 7, 7))
+    x = x.float()
+    ours = hessian.diagonal(model, (x, y), batch_size=20)
+    assert ours.dtype == torch.float32
+    theirs = _backpack_diagonal(model, x, y)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6 * theirs.abs().max().item())
+
+
 def test_the_cnn_diagonal_is_backpacks():
     torch.manual_seed(1)
     model = models.cnn((3, 4), hidden=8).double()
