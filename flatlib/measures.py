@@ -208,7 +208,7 @@ def exact_diagonal(model, data, batch_size: int | None = 1000) -> torch.Tensor:
     return diag
 
 
-@register("hessian_trace", "sharpness", invariant=False, version=2)
+@register("hessian_trace", "sharpness", invariant=False)
 def hessian_trace(model, data, method: str = "exact", probes: int = 100, seed: int = 0,
                   batch_size: int | None = 1000) -> float:
     """tr(H) of the mean training cross-entropy. ``method="exact"`` sums the exact diagonal
@@ -300,7 +300,7 @@ def min_trace_over_rescaling(model, data, max_log_scale: float = 15.0, rtol: flo
     return RescaledTrace(current, trace, u, sweeps)
 
 
-@register("hessian_trace_min_rescaling", "sharpness", invariant=True, version=2)
+@register("hessian_trace_min_rescaling", "sharpness", invariant=True)
 def hessian_trace_min_rescaling(model, data, batch_size: int | None = 1000) -> float:
     """min over positive per-unit rescalings S of tr(H) at the rescaled weights, from the
     exact Hessian diagonal (``min_trace_over_rescaling``; cf. the symmetry-aware flatness of
