@@ -139,6 +139,13 @@ def bottom_line(book: Path = BOOK) -> str:
         second += f", and waits for a run {_listed([CENTRAL[cid] for cid in rest])}." if rest else "."
     else:
         second += f"waits for those runs ({', '.join(CENTRAL)})."
+    geometric = geometric_verdicts(book)
+    read = [(cid, geometric[cid]) for cid in CENTRAL if cid in geometric]
+    if read:  # the central claim under the literal reading (above) and under the geometric one
+        second = second.replace("The paper's central claim,", "Under the literal reading of weakness (labels left "
+                                "open, pre-registered), the paper's central claim,", 1)
+        second += " Under the geometric reading (how far an input moves before its label changes), it is " + \
+            _listed([f"{verdict} {CENTRAL[cid]} ({cid})" for cid, verdict in read]) + "."
     return f"{first} {second}"
 
 

@@ -75,3 +75,19 @@ def test_both_readings_of_weakness_are_shown_as_peers_the_primary_first(tmp_path
 
     with pytest.raises(TypeError, match="same claim"):
         report.scoreboard_row(literal, "x", geometric=(claims.Verdict("C3", "supported", ()), None))
+
+
+def test_the_bottom_line_says_what_each_reading_found(tmp_path):
+    from flatlib import report
+
+    book = tmp_path / "book"
+    (book / "c").mkdir(parents=True)
+    row = report.scoreboard_row(claims.Verdict("C2", "contradicted", ()), "x",
+                                geometric=(claims.Verdict("C2", "supported", ()), None))
+    (book / "c" / "summary.json").write_text(json.dumps({"chapter": "c", "computations": keys.used(),
+                                                         "scoreboard": [row]}))
+    line = scoreboard.bottom_line(book)
+    assert "Under the literal reading of weakness (labels left open, pre-registered), the paper's central claim, " \
+           "that weakness rather than sharpness predicts generalisation, is contradicted on MNIST (C2)" in line
+    assert line.endswith("Under the geometric reading (how far an input moves before its label changes), it is "
+                         "supported on MNIST (C2).")
