@@ -107,7 +107,7 @@ class _Folder:
     def read(self, key: str) -> bytes | None:
         try:
             return self.where(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no entry (or no store folder at all) here
             return None
 
     def write(self, key: str, sealed: bytes) -> Path:

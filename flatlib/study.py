@@ -88,6 +88,8 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
     configs = list(configs)
     executor = executors.chosen(executor)
     executors.validate(executor)
+    if all(store.verified(_network_key(c)) for c in configs):  # a read-only store serves a complete sweep
+        return [load_network(c) for c in configs]
     store.check_writable()
     _train_ensembles(configs, progress)
     if executors.is_serial(executor):
@@ -278,23 +280,28 @@ def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None
     computed: here, one after another (None or "serial"), or one task per network on local
     worker processes ("processes") or a Dask cluster (its scheduler's address or a
     ``distributed.Client``); the table is then read from the store, so it is the same
-    whatever the executor. A store this process cannot write to is refused before any work."""
+    whatever the executor. A store this process cannot write to is refused before any work,
+    unless it already holds every number asked for (a read-only copy of a finished sweep)."""
     import pandas as pd
     configs = list(configs)
     names, options = _checked(names, options)
     executor = executors.chosen(executor)
     executors.validate(executor)
-    store.check_writable()
-    _train_ensembles(configs, progress)
-    if executors.is_serial(executor):
-        table = pd.DataFrame([_network_row(config, names, options) for config in progress_bar(configs, desc, progress)])
-        store.report_discarded()
-        return table
     rows = {}
     for config in dict.fromkeys(configs):
         with contextlib.suppress(NotInStore):
             rows[config] = _network_row(config, names, options, stored_only=True)
     missing = [config for config in dict.fromkeys(configs) if config not in rows]
+    if not missing:  # every number is in the store: a read-only store serves it
+        store.report_discarded()
+        return pd.DataFrame([rows[config] for config in configs])
+    store.check_writable()
+    _train_ensembles(configs, progress)
+    if executors.is_serial(executor):
+        table = pd.DataFrame([rows[config] if config in rows else _network_row(config, names, options)
+                              for config in progress_bar(configs, desc, progress)])
+        store.report_discarded()
+        return table
     if missing:
         _compute_on(executor, missing, names, options, desc, progress)
         for config in missing:

@@ -262,6 +262,22 @@ def test_a_read_only_store_folder_is_refused(tmp_path, monkeypatch, counted_work
     assert counted_work == []
 
 
+def test_a_store_that_cannot_be_written_but_holds_every_number_serves_the_table(monkeypatch, counted_work):
+    table = study.network_table(configs([0, 1]), names=NAMES, progress=False)
+    done = list(counted_work)
+
+    def refused():
+        raise store.StoreError("the store is not writable (read-only)")
+
+    monkeypatch.setattr(store, "check_writable", refused)
+    again = study.network_table(configs([0, 1]), names=NAMES, progress=False)
+    assert again.equals(table) and counted_work == done
+    assert [r.model.state_dict().keys() for r in study.sweep(configs([0, 1]), progress=False)]
+    with pytest.raises(store.StoreError, match="not writable"):  # a number it lacks is still refused before work
+        study.network_table(configs([0, 1, 2]), names=NAMES, progress=False)
+    assert counted_work == done
+
+
 def test_the_environment_names_the_default_executor(monkeypatch):
     from flatlib import executors
 
