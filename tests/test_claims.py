@@ -742,19 +742,19 @@ def test_c7_minimum_drop_is_the_distance_from_perfect_to_clean_separation():
 
 # The common training loss: the pre-registered robustness check ------------------------------
 
-def _r(rho, p, low, high, n=100):
+def _corr(rho, p, low, high, n=100):
     return {"rho": rho, "p": p, "ci_low": low, "ci_high": high, "n": n}
 
 
 @pytest.mark.parametrize("raw,given,headline", [
-    (_r(0.4, 1e-4, 0.2, 0.55), _r(0.35, 1e-3, 0.15, 0.5), "supported"),  # the finding survives the fit
-    (_r(0.4, 1e-4, 0.2, 0.55), _r(0.05, 0.6, -0.15, 0.25), "inconclusive"),  # it rests on the fit
-    (_r(-0.3, 1e-3, -0.45, -0.1), _r(-0.28, 2e-3, -0.45, -0.1), "contradicted"),
-    (_r(-0.3, 1e-3, -0.45, -0.1), _r(-0.1, 0.3, -0.3, 0.1), "inconclusive"),
-    (_r(-0.05, 0.6, -0.25, 0.12), _r(0.3, 1e-3, 0.1, 0.5), "not supported"),  # no finding: left as it is
+    (_corr(0.4, 1e-4, 0.2, 0.55), _corr(0.35, 1e-3, 0.15, 0.5), "supported"),  # the finding survives the fit
+    (_corr(0.4, 1e-4, 0.2, 0.55), _corr(0.05, 0.6, -0.15, 0.25), "inconclusive"),  # it rests on the fit
+    (_corr(-0.3, 1e-3, -0.45, -0.1), _corr(-0.28, 2e-3, -0.45, -0.1), "contradicted"),
+    (_corr(-0.3, 1e-3, -0.45, -0.1), _corr(-0.1, 0.3, -0.3, 0.1), "inconclusive"),
+    (_corr(-0.05, 0.6, -0.25, 0.12), _corr(0.3, 1e-3, 0.1, 0.5), "not supported"),  # no finding: left as it is
 ])
 def test_a_head_to_head_finding_the_partial_given_the_fit_does_not_reproduce_is_inconclusive(raw, given, headline):
-    sharp, simple = _r(-0.3, 1e-3, -0.45, -0.1), _r(0.01, 0.9, -0.1, 0.1)
+    sharp, simple = _corr(-0.3, 1e-3, -0.45, -0.1), _corr(0.01, 0.9, -0.1, 0.1)
     verdict = claims.head_to_head("mnist", raw, sharp, simple, weakness_given_fit=given)
     assert verdict.verdict == headline
     assert verdict.check(f"weakness predicts test accuracy {claims.GIVEN_FIT}").state == \
