@@ -89,6 +89,7 @@ bench: data
 	$(BIN)/python -m benchmarks.diagonal_bench
 	$(BIN)/python -m benchmarks.malloc_bench
 	$(BIN)/python -m benchmarks.chapter_bench
+	$(BIN)/python -m benchmarks.store_bench
 
 # Also the leftovers of `make reproduce`: a killed run's hidden scratch folder, book/.<run>.partial,
 # and a failed run's book/<run>.failed (those of `make chapter` are inside runs/). A new run into

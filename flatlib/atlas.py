@@ -194,3 +194,32 @@ def fit(table):
         test_acc_sd=("test_acc", "std"),
         reached_target=("stopped_by", lambda s: int((s == "target_train_loss").sum())),
         diverged=("status", lambda s: int((s != "ok").sum())), networks=("status", "size"))
+
+
+def within_partial(table, measure: str, given: list[str], target: str = "test_acc"):
+    """One row per (dataset, environment, margin measure ``given``): over the environment's
+    usable networks (status "ok") with ``measure``, ``target`` and the given measure all finite,
+    Spearman's ``rho`` of ``measure`` with ``target``, its ``partial_rho`` given the other
+    measure (``stats.partial_rank_correlation``) and ``n``: the input of
+    ``flatlib.claims.beyond_margins``. Column names are passed in, so any measure the table
+    carries can be the control."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats as sps
+
+    missing = sorted({measure, target, *given, "dataset", "environment", "status"} - set(table.columns))
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table")
+    rows = []
+    ok = table[table["status"] == "ok"]
+    for (dataset, label), group in ok.groupby(["dataset", "environment"], sort=False):
+        for control in given:
+            part = group[[measure, target, control]].astype(float)
+            part = part[np.isfinite(part).all(axis=1)]
+            enough = len(part) >= 4 and all(part[c].nunique() > 1 for c in part.columns)
+            rows.append({"dataset": dataset, "environment": label, "measure": measure, "given": control,
+                         "n": len(part),
+                         "rho": float(sps.spearmanr(part[measure], part[target]).statistic) if enough else np.nan,
+                         "partial_rho": stats.partial_rank_correlation(part[measure], part[target], part[control])
+                         if enough else np.nan})
+    return pd.DataFrame(rows, columns=["dataset", "environment", "measure", "given", "n", "rho", "partial_rho"])

@@ -63,3 +63,49 @@ def regime_differences(table, value: str, confidence_level: float = 0.95):
                      "difference": d.mean, "se": d.standard_error, "ci_low": d.confidence_interval().low,
                      "ci_high": d.confidence_interval().high, "p": d.pvalue, "pairs": d.n})
     return pd.DataFrame(rows).set_index("n")
+
+
+def gap_changes(gaps):
+    """Every change of the gap between two sizes, from a ``regime_differences`` table: one row per
+    pair of sizes ``n_from`` < ``n_to`` with ``change`` = gap(n_to) - gap(n_from), its standard
+    error and Welch's one-sided p-values for a rise and for a fall (``stats.welch_difference``;
+    the sizes train different networks, so their gaps are independent, each with ``pairs`` - 1
+    degrees of freedom). A gap that shrinks monotonically has no significant rise anywhere."""
+    import itertools
+
+    import pandas as pd
+
+    missing = sorted({"difference", "se", "pairs"} - set(gaps.columns))
+    if missing:
+        raise ValueError(f"gaps lacks column(s) {missing}; pass a regime_differences table")
+    rows = []
+    for a, b in itertools.combinations(sorted(gaps.index), 2):
+        first, second = gaps.loc[a], gaps.loc[b]
+        w = stats.welch_difference(float(second["difference"]), float(second["se"]), float(second["pairs"]) - 1,
+                                   float(first["difference"]), float(first["se"]), float(first["pairs"]) - 1)
+        rows.append({"n_from": int(a), "n_to": int(b), "change": w.difference, "se": w.standard_error, "df": w.df,
+                     "p_rise": w.pvalue_greater, "p_fall": w.pvalue_less})
+    return pd.DataFrame(rows, columns=["n_from", "n_to", "change", "se", "df", "p_rise", "p_fall"])
+
+
+def against_figures(gaps, figures: dict):
+    """Our gap beside a published one at each size where both exist: one row per ``n`` of
+    ``figures`` (n -> the published gap, a fraction like ``difference``) found in ``gaps``, with
+    our gap, its interval, the difference ours minus theirs and the one-sample t-test p-value of
+    "ours equals theirs" (Student's t with ``pairs`` - 1 degrees of freedom; the published figure
+    comes without an uncertainty, so it is taken as exact)."""
+    import pandas as pd
+    from scipy import stats as sps
+
+    rows = []
+    for n, theirs in sorted(figures.items()):
+        if n not in gaps.index:
+            continue
+        ours = gaps.loc[n]
+        gap = float(ours["difference"]) - theirs
+        p = (float(2 * sps.t.sf(abs(gap) / float(ours["se"]), float(ours["pairs"]) - 1)) if ours["se"] > 0
+             else float(gap == 0))
+        rows.append({"n": int(n), "ours": float(ours["difference"]), "ci_low": float(ours["ci_low"]),
+                     "ci_high": float(ours["ci_high"]), "paper": float(theirs),
+                     "difference": gap, "p": p})
+    return pd.DataFrame(rows, columns=["n", "ours", "ci_low", "ci_high", "paper", "difference", "p"])

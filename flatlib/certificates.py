@@ -614,9 +614,9 @@ def _stored(spec: CertificateSpec) -> bool:
 def certificate(spec: CertificateSpec, progress: bool = False) -> dict:
     """``compute(spec)``, from the store if it is there, else computed and stored."""
     if _stored(spec):
-        return store.get_json(_key(spec))
-    entry = {**compute(spec, progress), "code": code_version(__name__)}
-    store.put_json(_key(spec), entry)
+        return {k: v for k, v in store.get_json(_key(spec)).items() if k != "code"}  # provenance, not a number
+    entry = compute(spec, progress)
+    store.put_json(_key(spec), {**entry, "code": code_version(__name__)})
     return entry
 
 
@@ -639,14 +639,15 @@ def certificate_table(specs, executor=None, progress: bool = True):
     store.check_writable()
     missing = [s for s in dict.fromkeys(specs) if not _stored(s)]
     if missing and not executors.is_serial(executor):
-        root = str(store.cache_dir())
+        root = store.location()
         executors.run_checked(_task, [(s, root) for s in missing], executor, "certificates", progress)
         unseen = [s for s in missing if not _stored(s)]
         if unseen:
             raise executors.ExecutorError(
-                f"{len(unseen)} certificate(s) are not in the store {store.cache_dir()} although their tasks on "
+                f"{len(unseen)} certificate(s) are not in the store {store.location()} although their tasks on "
                 f"{executors.describe(executor)} finished: the workers wrote to a store this process cannot see. "
-                "Put $FLATLIB_CACHE on a filesystem every worker mounts at the same path.")
+                "Put $FLATLIB_CACHE on a filesystem every worker mounts at the same path, or in a bucket "
+                "(s3://bucket/prefix) every worker reaches with the same endpoint and credentials.")
     rows = []
     for spec in progress_bar(specs, "certificates", progress):
         entry = certificate(spec)

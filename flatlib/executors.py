@@ -189,8 +189,8 @@ TASK_LOCK = threading.Lock()
 @contextlib.contextmanager
 def task_environment(store_root: str):
     """The block of one task on a worker: alone in its process (``TASK_LOCK``), on one thread,
-    writing into the store at ``store_root`` (the submitting process's, whatever the worker's own
-    ``FLATLIB_CACHE``)."""
+    writing into the store at ``store_root`` (the submitting process's ``store.location()``, a
+    folder's path or an object store's URL, whatever the worker's own ``FLATLIB_CACHE``)."""
     with TASK_LOCK:
         saved = os.environ.get("FLATLIB_CACHE")
         os.environ["FLATLIB_CACHE"] = store_root

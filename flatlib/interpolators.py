@@ -253,7 +253,7 @@ def train(fit: Fit) -> dict:
     kept in the store."""
     cached = store.get_torch(fit.key())
     if cached is not None:
-        return cached
+        return {k: v for k, v in cached.items() if k != "code"}  # provenance, not a result
     with one_thread():  # as flatlib.train: the same fit gives the same weights whatever the core count
         result = _train(fit)
     store.put_torch(fit.key(), {**result, "code": code_version(__name__)})
@@ -342,6 +342,11 @@ def per_seed_separation(table, value: str = "min_trace") -> dict:
     return {"seeds": seeds, "separating": separating, "p": p}
 
 
+def _auc(g: np.ndarray, o: np.ndarray) -> float:
+    """P(g < o) over all pairs, a tie counting a half."""
+    return float(((g[:, None] < o[None, :]) + 0.5 * (g[:, None] == o[None, :])).mean())
+
+
 def separation(values_generalising, values_other) -> dict:
     """How well a flatness value separates the two groups: the AUC, P(a generalising
     interpolator is flatter than a non-generalising one) with ties counting a half, and the
@@ -351,7 +356,50 @@ def separation(values_generalising, values_other) -> dict:
     if len(g) == 0 or len(o) == 0:
         return {"auc": math.nan, "p_flatter": math.nan, "p_sharper": math.nan, "n_generalising": len(g),
                 "n_other": len(o)}
-    auc = float(((g[:, None] < o[None, :]) + 0.5 * (g[:, None] == o[None, :])).mean())
+    auc = _auc(g, o)
     return {"auc": auc, "p_flatter": float(sps.mannwhitneyu(g, o, alternative="less").pvalue),
             "p_sharper": float(sps.mannwhitneyu(g, o, alternative="greater").pvalue),
             "n_generalising": len(g), "n_other": len(o)}
+
+
+def auc_standard_error(table, value: str = "min_trace", replicates: int = 200, seed: int = 0) -> float:
+    """The bootstrap standard error of ``separation``'s AUC of ``value`` (generalising kinds
+    against the others) over the interpolators of ``table`` (one condition; ``seed`` and
+    ``generalising_kind`` columns), resampling whole seeds (``stats.cluster_bootstrap``): the
+    runs of one seed share their training inputs, so the seed is the unit. Replicates lacking
+    either group are left out; NaN if fewer than two remain."""
+    from flatlib import stats
+
+    seeds, kind = table["seed"].to_numpy(), table["generalising_kind"].to_numpy(bool)
+    values = table[value].to_numpy(float)
+    clusters = [(values[(seeds == s) & kind], values[(seeds == s) & ~kind]) for s in np.unique(seeds)]
+    if not clusters:
+        return math.nan
+
+    def auc(drawn):
+        good, bad = np.concatenate([g for g, _ in drawn]), np.concatenate([b for _, b in drawn])
+        return _auc(good, bad) if good.size and bad.size else math.nan
+
+    aucs = stats.cluster_bootstrap(clusters, auc, replicates, seed)
+    aucs = aucs[np.isfinite(aucs)]
+    return float(np.std(aucs, ddof=1)) if aucs.size >= 2 else math.nan
+
+
+def conditions(table, replicates: int = 200, seed: int = 0) -> list[dict]:
+    """The input of ``flatlib.claims.flattest_interpolators``: one dict per (``noise``,
+    ``approximation``) condition of ``table`` (the interpolators that reached the tolerance, with
+    ``generalising_kind``, ``trace``, ``min_trace``, ``kind`` and ``relative_loss``): the
+    ``separation`` of the minimised trace with its ``auc_se`` (``auc_standard_error``,
+    ``replicates`` replicates), the ``raw_attack`` (the generalising kinds' raw trace against
+    the others' minimised trace) and the trace-penalised interpolators' median relative
+    population loss ``flattest_relative_loss``."""
+    out = []
+    for (noise, approx), part in table.groupby(["noise", "approximation"]):
+        good, bad = part[part["generalising_kind"]], part[~part["generalising_kind"]]
+        sep = separation(good["min_trace"], bad["min_trace"])
+        sep["auc_se"] = auc_standard_error(part, "min_trace", replicates, seed)
+        flattest = part.loc[part["kind"] == "flattest", "relative_loss"]
+        out.append({"noise": noise, "approximation": approx, "separation": sep,
+                    "raw_attack": separation(good["trace"], bad["min_trace"]),
+                    "flattest_relative_loss": float(flattest.median()) if len(flattest) else math.nan})
+    return out

@@ -152,7 +152,7 @@ def network_behaviour(config: ftrain.TrainConfig, noise=NOISE, bins: int = ECE_B
     key = _behaviour_key(config, noise, bins, seed)
     entry = store.get_json(key)
     if isinstance(entry, dict) and "test_acc" in entry:
-        return entry
+        return {k: v for k, v in entry.items() if k != "code"}  # provenance, not a number
     result = study.trained(config)
     if result.diverged:
         raise ValueError(f"network seed={config.seed} diverged; it has no behaviour to measure")
@@ -186,7 +186,7 @@ def behaviour_table(configs, noise=NOISE, bins: int = ECE_BINS, seed: int = 0, e
     store.check_writable()
     missing = [c for c in dict.fromkeys(configs) if store.get_json(_behaviour_key(c, noise, bins, seed)) is None]
     if missing and not executors.is_serial(executor):
-        root = str(store.cache_dir())
+        root = store.location()
         executors.run_checked(_behaviour_task, [(c, tuple(noise), bins, seed, root) for c in missing],
                               executor, "test-set behaviour", progress)
         for c in missing:
@@ -236,16 +236,16 @@ def effects(table, metrics, baseline: str = "baseline", pair_on: str = "seed", b
         lacking = sorted({baseline, *regimes} - set(group["regime"]))
         if lacking:
             raise ValueError(f"{by}={key} has no networks of regime(s) {lacking}; every {by} needs every regime")
-        wide = {metric: group.pivot(index=pair_on, columns="regime", values=metric) for metric in metrics}
+        wide = group.pivot(index=pair_on, columns="regime", values=list(metrics))
         for regime in regimes:
             for metric in metrics:
-                w = wide[metric]
-                if w[[regime, baseline]].isna().any().any():
+                a, b = wide[(metric, regime)].to_numpy(dtype=float), wide[(metric, baseline)].to_numpy(dtype=float)
+                if np.isnan(a).any() or np.isnan(b).any():
                     raise ValueError(f"{metric}: {by}={key} has a {pair_on} missing in {regime!r} or {baseline!r}")
-                d = stats.paired_difference(w[regime], w[baseline], confidence_level=level)
+                d = stats.paired_difference(a, b, confidence_level=level)
                 ci = d.confidence_interval()
-                rows.append({by: key, "regime": regime, "metric": metric, "regularised": float(w[regime].mean()),
-                             "baseline": float(w[baseline].mean()), "difference": d.mean, "ci_low": ci.low,
+                rows.append({by: key, "regime": regime, "metric": metric, "regularised": float(a.mean()),
+                             "baseline": float(b.mean()), "difference": d.mean, "ci_low": ci.low,
                              "ci_high": ci.high, "p": d.pvalue, "units": d.n, "level": level})
     return pd.DataFrame(rows)
 

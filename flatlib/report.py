@@ -84,13 +84,24 @@ def _atomic_write_json(path: Path, payload: dict) -> None:
     atomic_write(path, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
 
 
-def scoreboard_row(verdict: Verdict, ours: str) -> dict:
+def scoreboard_row(verdict: Verdict, ours: str, stability: dict[str, float] | None = None) -> dict:
     """One row of the introduction's scoreboard: the claim and verdict decided by its rule in
-    ``flatlib.claims``, the sub-claims behind it, and ``ours``, our figure as the reader sees it."""
+    ``flatlib.claims``, the sub-claims behind it, ``ours``, our figure as the reader sees it, and
+    where given the verdict's ``stability`` (``flatlib.claims.stability``: the share of bootstrap
+    replicates in which the rule returns each verdict)."""
     if not isinstance(verdict, Verdict):
         raise TypeError("scoreboard_row takes the Verdict a rule in flatlib.claims returned, not a typed verdict")
     keys.note(f"rule:{verdict.claim}", RULE_VERSIONS[verdict.claim])
-    return {"claim": verdict.claim, "ours": ours, "verdict": verdict.verdict, "checks": verdict.describe()}
+    row = {"claim": verdict.claim, "ours": ours, "verdict": verdict.verdict, "checks": verdict.describe()}
+    if stability is not None:
+        from flatlib.claims import VERDICTS
+
+        unknown = sorted(set(stability) - set(VERDICTS))
+        total = sum(stability.values())
+        if unknown or not math.isclose(total, 1.0, abs_tol=1e-9) or min(stability.values(), default=0) < 0:
+            raise ValueError(f"stability must map verdicts {VERDICTS} to shares summing to 1, got {stability!r}")
+        row["stability"] = dict(stability)
+    return row
 
 
 def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scoreboard: list[dict] = (),
@@ -134,13 +145,19 @@ def _summary_hash(summary: dict) -> str:
     return hashlib.sha256(json.dumps(unsealed, sort_keys=True).encode()).hexdigest()
 
 
+def _published_files(summary: Path) -> list[Path]:
+    """The files a run published beside its summary: everything in the folder but the summary and
+    the chapter's source (``<chapter>.md``, which is code and lives there too)."""
+    return [p for p in sorted(summary.parent.iterdir()) if p.is_file() and p.name != summary.name
+            and p.suffix != ".md" and not p.name.startswith(".")]
+
+
 def seal(path: Path) -> dict:
     """Record in the summary at ``path`` the SHA-256 of every other file of its folder, and of the
     summary itself (without this record), as the run published them (``unsealed`` checks them)."""
     path = Path(path)
     summary = json.loads(path.read_text())
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.parent.iterdir())
-             if p.is_file() and p.name != path.name}
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in _published_files(path)}
     summary[SEAL] = {"files": files, "summary": _summary_hash(summary)}
     _atomic_write_json(path, summary)
     return summary
@@ -155,7 +172,7 @@ def unsealed(path: Path) -> list[str]:
     if not record:
         return []
     changed = [] if record.get("summary") == _summary_hash(summary) else [path.name]
-    now = {p.name for p in path.parent.iterdir() if p.is_file() and p.name != path.name}
+    now = {p.name for p in _published_files(path)}
     for name, digest in sorted(record["files"].items()):
         file = path.parent / name
         if not file.is_file():

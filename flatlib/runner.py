@@ -606,10 +606,10 @@ def _run_command(chapter: str, overrides: dict, out_dir: Path | None) -> str:
     return shlex.join(words)
 
 
-def _store_dir() -> Path:
+def _store_dir() -> str:
     from flatlib import store
 
-    return store.cache_dir()
+    return store.location()
 
 
 def tidy(notebook: Path, source: Path, final: Path, overrides: dict | None = None, summary: dict | None = None,

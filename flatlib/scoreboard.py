@@ -24,6 +24,13 @@ def summaries(book: Path = BOOK) -> list[tuple[Path, dict]]:
     return found
 
 
+def _verdict_cell(row: dict) -> str:
+    """The verdict in bold, then its stability where the summary carries one:
+    "**not supported** (64 %; contradicted 31 %)"."""
+    shown = claims.describe_stability(row["verdict"], row.get("stability"))
+    return f"**{row['verdict']}**" + shown[len(row["verdict"]):]
+
+
 def render(book: Path = BOOK) -> str:
     """The scoreboard as a Markdown table."""
     rows = {}
@@ -40,7 +47,7 @@ def render(book: Path = BOOK) -> str:
         described = f"{claim.statement} *(paper: {claim.paper})*"
         if cid in rows:
             row, link, pending = rows[cid]
-            verdict = f"**{PENDING}** (last run: {row['verdict']})" if pending else f"**{row['verdict']}**"
+            verdict = f"**{PENDING}** (last run: {row['verdict']})" if pending else _verdict_cell(row)
             lines.append(f"| [{cid}]({link}): {described} | {row['ours']} | {verdict} |")
         else:
             lines.append(f"| {cid}: {described} | not yet run | pending |")
@@ -65,17 +72,27 @@ def verdicts(book: Path = BOOK) -> dict[str, str]:
     return {cid: found.get(cid, "pending") for cid in claims.CLAIMS}
 
 
+def stabilities(book: Path = BOOK) -> dict[str, dict[str, float]]:
+    """Each judged claim's stability (verdict -> share of bootstrap replicates) from the
+    published summaries, for the claims whose summary carries one."""
+    return {row["claim"]: row["stability"] for _, summary in summaries(book) if not runner.staleness(summary)
+            for row in summary.get("scoreboard", []) if row.get("stability")}
+
+
 def figure(book: Path = BOOK) -> str:
     """The landing page's figure, the claims at a glance: one row per claim, a chip coloured by
-    its verdict, as SVG text. Deterministic (no date, fixed ids, text kept as text), so the
-    committed file can be checked against the summaries as the table is."""
+    its verdict and, where the summary carries the verdict's stability, the share of bootstrap
+    replicates returning it in the chip and a bar below it split by verdict, as SVG text.
+    Deterministic (no date, fixed ids, text kept as text), so the committed file can be checked
+    against the summaries as the table is."""
     import io
 
     import matplotlib
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
+    from matplotlib.patches import FancyBboxPatch, Rectangle
 
     state = verdicts(book)
+    shares = stabilities(book)
     with matplotlib.rc_context({"svg.hashsalt": "flatbook", "svg.fonttype": "none", "font.size": 11,
                                 "font.family": "DejaVu Sans"}):
         fig, ax = plt.subplots(figsize=(4.6, 0.42 * len(state) + 0.3))
@@ -83,10 +100,22 @@ def figure(book: Path = BOOK) -> str:
         ax.axis("off")
         for i, (cid, verdict) in enumerate(state.items()):
             ax.text(0.0, i, cid, va="center", fontweight="bold")
-            ax.add_patch(FancyBboxPatch((0.12, i - 0.33), 0.36, 0.66, boxstyle="round,pad=0,rounding_size=0.02",
+            stable = shares.get(cid)
+            # with a stability, the chip leaves room below it for a bar of the replicates' verdicts
+            top, height = (i - 0.36, 0.5) if stable else (i - 0.33, 0.66)
+            ax.add_patch(FancyBboxPatch((0.12, top), 0.36, height, boxstyle="round,pad=0,rounding_size=0.02",
                                         facecolor=VERDICT_COLORS[verdict], edgecolor="#636363", lw=0.8))
             dark = verdict in ("supported", "contradicted")
-            ax.text(0.30, i, verdict, va="center", ha="center", fontsize=10, color="white" if dark else "black")
+            label = f"{verdict} {claims.percent(stable.get(verdict, 0.0))}" if stable else verdict
+            ax.text(0.30, top + height / 2, label, va="center", ha="center", fontsize=10 if not stable else 9,
+                    color="white" if dark else "black")
+            if stable:
+                left = 0.12
+                for other in sorted(stable, key=claims.VERDICTS.index):
+                    ax.add_patch(Rectangle((left, i + 0.2), 0.36 * stable[other], 0.14, lw=0,
+                                           facecolor=VERDICT_COLORS[other]))
+                    left += 0.36 * stable[other]
+                ax.add_patch(Rectangle((0.12, i + 0.2), 0.36, 0.14, fill=False, edgecolor="#636363", lw=0.5))
             ax.text(0.52, i, claims.CLAIMS[cid].topic, va="center")
         out = io.StringIO()
         fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight")

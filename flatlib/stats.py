@@ -425,6 +425,53 @@ def fisher_z_test(rho: float, n: int, value: float) -> float:
     return float(2 * sps.norm.sf(abs(z - math.atanh(value)) / se))
 
 
+def fisher_z_two_sample(rho_a: float, n_a: int, rho_b: float, n_b: int) -> float:
+    """Two-sided p-value of H0: two Spearman correlations from independent samples of ``n_a``
+    and ``n_b`` pairs are equal, from Fisher's z with each one's variance 1.06 / (n - 3)
+    (Fieller et al. 1957): p = 2 P(Z >= |atanh(rho_a) - atanh(rho_b)| / sqrt(1.06 / (n_a - 3)
+    + 1.06 / (n_b - 3))). Our rho against a published one that is itself an estimate (the
+    paper's, from its own networks): unlike :func:`fisher_z_test`, it counts the uncertainty of
+    both."""
+    if n_a < 4 or n_b < 4:
+        raise ValueError(f"need at least 4 pairs in each sample, got {n_a} and {n_b}")
+    if not (-1 <= rho_a <= 1 and -1 <= rho_b <= 1):
+        raise ValueError(f"correlations must be in [-1, 1], got {rho_a!r} and {rho_b!r}")
+    clip = 1 - 1e-15
+    z_a, z_b = (math.atanh(max(min(r, clip), -clip)) for r in (rho_a, rho_b))
+    se = math.sqrt(SPEARMAN_Z_VARIANCE / (n_a - 3) + SPEARMAN_Z_VARIANCE / (n_b - 3))
+    return float(2 * sps.norm.sf(abs(z_a - z_b) / se))
+
+
+@dataclass(frozen=True)
+class WelchResult:
+    """Welch's test of the difference of two independent means, each known by its standard
+    error and degrees of freedom."""
+
+    difference: float  # a - b
+    standard_error: float
+    df: float
+    pvalue_greater: float  # one-sided, H1: a > b
+    pvalue_less: float  # one-sided, H1: a < b
+
+
+def welch_difference(mean_a: float, se_a: float, df_a: float, mean_b: float, se_b: float, df_b: float) -> WelchResult:
+    """The difference a - b of two independent means with standard errors ``se_a``, ``se_b``:
+    t = (a - b) / sqrt(se_a^2 + se_b^2) against Student's t with the Welch-Satterthwaite degrees
+    of freedom (se_a^2 + se_b^2)^2 / (se_a^4 / df_a + se_b^4 / df_b); for two sample means
+    df = n - 1 each and this is scipy's ``ttest_ind(equal_var=False)``."""
+    if not all(math.isfinite(v) for v in (mean_a, se_a, df_a, mean_b, se_b, df_b)):
+        raise ValueError("welch_difference needs finite means, standard errors and degrees of freedom")
+    if se_a < 0 or se_b < 0 or df_a <= 0 or df_b <= 0:
+        raise ValueError(f"standard errors must be >= 0 and df > 0, got se {se_a}, {se_b} and df {df_a}, {df_b}")
+    variance = se_a ** 2 + se_b ** 2
+    difference = mean_a - mean_b
+    if variance == 0:  # two exact values: the difference is certain
+        return WelchResult(difference, 0.0, math.inf, float(difference <= 0), float(difference >= 0))
+    df = variance ** 2 / ((se_a ** 4 / df_a if se_a else 0) + (se_b ** 4 / df_b if se_b else 0))
+    t = difference / math.sqrt(variance)
+    return WelchResult(difference, math.sqrt(variance), float(df), float(sps.t.sf(t, df)), float(sps.t.cdf(t, df)))
+
+
 @dataclass(frozen=True)
 class PooledResult:
     """A fixed-effect pooled correlation over groups (Fisher z, inverse-variance weights),
@@ -658,3 +705,85 @@ def partial_table(frame, columns, target: str, given: str, n_resamples: int = 10
                      "partial_rho": part.statistic, "ci_low": part.interval.low, "ci_high": part.interval.high,
                      "p": part.pvalue, "p_perm": part.permutation_pvalue})
     return pd.DataFrame(rows)
+
+
+def partial_rank_correlation(x, y, z) -> float:
+    """The partial Spearman correlation of ``x`` and ``y`` given ``z`` alone, (r_xy - r_xz r_yz)
+    / sqrt((1 - r_xz^2)(1 - r_yz^2)) on ranks, without the resampling of ``partial_spearman``:
+    for pooling over many groups, which needs only the statistic and its count (NaN where a
+    variable is constant)."""
+    x, y = _pair(x, y)
+    _, z = _pair(x, z)
+    return float(_partial_rows(x[None], y[None], z[None])[0])
+
+
+# ----------------------------------------------------------------------------- resampling a table
+
+def resample(table, units, within=(), rng: np.random.Generator | None = None):
+    """One hierarchical bootstrap replicate of ``table`` (a pandas frame, one row per network).
+
+    Each group of the ``within`` columns (a dataset, a training-set size: strata that the design
+    fixes) is kept. Inside it, stage 1 draws with replacement as many values of ``units[0]`` as
+    the group has (an environment, a seed); inside each drawn copy, stage 2 draws as many values
+    of ``units[1]`` as that copy has, and so on: with one unit the cluster bootstrap, with two
+    the two-stage bootstrap that resamples at both stages (Davison & Hinkley 1997, sec. 3.8).
+    Every row of a drawn unit comes along, so what the design pairs (the two regimes of one seed)
+    stays paired. Each drawn copy is relabelled ``"<value>#<k>"`` (k: its place in the draw) so
+    that two copies of one unit stay two units to whatever groups by that column afterwards."""
+    import pandas as pd
+
+    units, within = list(units), list(within)
+    if not units:
+        raise ValueError("name at least one column to resample (a unit: seed, environment, draw)")
+    missing = sorted(set(units + within) - set(table.columns))
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table; it has {list(table.columns)}")
+    rng = np.random.default_rng() if rng is None else rng
+    codes = [pd.factorize(table[u])[0] for u in units]
+    values = [table[u].to_numpy() for u in units]
+    positions, labels = [], [[] for _ in units]
+
+    def draw(rows: np.ndarray, level: int, path: tuple):
+        if level == len(units):
+            positions.append(rows)
+            for labelled, label in zip(labels, path):
+                labelled.append(np.full(rows.size, label, dtype=object))
+            return
+        present = np.unique(codes[level][rows])
+        for k, code in enumerate(rng.choice(present, size=present.size, replace=True)):
+            chosen = rows[codes[level][rows] == code]
+            draw(chosen, level + 1, path + (f"{values[level][chosen[0]]}#{k}",))
+
+    groups = table.groupby(within, sort=False).indices.values() if within else [np.arange(len(table))]
+    for rows in groups:
+        draw(np.asarray(rows), 0, ())
+    out = table.iloc[np.concatenate(positions)].reset_index(drop=True)
+    for unit, labelled in zip(units, labels):
+        out[unit] = np.concatenate(labelled)
+    return out
+
+
+def bootstrap_tables(tables, plan: dict, replicates: int, seed: int = 0):
+    """``replicates`` bootstrap replicates of ``tables`` (a mapping name -> frame), each frame
+    resampled by :func:`resample` with ``plan[name] = (units, within)``, independently of the
+    others, from one seeded generator: the same seed gives the same replicates."""
+    if replicates < 1:
+        raise ValueError(f"replicates must be at least 1, got {replicates!r}")
+    unknown = sorted(set(tables) ^ set(plan))
+    if unknown:
+        raise ValueError(f"give one resampling plan (units, within) per table; mismatched: {unknown}")
+    rng = np.random.default_rng(seed)
+    for _ in range(replicates):
+        yield {name: resample(frame, *plan[name], rng=rng) for name, frame in tables.items()}
+
+
+def cluster_bootstrap(clusters: list, statistic, replicates: int, seed: int = 0) -> np.ndarray:
+    """``statistic`` over ``replicates`` cluster-bootstrap replicates: each draws
+    ``len(clusters)`` clusters (any objects: one seed's values, say) with replacement and passes
+    the drawn list to ``statistic``, which returns a number. The light form of :func:`resample`
+    for a statistic computed many times inside another resampling."""
+    if not clusters:
+        raise ValueError("cluster_bootstrap needs at least one cluster")
+    rng = np.random.default_rng(seed)
+    k = len(clusters)
+    return np.array([statistic([clusters[i] for i in rng.integers(0, k, k)]) for _ in range(replicates)], dtype=float)

@@ -322,7 +322,7 @@ def _network_task(config: ftrain.TrainConfig, names: list[str] | None, options: 
 def _compute_on(executor, configs, names, options, desc, progress) -> None:
     """Run ``_network_task`` for every config on ``executor``; refuse receipts from workers
     that key the store differently from this process (``executors.check_receipt``)."""
-    store_root = str(store.cache_dir())
+    store_root = store.location()
     argsets = [(config, names, options, store_root) for config in configs]
     task_keys = [f"flatlib-network-{store.digest([config.key(), names, options])}" for config in configs]
     executors.run_checked(_network_task, argsets, executor, desc, progress, keys=task_keys)
@@ -330,9 +330,10 @@ def _compute_on(executor, configs, names, options, desc, progress) -> None:
 
 def not_shared(executor, error: NotInStore) -> executors.ExecutorError:
     return executors.ExecutorError(
-        f"{error.args[0]} is not in the store {store.cache_dir()} although its task on "
+        f"{error.args[0]} is not in the store {store.location()} although its task on "
         f"{executors.describe(executor)} finished: the workers wrote to a store this process cannot see. "
-        "Put $FLATLIB_CACHE on a filesystem every worker mounts at the same path.")
+        "Put $FLATLIB_CACHE on a filesystem every worker mounts at the same path, or in a bucket "
+        "(s3://bucket/prefix) every worker reaches with the same endpoint and credentials.")
 
 
 def measure_table(networks: dict, train_data, test_data, names: list[str] | None = None,

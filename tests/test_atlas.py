@@ -128,3 +128,16 @@ def test_the_head_to_head_keeps_the_networks_at_the_target_and_counts_the_rest()
     assert len(kept) == 5 and left_out == {"patience": 2, "epoch cap": 1, "diverged": 1}
     with pytest.raises(study.StudyError, match="2 of 6 networks reached the training-loss target"):
         study.at_target(table.iloc[3:], minimum=4)
+
+
+def test_within_partial_is_partial_spearman_per_environment_and_margin(table):
+    table = table.assign(margin=table["test_acc"] + 0.002 * np.random.default_rng(1).normal(size=len(table)))
+    result = atlas.within_partial(table, "good", ["margin", "noise"])
+    assert len(result) == 4 * 2 and set(result["given"]) == {"margin", "noise"}
+    first = table[(table.environment == "sgd n=1000 w=64 b=64") & (table.status == "ok")]
+    row = result[(result.environment == "sgd n=1000 w=64 b=64") & (result.given == "margin")].iloc[0]
+    direct = stats.partial_spearman(first["good"], first["test_acc"], first["margin"], n_resamples=99)
+    assert row.partial_rho == pytest.approx(direct.statistic, abs=1e-12) and row.n == 6
+    assert row.rho == pytest.approx(stats.spearman(first["good"], first["test_acc"], n_resamples=99).statistic)
+    with pytest.raises(ValueError, match="jacobian_norm"):
+        atlas.within_partial(table, "good", ["jacobian_norm"])

@@ -136,6 +136,34 @@ def test_the_landing_figure_colours_each_claim_by_its_verdict(tmp_path):
         assert claim.topic and claim.topic in svg.replace("&#39;", "'")
 
 
+def test_the_scoreboard_shows_each_verdicts_stability_recomputed_from_the_summaries(tmp_path):
+    book = tmp_path / "book"
+    (book / "c").mkdir(parents=True)
+    shares = {"not supported": 0.64, "contradicted": 0.31, "inconclusive": 0.05}
+    rows = [report.scoreboard_row(claims.Verdict("C2", "not supported", ()), "x", shares),
+            report.scoreboard_row(claims.Verdict("C4", "supported", ()), "y")]
+    summary = book / "c" / "summary.json"
+    from flatlib import keys
+
+    summary.write_text(json.dumps({"chapter": "c", "computations": keys.used(), "scoreboard": rows}))
+    table = scoreboard.render(book)
+    assert "| x | **not supported** (64 %; contradicted 31 %, inconclusive 5 %) |" in table
+    assert "| y | **supported** |" in table  # a row without a stability shows the verdict alone
+    svg = scoreboard.figure(book)
+    assert "not supported 64 %" in svg and scoreboard.VERDICT_COLORS["contradicted"] in svg
+    assert svg == scoreboard.figure(book)
+    # the figures follow the summaries: a new stability redraws both
+    rows[0]["stability"] = {"not supported": 1.0}
+    summary.write_text(json.dumps({"chapter": "c", "computations": keys.used(), "scoreboard": rows}))
+    assert "| x | **not supported** (100 %) |" in scoreboard.render(book)
+    redrawn = scoreboard.figure(book)
+    assert "not supported 100 %" in redrawn and scoreboard.VERDICT_COLORS["contradicted"] not in redrawn
+    with pytest.raises(ValueError, match="sum"):
+        report.scoreboard_row(claims.Verdict("C2", "supported", ()), "x", {"supported": 0.5})
+    with pytest.raises(ValueError, match="verdicts"):
+        report.scoreboard_row(claims.Verdict("C2", "supported", ()), "x", {"maybe": 1.0})
+
+
 @pytest.mark.book
 def test_book_builds_with_warnings_as_errors(tmp_path):
     jb = Path(sys.executable).parent / "jupyter-book"
@@ -223,6 +251,7 @@ def test_check_flags_a_published_file_edited_after_its_run(tmp_path, monkeypatch
     _summaries(tmp_path, monkeypatch, {"run": keys.used()})
     (tmp_path / "run" / "table.csv").write_text("a,b\n1,2\n")
     report.seal(tmp_path / "run" / "summary.json")
+    (tmp_path / "run" / "run.md").write_text("# the chapter's source, which is code, not output\n")
     assert main(["check"]) == 0
     (tmp_path / "run" / "table.csv").write_text("a,b\n1,3\n")
     assert main(["check"]) == 1

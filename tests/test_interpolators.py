@@ -114,3 +114,36 @@ def test_per_seed_separation_is_a_sign_test_over_training_sets():
     out = I.per_seed_separation(pd.DataFrame(rows))
     assert (out["seeds"], out["separating"]) == (4, 3)
     assert out["p"] == pytest.approx(5 / 16)  # P(Binomial(4, 1/2) >= 3)
+
+
+def test_auc_standard_error_is_the_cluster_bootstraps_over_seeds():
+    import pandas as pd
+    # Seed A: generalising 0 < other 1; seed B: generalising 1 > other 0. Drawing two seeds: AA gives
+    # AUC 1 (p 1/4), BB gives 0 (p 1/4), AB or BA gives 0.5 (p 1/2): standard deviation sqrt(1/8).
+    table = pd.DataFrame([{"seed": 0, "generalising_kind": True, "min_trace": 0.0},
+                          {"seed": 0, "generalising_kind": False, "min_trace": 1.0},
+                          {"seed": 1, "generalising_kind": True, "min_trace": 1.0},
+                          {"seed": 1, "generalising_kind": False, "min_trace": 0.0}])
+    assert I.auc_standard_error(table, replicates=4000) == pytest.approx(math.sqrt(1 / 8), rel=0.05)
+    separated = table.assign(min_trace=[0.0, 1.0, 0.0, 1.0])
+    assert I.auc_standard_error(separated, replicates=200) == 0.0
+
+
+def test_conditions_are_what_the_rule_reads_per_condition():
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    rows = [{"noise": noise, "approximation": 0.0, "kind": kind, "seed": seed,
+             "generalising_kind": kind in I.GENERALISING, "trace": rng.uniform(1, 2) * (3 if kind in I.GENERALISING
+                                                                                          else 5),
+             "min_trace": rng.uniform(1, 2) * (1 if kind in I.GENERALISING else 2), "relative_loss": rng.uniform()}
+            for noise in (0.0, 1.0) for kind in I.KINDS for seed in range(3)]
+    table = pd.DataFrame(rows)
+    out = I.conditions(table, replicates=50)
+    assert [(c["noise"], c["approximation"]) for c in out] == [(0.0, 0.0), (1.0, 0.0)]
+    for c in out:
+        part = table[table["noise"] == c["noise"]]
+        good, bad = part[part["generalising_kind"]], part[~part["generalising_kind"]]
+        assert c["separation"]["auc"] == I.separation(good["min_trace"], bad["min_trace"])["auc"]
+        assert c["raw_attack"]["auc"] == I.separation(good["trace"], bad["min_trace"])["auc"]
+        assert c["flattest_relative_loss"] == part.loc[part["kind"] == "flattest", "relative_loss"].median()
+        assert c["separation"]["auc_se"] == I.auc_standard_error(part, replicates=50)

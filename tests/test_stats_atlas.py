@@ -221,3 +221,127 @@ def test_non_finite_networks_are_left_out_of_both_cross_environment_standards(gr
     # An environment with no finite network drops out of its groups instead of scoring 0.
     gone = grid.assign(m=[np.nan, 2.0, 3.0, 5.0, 4.0, 6.0])
     assert stats.granulated_kendall(gone, "m", "g", ["a", "b"])["a"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- two estimates
+
+def test_fisher_z_two_sample_matches_a_hand_computation():
+    # atanh(0.5) - atanh(0.2) = 0.346574; variance 1.06/27 + 1.06/47 = 0.061812; z = 1.39398; p = 2 (1 - Phi(z))
+    assert stats.fisher_z_two_sample(0.5, 30, 0.2, 50) == pytest.approx(0.163323, abs=1e-6)
+    assert stats.fisher_z_two_sample(0.2, 50, 0.5, 30) == pytest.approx(0.163323, abs=1e-6)
+    assert stats.fisher_z_two_sample(0.3, 40, 0.3, 100) == pytest.approx(1.0)
+
+
+def test_fisher_z_two_sample_counts_the_papers_uncertainty_too():
+    # our rho -0.188 against the paper's +0.374, both from 100 networks: far less extreme than
+    # treating the paper's value as exact, and the one-sample test is its limit as the paper's n grows
+    two = stats.fisher_z_two_sample(-0.188, 100, 0.374, 100)
+    assert two == pytest.approx(7.95e-5, rel=1e-2)
+    assert stats.fisher_z_test(-0.188, 100, 0.374) < two / 1000
+    assert stats.fisher_z_two_sample(-0.188, 100, 0.374, 10 ** 9) == pytest.approx(
+        stats.fisher_z_test(-0.188, 100, 0.374), rel=1e-6)
+
+
+def test_fisher_z_two_sample_has_its_size_under_the_null():
+    rng = np.random.default_rng(3)
+    cov = [[1, 0.4], [0.4, 1]]
+    rejections = []
+    for _ in range(600):
+        a, b = rng.multivariate_normal([0, 0], cov, 40), rng.multivariate_normal([0, 0], cov, 60)
+        rejections.append(stats.fisher_z_two_sample(sps.spearmanr(*a.T).statistic, 40,
+                                                    sps.spearmanr(*b.T).statistic, 60) < 0.05)
+    assert 0.025 < np.mean(rejections) < 0.08
+
+
+def test_fisher_z_two_sample_refuses_bad_input():
+    with pytest.raises(ValueError, match="at least 4"):
+        stats.fisher_z_two_sample(0.1, 3, 0.2, 100)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        stats.fisher_z_two_sample(1.2, 30, 0.2, 100)
+
+
+def test_welch_difference_is_scipys_unequal_variance_t_test():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 8), rng.normal(0.2, 2.0, 11)
+    se = lambda x: x.std(ddof=1) / np.sqrt(x.size)  # noqa: E731
+    ours = stats.welch_difference(a.mean(), se(a), a.size - 1, b.mean(), se(b), b.size - 1)
+    assert ours.pvalue_greater == pytest.approx(sps.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    assert ours.pvalue_less == pytest.approx(sps.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
+    assert ours.difference == pytest.approx(a.mean() - b.mean())
+    exact = stats.welch_difference(2.0, 0.0, 5, 1.0, 0.0, 5)
+    assert exact.pvalue_greater == 0.0 and exact.pvalue_less == 1.0
+    with pytest.raises(ValueError, match="df > 0"):
+        stats.welch_difference(1, 0.1, 0, 0, 0.1, 4)
+
+
+def test_partial_rank_correlation_is_partial_spearmans_statistic():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=30)
+    x, y = z + rng.normal(size=30), z + rng.normal(size=30)
+    assert stats.partial_rank_correlation(x, y, z) == pytest.approx(
+        stats.partial_spearman(x, y, z, n_resamples=99).statistic, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- resampling a table
+
+def _networks(datasets=("a", "b"), environments=3, seeds=4):
+    rows = [{"dataset": d, "environment": f"e{e}", "seed": s, "regime": r, "value": 100 * e + 10 * s + (r == "y")}
+            for d in datasets for e in range(environments) for s in range(seeds) for r in ("x", "y")]
+    return pd.DataFrame(rows)
+
+
+def test_resample_keeps_strata_sizes_and_whole_units_and_relabels_copies():
+    table = _networks()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = stats.resample(table, ["seed"], ["dataset", "environment"], rng)
+        assert len(out) == len(table)
+        assert (out.groupby(["dataset", "environment"]).size() == 8).all()
+        # every drawn seed brings both its rows (the pair), and copies are told apart by their label
+        assert (out.groupby(["dataset", "environment", "seed"])["regime"].apply(sorted).map(tuple)
+                == ("x", "y")).all()
+        assert out.groupby(["dataset", "environment"])["seed"].nunique().eq(4).all()
+        assert ((out["value"] % 10) == (out["regime"] == "y")).all()
+    a = stats.resample(table, ["seed"], rng=np.random.default_rng(5))
+    b = stats.resample(table, ["seed"], rng=np.random.default_rng(5))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_two_stage_resample_draws_environments_then_seeds_within_each():
+    table = _networks()
+    out = stats.resample(table, ["environment", "seed"], ["dataset"], np.random.default_rng(2))
+    assert (out.groupby("dataset")["environment"].nunique() == 3).all()
+    assert (out.groupby(["dataset", "environment"])["seed"].nunique() == 4).all()
+    # a drawn environment's networks are that environment's: the hundreds digit names it
+    original = out["environment"].str.split("#").str[0].str[1:].astype(int)
+    assert ((out["value"] // 100) == original).all()
+
+
+def test_the_bootstrap_variance_of_a_mean_is_the_plug_in_variance_over_n():
+    # The ideal bootstrap variance of a mean of n iid values is (1/n) * (1/n) sum (x - xbar)^2.
+    x = np.array([0.0, 1.0, 3.0, 4.0, 7.0, 9.0])
+    table = pd.DataFrame({"seed": range(x.size), "x": x})
+    means = [t["table"]["x"].mean() for t in stats.bootstrap_tables({"table": table}, {"table": (["seed"], [])},
+                                                                     4000, seed=1)]
+    assert np.var(means) == pytest.approx(((x - x.mean()) ** 2).mean() / x.size, rel=0.08)
+
+
+def test_resample_refuses_missing_columns_and_plans():
+    table = _networks()
+    with pytest.raises(ValueError, match="not in the table"):
+        stats.resample(table, ["network"])
+    with pytest.raises(ValueError, match="at least one column"):
+        stats.resample(table, [])
+    with pytest.raises(ValueError, match="one resampling plan"):
+        next(stats.bootstrap_tables({"t": table}, {"u": (["seed"], [])}, 1))
+
+
+def test_cluster_bootstrap_draws_clusters_with_replacement():
+    # two clusters of means 0 and 1: each replicate's mean of cluster means is 0, 0.5 or 1 with
+    # probabilities 1/4, 1/2, 1/4
+    values = stats.cluster_bootstrap([np.zeros(3), np.ones(5)], lambda drawn: np.mean([c.mean() for c in drawn]),
+                                     4000, seed=0)
+    assert set(np.unique(values)) <= {0.0, 0.5, 1.0}
+    assert np.mean(values == 0.5) == pytest.approx(0.5, abs=0.03)
+    assert np.array_equal(values, stats.cluster_bootstrap([np.zeros(3), np.ones(5)],
+                                                          lambda d: np.mean([c.mean() for c in d]), 4000, seed=0))

@@ -89,3 +89,23 @@ def test_digest_is_canonical():
     assert store.digest({"a": 1, "b": [2, 3]}) == store.digest({"b": [2, 3], "a": 1})
     assert store.digest({"a": 1}) != store.digest({"a": 2})
     assert len(store.digest({})) == 20
+
+
+def test_a_file_url_is_the_folder_it_names(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLATLIB_CACHE", (tmp_path / "as url").as_uri())
+    assert store.cache_dir() == tmp_path / "as url" and store.location() == str(tmp_path / "as url")
+    store.put_json("a/b.json", {"value": 1})
+    assert (tmp_path / "as url" / "a" / "b.json").is_file() and store.get_json("a/b.json") == {"value": 1}
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/prefix", "gs://bucket/prefix", "file://otherhost/store"])
+def test_a_url_is_never_taken_for_a_folder(url, monkeypatch, tmp_path):
+    """A path-only store would have written s3://bucket/prefix into a local folder named 's3:'."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLATLIB_CACHE", url)
+    with pytest.raises(store.StoreError):
+        store.cache_dir()
+    if not url.startswith("s3://"):  # an S3 URL is a store (tests/test_store_s3.py); the others are refused
+        with pytest.raises(store.StoreError, match="a store is a folder .* or one of s3://bucket/prefix|another host"):
+            store.check_writable()
+    assert list(tmp_path.iterdir()) == []
