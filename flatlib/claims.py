@@ -667,7 +667,7 @@ MIN_NETWORKS = 10
 # say nothing about what the network learned from the sample it is certified on (a prior fitted to
 # that network's own data gives such KLs: the first published study's median was 8e-9 nats). Fixed
 # before any certificate with a prior at initialisation was correlated; the median is over the
-# networks whose certificate enters the correlations.
+# networks whose certificate enters the correlations (over all, when every one is saturated).
 MIN_MEDIAN_KL = 1.0
 
 # The two readings of weakness tested against the bound, the pre-registered primary first.
@@ -750,9 +750,10 @@ def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificat
     Spearman of B and ``target``, of W and ``target``, of B and W, and the partial correlations
     of B with ``target`` given W and of W with ``target`` given B (``flatlib.stats``, the
     decision p-value the permutation one); ``median_kl`` is the median of column ``kl`` over the
-    same networks. ``correlations`` has one row per correlation (x, y, controlling for, rho,
-    ci_low, ci_high, p_perm, n), the raw B-target row once. The caller chooses the networks
-    (e.g. those at the common training loss, ``flatlib.study.at_target``)."""
+    same networks (over all of them when every bound is saturated). ``correlations`` has one row
+    per correlation (x, y, controlling for, rho, ci_low, ci_high, p_perm, n), the raw B-target row
+    once. The caller chooses the networks (e.g. those at the common training loss,
+    ``flatlib.study.at_target``)."""
     import pandas as pd
 
     missing = [c for c in (bound, kl, target, *readings) if c not in table.columns]
@@ -760,9 +761,12 @@ def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificat
         raise ValueError(f"the table lacks the column(s) {missing}; it has {list(table.columns)}")
     if not len(readings):
         raise ValueError("give at least one weakness reading")
+    if not len(table):
+        raise ValueError("the table has no networks: C5 needs the certificates of at least one")
     full = saturated(table[bound])
     used = table[~full]
-    median_kl = float(np.median(used[kl])) if len(used) else 0.0
+    # over the certificates that enter the correlations; where none does, over every one given
+    median_kl = float(np.median((used if len(used) else table)[kl]))
     common = dict(median_kl=median_kl, saturated_count=int(full.sum()), certificate=certificate, alpha=alpha)
     columns = ["x", "y", "controlling for", "rho", "ci_low", "ci_high", "p_perm", "n"]
     if len(used) < MIN_NETWORKS:

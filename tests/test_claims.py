@@ -436,6 +436,14 @@ def test_saturated_bounds_are_left_out_and_too_few_left_is_inconclusive():
     for verdict in verdicts.values():
         assert verdict.verdict == "inconclusive" and verdict.values["saturated"] == 32
         assert "32 saturated" in verdict.check("bound predicts test error").values["reason"]
+    # every bound saturated: the KL is still that of the certificates given, not of none
+    table["certificate"] = 1.0
+    table["certificate_kl"] = np.linspace(100.0, 500.0, 40)
+    verdicts, _ = _study(table)
+    assert verdicts["weakness_open_labels"].values["median_kl"] == pytest.approx(300.0)
+    assert verdicts["weakness_open_labels"].check("certificates are bounds").state == "supported"
+    with pytest.raises(ValueError, match="no networks"):
+        _study(table.iloc[:0])
 
 
 def test_a_table_without_the_rules_columns_is_refused_naming_them():
