@@ -33,11 +33,11 @@ draw, at the cost of one normal per unit instead of one per weight. The certific
 probability at least 1 - delta - delta_mc.
 
 The posterior is optimised by stochastic gradient descent (momentum, or Adam) on the
-reparameterised Gaussian of the bound's relaxation ``quad_objective`` (Perez-Ortiz et al.'s
-f_quad) with the 0-1 error replaced by the cross-entropy bounded by clamping p(y|x) at ``pmin``
-and scaled to [0, 1]; during
-optimisation the prior scale is the one minimising the KL (closed form), and the certificate then
-takes the best scale of the grid.
+reparameterised Gaussian of a relaxation of the bound (Perez-Ortiz et al.'s f_quad,
+``quad_objective``, or f_classic, ``classic_objective``) with the 0-1 error replaced by the
+cross-entropy bounded by clamping p(y|x) at ``pmin`` and scaled to [0, 1]; during optimisation the
+prior scale is the one minimising the KL (closed form), and the certificate then takes the best
+scale of the grid.
 
 ``CertificateSpec`` names a certificate of a network of the store (``flatlib.study``), and
 ``certificate`` computes it or reads it from the store, keyed by the spec, the network's key, the
@@ -65,19 +65,27 @@ from flatlib.threads import one_thread
 # The version of each kind of certificate (``flatlib.keys``), by its prior: bump a kind's with any
 # change that can change its certificates (the optimisation, the bound, the Monte Carlo term, the
 # grid of prior scales), and re-record the fingerprints.
-VERSIONS = {"init": 1, "data": 1}
+# 2: the grid of prior scales reaches up to 1 (it stopped at 0.1).
+VERSIONS = {"init": 2, "data": 2}
 
-# The prior scales s_P the certificate may choose among, fixed before any certificate was computed:
-# 0.1 * 10^(-j/2000) for j = 0..6000, from 0.1 down to 1e-4 in steps of 0.115 %. The union bound
-# over them costs ln 6001 = 8.7 nats; the step is fine because a network has up to a million
+# The prior scales s_P the certificate may choose among, fixed before the certificates that use
+# them: 10^(-j/2000) for j = 0..8000, from 1 down to 1e-4 in steps of 0.115 %. The union bound
+# over them costs ln 8001 = 9.0 nats; the step is fine because a network has up to a million
 # weights and the KL pays for a prior scale off the best one per weight: about P (step/2)^2, under
-# half a nat for P = 10^6 (a grid of 13 values cost thousands of nats).
-PRIOR_SCALES = tuple(0.1 * 10 ** (-j / 2000) for j in range(6001))
+# half a nat for P = 10^6 (a grid of 13 values cost thousands of nats). History: the grid was
+# 0.1 * 10^(-j/2000), j = 0..6000 (13 of those values before it), until exploratory certificates
+# with a prior at initialisation (issue 34) chose its top, 0.1, where their widths wanted more; the
+# grid is a superset of both earlier ones, so its union bound covers every choice made among them.
+PRIOR_SCALES = tuple(10 ** (-j / 2000) for j in range(8001))
 DELTA, DELTA_MC = 0.025, 0.01  # Perez-Ortiz et al.'s confidence levels
 PMIN = 1e-4  # the bounded cross-entropy's floor on p(y|x)
 # The isotropic widths ``starting_scale`` tries for the posterior's start: 10^(-k/4), 1 to 1e-4.
 SIGMA_STARTS = tuple(10 ** (-k / 4) for k in range(17))
 PRIORS = ("init", "data")
+# Where the posterior's means start: at the trained network, or at the prior's centre (for a prior
+# at initialisation the network's initial weights, so the optimisation of the bound is the
+# training, as Perez-Ortiz et al. train from a data-free prior).
+STARTS = ("trained", "prior")
 OPTIMIZERS = ("sgd", "adam")
 TRAIN_SIZE = 60000  # the training split of MNIST and of Fashion-MNIST (flatlib.data checks the files)
 
@@ -227,6 +235,17 @@ def quad_objective(error, kl, n: int, delta: float = DELTA, grid_size: int = len
     return (torch.sqrt(error + half) + torch.sqrt(half)) ** 2
 
 
+def classic_objective(error, kl, n: int, delta: float = DELTA, grid_size: int = len(PRIOR_SCALES)):
+    """Perez-Ortiz et al.'s f_classic, e + sqrt(c/2) with c = ``complexity``: the kl bound relaxed
+    by Pinsker's inequality (kl(q || p) >= 2 (p - q)^2), McAllester's form; looser than f_quad
+    where e is small, and its gradient in the KL does not shrink with e."""
+    return error + torch.sqrt(complexity(kl, n, delta, grid_size) / 2)
+
+
+# The relaxations of the bound the posterior may be optimised on (``optimise``'s ``objective``).
+OBJECTIVES = {"quad": quad_objective, "classic": classic_objective}
+
+
 def check_delta(value: float, name: str) -> None:
     if not (isinstance(value, (int, float)) and 0 < value < 1):
         raise CertificateError(f"{name} is a probability of failure and must lie in (0, 1), got {value!r}")
@@ -246,8 +265,10 @@ def optimise(model: nn.Module, prior_means: list[torch.Tensor], data, *, init_me
              epochs: int = 10,
              lr: float = 1e-3, batch_size: int = 250, sigma_init: float = 0.01, pmin: float = PMIN,
              delta: float = DELTA, grid: tuple[float, ...] = PRIOR_SCALES, seed: int = 0, optimizer: str = "sgd",
-             momentum: float = 0.95, sigma_lr: float | None = None, progress: bool = False) -> Posterior:
-    """The posterior minimising ``quad_objective`` on ``data`` (the bound's sample, (x, y)), by
+             momentum: float = 0.95, sigma_lr: float | None = None, objective: str = "quad",
+             progress: bool = False) -> Posterior:
+    """The posterior minimising ``objective`` (``OBJECTIVES``: f_quad or f_classic) on ``data``
+    (the bound's sample, (x, y)), by
     SGD with ``momentum`` (or Adam) on (mu, rho) with s = softplus(rho), one draw per example per
     step (local reparameterisation), ``epochs`` passes in a seeded order; with ``sigma_lr`` the
     widths rho get their own Adam at that rate (Dziugaite & Roy adapt them per coordinate too,
@@ -275,6 +296,9 @@ def optimise(model: nn.Module, prior_means: list[torch.Tensor], data, *, init_me
     rhos = [torch.log(torch.expm1(s.detach().float().clamp_min(1e-8))).requires_grad_(True) for s in init_stds]
     if optimizer not in OPTIMIZERS:
         raise CertificateError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if objective not in OBJECTIVES:
+        raise CertificateError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
+    relaxation = OBJECTIVES[objective]
     together = means + rhos if sigma_lr is None else means
     opts = [torch.optim.SGD(together, lr=lr, momentum=momentum) if optimizer == "sgd" else
             torch.optim.Adam(together, lr=lr)]
@@ -301,7 +325,7 @@ def optimise(model: nn.Module, prior_means: list[torch.Tensor], data, *, init_me
             error = bounded_cross_entropy(stochastic_logits(means, stds, x[idx], gen), y[idx], pmin)
             scale = best_prior_scale(means, stds, prior_means).clamp(min(grid), max(grid))
             kl = gaussian_kl(means, stds, prior_means, scale)
-            loss = quad_objective(error.double(), kl, n, delta, len(grid))
+            loss = relaxation(error.double(), kl, n, delta, len(grid))
             for opt in opts:
                 opt.zero_grad()
             loss.backward()
@@ -411,10 +435,13 @@ class CertificateSpec:
     """A certificate of the stored network ``network`` (a ``flatlib.train.TrainConfig``).
 
     ``prior="init"``: the prior is centred at the network's initial weights, the posterior's
-    means start at its trained weights, and the bound's sample is the network's own training
-    subset. ``prior="data"``: the network, trained on its subset, is the prior's centre; the
-    bound's sample is ``bound_n`` images (default: all) of the training split outside that
-    subset, and the posterior starts at the prior. ``passes`` Monte Carlo passes over the bound's
+    means start at its trained weights (``start="trained"``) or at the initial weights
+    (``start="prior"``: the bound's optimisation trains the stochastic network from its
+    initialisation), and the bound's sample is the network's own training subset.
+    ``prior="data"``: the network, trained on its subset, is the prior's centre; the bound's
+    sample is ``bound_n`` images (default: all) of the training split outside that subset, and
+    the posterior starts at the prior. ``objective`` names the relaxation of the bound the
+    posterior is optimised on (``OBJECTIVES``). ``passes`` Monte Carlo passes over the bound's
     sample give the certificate; ``test_passes`` over the test split estimate Q's test error."""
 
     network: ftrain.TrainConfig
@@ -434,6 +461,10 @@ class CertificateSpec:
     passes: int = 1
     test_passes: int = 1
     seed: int = 0
+    # Added after certificates were stored, each with the value that keeps the old behaviour as
+    # neutral (``flatlib.keys.canonical``), so that no stored certificate is re-keyed.
+    objective: str = field(default="quad", metadata={"neutral": "quad"})
+    start: str = field(default="trained", metadata={"neutral": "trained"})
 
     def __post_init__(self):
         problems = []
@@ -450,6 +481,13 @@ class CertificateSpec:
             problems.append("epochs >= 0, batch_size >= 1, lr > 0 and sigma_init > 0 (or None) are needed")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective must be one of {tuple(OBJECTIVES)}, got {self.objective!r}")
+        if self.start not in STARTS:
+            problems.append(f"start must be one of {STARTS}, got {self.start!r}")
+        elif self.start == "prior" and self.prior != "init":
+            problems.append("start='prior' is for prior='init': a data-dependent prior is centred at the trained "
+                            "network, where its posterior starts already")
         if not (isinstance(self.priors_tried, int) and self.priors_tried >= 1):
             problems.append(f"priors_tried must be a positive integer, got {self.priors_tried!r}")
         if all(isinstance(getattr(self, k), (int, float)) for k in ("delta", "delta_mc")) and \
@@ -527,12 +565,13 @@ def compute(spec: CertificateSpec, progress: bool = False) -> dict:
         model = result.model.float().cpu()
         trained_weights = _tensors(model)
         prior_means = _state_tensors(model, result.initial_state) if spec.prior == "init" else trained_weights
+        start = prior_means if spec.start == "prior" else trained_weights
         sigma = spec.sigma_init
         if sigma is None:
-            sigma = starting_scale(trained_weights, prior_means, bound_data, len(bound), spec.delta, seed=spec.seed)
-        settings = dict(init_means=trained_weights, lr=spec.lr, batch_size=spec.batch_size, sigma_init=sigma,
+            sigma = starting_scale(start, prior_means, bound_data, len(bound), spec.delta, seed=spec.seed)
+        settings = dict(init_means=start, lr=spec.lr, batch_size=spec.batch_size, sigma_init=sigma,
                         pmin=spec.pmin, delta=spec.delta, seed=spec.seed, optimizer=spec.optimizer,
-                        momentum=spec.momentum, sigma_lr=spec.sigma_lr)
+                        momentum=spec.momentum, sigma_lr=spec.sigma_lr, objective=spec.objective)
         posteriors = {"start": optimise(model, prior_means, bound_data, epochs=0, **settings)}
         if spec.epochs > 0:
             posteriors["optimised"] = optimise(model, prior_means, bound_data, epochs=spec.epochs, progress=progress,

@@ -663,14 +663,33 @@ def saturated(values, tol: float = 1e-9) -> np.ndarray:
 # Fewer networks than this with an unsaturated bound leave nothing to correlate.
 MIN_NETWORKS = 10
 
+# The study's certificates are bounds, not held-out error estimates, only if their KL is not
+# negligible. KL(Q || P) is what the bound charges, in nats, for what the posterior knows beyond
+# the prior: below 1 nat (1.44 bits) it pays less than a union bound over three predictors would,
+# so the certificate is a held-out test-set bound on (almost) the prior's own predictor, and can
+# say nothing about what the network learned from the sample it is certified on (a prior fitted to
+# that network's own data gives such KLs: the first published study's median was 8e-9 nats). Fixed
+# before any certificate with a prior at initialisation was correlated; the median is over the
+# networks whose certificate enters the correlations (over all, when every one is saturated).
+MIN_MEDIAN_KL = 1.0
+
+# The two readings of weakness tested against the bound, the pre-registered primary first.
+C5_READINGS = ("weakness_open_labels", "weakness_input_volume")
+
 
 def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weakness_given_bound: dict | None,
-                  saturated_count: int = 0, alpha: float = ALPHA) -> Verdict:
-    """C5, on the primary bound B and primary weakness W against test error, each correlation
+                  median_kl: float, saturated_count: int = 0, reading: str = C5_READINGS[0],
+                  certificate: str = "", alpha: float = ALPHA, min_median_kl: float = MIN_MEDIAN_KL) -> Verdict:
+    """C5, on the bound B and one reading W of weakness against test error, each correlation
     given as ``{"rho", "p", "ci_low", "ci_high", "n"}`` over the networks whose bound is not
-    saturated. Signs: a bound that works rises with test error (rho > 0); weakness predicts
-    *lower* test error (rho < 0).
+    saturated; ``median_kl`` is the median KL (nats) of those networks' certificates and
+    ``certificate`` names their kind (it is carried into the verdict for the scoreboard). Signs: a
+    bound that works rises with test error (rho > 0); weakness predicts *lower* test error
+    (rho < 0).
 
+    * The certificates are bounds: their median KL is at least ``min_median_kl`` nats
+      (``MIN_MEDIAN_KL``); if not, they are held-out estimates, and the verdict is inconclusive
+      whatever the correlations say (they are still reported).
     * B predicts test error (rho > 0, significant). If not, inconclusive: there is nothing for
       weakness to explain.
     * B is explained by W: given W, B's partial correlation is not significant and at most half
@@ -680,10 +699,18 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
     Supported = both; partly supported = one; contradicted = neither and one contradicted;
     not supported otherwise. With fewer than ``MIN_NETWORKS`` unsaturated bounds, pass None for
     the correlations: the verdict is inconclusive, for want of an informative bound."""
+    if not (isinstance(median_kl, (int, float)) and math.isfinite(median_kl) and median_kl >= 0):
+        raise ValueError(f"median_kl must be a finite number of nats >= 0 (the median KL of the study's "
+                         f"certificates), got {median_kl!r}")
+    is_bound = Check("certificates are bounds", "supported" if median_kl >= min_median_kl else "not supported",
+                     {"median_kl": float(median_kl), "threshold": min_median_kl})
+    values = {"reading": reading, "certificate": certificate, "median_kl": float(median_kl),
+              "saturated": int(saturated_count)}
     if bound is None:
         reason = f"fewer than {MIN_NETWORKS} networks have an unsaturated bound ({saturated_count} saturated)"
-        return Verdict("C5", "inconclusive", (Check("bound predicts test error", "inconclusive", {"reason": reason}),),
-                       {"saturated": int(saturated_count), "networks_used": 0})
+        return Verdict("C5", "inconclusive", (is_bound, Check("bound predicts test error", "inconclusive",
+                                                              {"reason": reason})),
+                       {**values, "networks_used": 0})
 
     def ci(r):
         return (r["ci_low"], r["ci_high"])
@@ -700,9 +727,10 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
                       {"rho_raw": raw, "rho_given_weakness": part, "p": bound_given_weakness["p"]})
     survives = directional("weakness survives the bound", weakness_given_bound["rho"], weakness_given_bound["p"],
                            ci(weakness_given_bound), -1, alpha)
-    values = {"saturated": int(saturated_count), "networks_used": int(bound["n"])}
-    if predicts.state != "supported":
-        return Verdict("C5", "inconclusive", (predicts, explained, survives), values)
+    checks = (is_bound, predicts, explained, survives)
+    values["networks_used"] = int(bound["n"])
+    if is_bound.state != "supported" or predicts.state != "supported":
+        return Verdict("C5", "inconclusive", checks, values)
     held = [c.state for c in (explained, survives)]
     if held.count("supported") == 2:
         verdict = "supported"
@@ -712,7 +740,63 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
         verdict = "contradicted"
     else:
         verdict = "not supported"
-    return Verdict("C5", verdict, (predicts, explained, survives), values)
+    return Verdict("C5", verdict, checks, values)
+
+
+def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificate_kl", target: str = "test_error",
+                        readings=C5_READINGS, certificate: str = "", n_resamples: int = 10000, seed: int = 0,
+                        alpha: float = ALPHA):
+    """C5 on a per-network table: ``(verdicts, correlations)``, one ``pacbayes_link`` verdict per
+    weakness reading (``readings``, primary first) and the correlations they rest on.
+
+    Over the networks whose ``bound`` is not ``saturated`` (the rest are counted), per reading W:
+    Spearman of B and ``target``, of W and ``target``, of B and W, and the partial correlations
+    of B with ``target`` given W and of W with ``target`` given B (``flatlib.stats``, the
+    decision p-value the permutation one); ``median_kl`` is the median of column ``kl`` over the
+    same networks (over all of them when every bound is saturated). ``correlations`` has one row
+    per correlation (x, y, controlling for, rho, ci_low, ci_high, p_perm, n), the raw B-target row
+    once. The caller chooses the networks (e.g. those at the common training loss,
+    ``flatlib.study.at_target``)."""
+    import pandas as pd
+
+    missing = [c for c in (bound, kl, target, *readings) if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks the column(s) {missing}; it has {list(table.columns)}")
+    if not len(readings):
+        raise ValueError("give at least one weakness reading")
+    if not len(table):
+        raise ValueError("the table has no networks: C5 needs the certificates of at least one")
+    full = saturated(table[bound])
+    used = table[~full]
+    # over the certificates that enter the correlations; where none does, over every one given
+    median_kl = float(np.median((used if len(used) else table)[kl]))
+    common = dict(median_kl=median_kl, saturated_count=int(full.sum()), certificate=certificate, alpha=alpha)
+    columns = ["x", "y", "controlling for", "rho", "ci_low", "ci_high", "p_perm", "n"]
+    if len(used) < MIN_NETWORKS:
+        verdicts = {w: pacbayes_link(None, None, None, reading=w, **common) for w in readings}
+        return verdicts, pd.DataFrame([], columns=columns)
+    rows, found = [], {}
+
+    def correlate(x, y, control=None):
+        if (x, y, control) not in found:
+            r = (stats.spearman(used[x], used[y], n_resamples=n_resamples, seed=seed) if control is None else
+                 stats.partial_spearman(used[x], used[y], used[control], n_resamples=n_resamples, seed=seed))
+            found[(x, y, control)] = {"rho": r.statistic, "p": r.permutation_pvalue,
+                                      "ci_low": r.confidence_interval().low,
+                                      "ci_high": r.confidence_interval().high, "n": len(used)}
+            rows.append({"x": x, "y": y, "controlling for": control or "", "rho": r.statistic,
+                         "ci_low": r.confidence_interval().low, "ci_high": r.confidence_interval().high,
+                         "p_perm": r.permutation_pvalue, "n": len(used)})
+        return found[(x, y, control)]
+
+    verdicts = {}
+    for w in readings:
+        raw = correlate(bound, target)
+        given_w, w_given_b = correlate(bound, target, w), correlate(w, target, bound)
+        correlate(w, target)
+        correlate(bound, w)
+        verdicts[w] = pacbayes_link(raw, given_w, w_given_b, reading=w, **common)
+    return verdicts, pd.DataFrame(rows, columns=columns)
 
 
 # C6 ------------------------------------------------------------------------------------------

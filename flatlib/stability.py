@@ -151,22 +151,14 @@ def batch_sweep(table, margin: float, paper: dict | None = None, replicates: int
 
 def pacbayes_link_verdict(table, dataset: str, weakness: str = "weakness_open_labels",
                           resamples: int = RESAMPLES, seed: int = 0):
-    """``claims.pacbayes_link`` on the chapter's per-network table (``pacbayes_networks.csv``)
-    for ``dataset``, over the networks whose certificate is not saturated, as the chapter does."""
-    part = table[(table["dataset"] == dataset) & (table["status"] == "ok")]
-    saturated = claims.saturated(part["certificate"])
-    used = part[~saturated]
-    if len(used) < claims.MIN_NETWORKS:
-        return claims.pacbayes_link(None, None, None, saturated_count=int(saturated.sum()))
-
-    def partial(x, y, z):
-        r = stats.partial_spearman(used[x], used[y], used[z], n_resamples=resamples, seed=seed)
-        ci = r.confidence_interval()
-        return {"rho": r.statistic, "p": r.permutation_pvalue, "ci_low": ci.low, "ci_high": ci.high, "n": len(used)}
-
-    bound = _correlation(used["certificate"], used["test_error"], resamples, seed)
-    return claims.pacbayes_link(bound, partial("certificate", "test_error", weakness),
-                                partial(weakness, "test_error", "certificate"), saturated_count=int(saturated.sum()))
+    """``claims.pacbayes_link_study`` on the chapter's per-network table (``pacbayes_networks.csv``)
+    for ``dataset`` and the reading ``weakness``, as the chapter does: over the networks at the
+    common training loss, on the certificates with the prior at initialisation (column
+    ``certificate``, its KL ``certificate_kl``)."""
+    part = table[(table["dataset"] == dataset) & (table["status"] == "ok")
+                 & (table["stopped_by"] == "target_train_loss")]
+    verdicts, _ = claims.pacbayes_link_study(part, readings=(weakness,), n_resamples=resamples, seed=seed)
+    return verdicts[weakness]
 
 
 def pacbayes_link(table, dataset: str, replicates: int = claims.STABILITY_REPLICATES, seed: int = 0,

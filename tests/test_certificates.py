@@ -136,6 +136,48 @@ def test_quad_objective_bounds_the_kl_inverse_from_above(error, kl):
     assert quad >= error
 
 
+def test_the_relaxations_by_hand():
+    # e = 0.1, KL = 100 nats, n = 10,000, one prior (J = 1), delta = 0.025: c = (100 + ln 8000) / 10^4
+    # = 0.0108987196820662; f_quad = (sqrt(e + c/2) + sqrt(c/2))^2, f_classic = e + sqrt(c/2), worked
+    # out in 40-digit decimal arithmetic
+    e, kl = torch.tensor(0.1, dtype=torch.float64), torch.tensor(100.0, dtype=torch.float64)
+    assert C.complexity(100.0, 10000, 0.025, grid_size=1) == pytest.approx(0.0108987196820662, rel=1e-13)
+    assert C.quad_objective(e, kl, 10000, 0.025, 1).item() == pytest.approx(0.158841665222797, rel=1e-12)
+    assert C.classic_objective(e, kl, 10000, 0.025, 1).item() == pytest.approx(0.173819779470228, rel=1e-12)
+
+
+@pytest.mark.parametrize("error", [0.0, 0.01, 0.1, 0.5])
+@pytest.mark.parametrize("kl", [0.0, 50.0, 5000.0])
+def test_f_classic_is_mcallesters_bound_and_lies_above_the_kl_inverse(error, kl):
+    n = 10000
+    classic = C.classic_objective(torch.tensor(error, dtype=torch.float64), torch.tensor(kl, dtype=torch.float64), n,
+                                  grid_size=1).item()
+    assert classic == pytest.approx(pacbayes.mcallester(error, kl, n, C.DELTA), rel=1e-12)
+    # Pinsker's relaxation of the kl bound: never below the bound it relaxes
+    assert classic >= pacbayes.kl_inverse(error, C.complexity(kl, n, grid_size=1)) - 1e-12
+
+
+@pytest.mark.parametrize("objective", ["quad", "classic"])
+def test_the_posterior_is_optimised_on_the_named_relaxation(objective):
+    model = _tiny_model(3, sizes=(4, 6, 3))
+    gen = torch.Generator().manual_seed(4)
+    data = (torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen))
+    means = C._tensors(model)
+    # widths of 1e-6 make the one draw the mean network (to about 1e-6); a learning rate of 1e-30
+    # leaves it there, so the first epoch's objective (one batch of all 64 examples) is the
+    # relaxation at the start
+    q = C.optimise(model, means, data, epochs=1, lr=1e-30, batch_size=64, sigma_init=1e-6, objective=objective)
+    error = C.bounded_cross_entropy(model(data[0]), data[1]).double()
+    scale = C.PRIOR_SCALES[-1]  # the width the KL would choose, 1e-6, clamped into the grid
+    kl = sum(torch.distributions.kl_divergence(torch.distributions.Normal(m.double(), s.double()),
+                                               torch.distributions.Normal(m.double(), scale)).sum()
+             for m, s in zip(means, q.stds))
+    expected = {"quad": C.quad_objective, "classic": C.classic_objective}[objective](error, kl, 64)
+    assert q.history[0]["objective"] == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(C.CertificateError, match="objective must be one of"):
+        C.optimise(model, means, data, epochs=0, objective="lambda")
+
+
 @pytest.mark.slow
 def test_certificate_by_hand():
     model = _tiny_model(4, sizes=(4, 6, 3))
@@ -245,6 +287,9 @@ def test_a_data_dependent_prior_and_its_bound_sample_are_disjoint():
     ({"delta": 0.5, "delta_mc": 0.5}, "delta \\+ delta_mc must stay below 1"),
     ({"prior": "data", "bound_n": 500.0}, "bound_n must be an integer"),
     ({"priors_tried": 0}, "priors_tried"),
+    ({"objective": "lambda"}, "objective must be one of"),
+    ({"start": "middle"}, "start must be one of"),
+    ({"prior": "data", "bound_n": 500, "start": "prior"}, "start='prior' is for prior='init'"),
 ])
 def test_an_invalid_spec_is_refused_before_any_work(changes, match):
     network = ftrain.TrainConfig(dataset="mnist", n=300, widths=(8,), epochs=1, batch_size=50)
@@ -302,6 +347,20 @@ def test_the_certificate_of_a_network_that_memorised_random_labels_is_vacuous():
     assert (model(x).argmax(1) == y).float().mean() == 1.0  # memorised
     posterior = C.optimise(model, init, (x, y), epochs=30, lr=3e-3)
     assert C.certify(posterior, (x, y), passes=10).bound >= 1 - 1 / 10  # no better than guessing
+
+
+def test_a_posterior_started_at_the_prior_is_the_initial_network_with_no_kl():
+    result = study.trained(SMALL)
+    entry = C.compute(C.CertificateSpec(SMALL, epochs=0, start="prior", sigma_init=0.01))
+    # N(p, 0.01^2 I) against the prior N(p, s_P^2 I) at the grid's s_P = 0.01: KL = 0
+    assert entry["kl"] == pytest.approx(0.0, abs=1e-6) and entry["prior_scale"] == pytest.approx(0.01)
+    initial = models.mlp(SMALL.widths)
+    initial.load_state_dict(result.initial_state)
+    test = fdata.load("mnist", "test")
+    by_hand = (models.predict(initial, test.images).argmax(1) != test.labels).double().mean().item()
+    assert entry["mean_test_error"] == pytest.approx(by_hand, abs=1e-12) and by_hand > 0.5  # an untrained network
+    # the default start is the trained network, far from its initialisation
+    assert C.compute(C.CertificateSpec(SMALL, epochs=0, sigma_init=0.01))["kl"] > 100
 
 
 def test_a_certificate_is_deterministic_and_served_from_the_store(monkeypatch):

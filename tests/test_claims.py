@@ -2,6 +2,7 @@
 answers are known; and the paper's figures as data."""
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -261,6 +262,7 @@ def test_batch_sweep_needs_two_sizes():
 # ----------------------------------------------------------------------------- C5
 
 B_POS = corr(0.5, 0.0001, 0.3, 0.65)
+KL = 5000.0  # nats: certificates that are bounds
 
 
 @pytest.mark.parametrize("bound,given_w,w_given_b,verdict", [
@@ -271,14 +273,34 @@ B_POS = corr(0.5, 0.0001, 0.3, 0.65)
     (corr(0.05, 0.6, -0.15, 0.25), corr(0.0, 0.9, -0.2, 0.2), corr(-0.3, 0.003, -0.5, -0.1), "inconclusive"),
 ])
 def test_pacbayes_link_states(bound, given_w, w_given_b, verdict):
-    assert claims.pacbayes_link(bound, given_w, w_given_b).verdict == verdict
+    assert claims.pacbayes_link(bound, given_w, w_given_b, median_kl=KL).verdict == verdict
 
 
 def test_pacbayes_link_weakness_of_the_wrong_sign_does_not_survive():
     # the review's case: a significant *positive* partial correlation of weakness with test error
-    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(0.3, 0.003, 0.1, 0.5))
+    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(0.3, 0.003, 0.1, 0.5), median_kl=KL)
     assert out.check("weakness survives the bound").state == "contradicted"
     assert out.verdict == "partly supported"
+
+
+@pytest.mark.parametrize("median_kl,state,verdict", [
+    (8e-9, "not supported", "inconclusive"),  # the first published study's held-out estimates
+    (claims.MIN_MEDIAN_KL * 0.999, "not supported", "inconclusive"),
+    (claims.MIN_MEDIAN_KL, "supported", "supported"),
+    (7500.0, "supported", "supported"),
+])
+def test_certificates_whose_median_kl_is_below_the_threshold_are_held_out_estimates_and_inconclusive(
+        median_kl, state, verdict):
+    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=median_kl)
+    assert out.check("certificates are bounds").state == state
+    assert out.verdict == verdict
+    assert out.values["median_kl"] == median_kl and out.check("certificates are bounds").values["threshold"] == 1.0
+
+
+@pytest.mark.parametrize("median_kl", [None, float("nan"), -1.0, "12"])
+def test_a_missing_or_impossible_median_kl_is_refused(median_kl):
+    with pytest.raises(ValueError, match="median_kl"):
+        claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=median_kl)
 
 
 def test_saturated_bounds_are_masked():
@@ -286,11 +308,14 @@ def test_saturated_bounds_are_masked():
     assert mask.tolist() == [False, True, True, False, True]
 
 
-def test_verdict_as_dict_carries_every_check():
-    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), saturated_count=4)
+def test_verdict_as_dict_carries_every_check_the_reading_and_the_certificate_kind():
+    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=KL,
+                               saturated_count=4, reading="weakness_input_volume",
+                               certificate="prior at initialisation")
     d = out.as_dict()
     assert d["verdict"] == "supported" and d["saturated"] == 4
-    assert set(d["checks"]) == {"bound predicts test error", "bound explained by weakness",
+    assert (d["reading"], d["certificate"], d["median_kl"]) == ("weakness_input_volume", "prior at initialisation", KL)
+    assert set(d["checks"]) == {"certificates are bounds", "bound predicts test error", "bound explained by weakness",
                                 "weakness survives the bound"}
     assert "bound predicts test error: supported" in out.describe()
 
@@ -302,9 +327,129 @@ def test_correlation_reads_a_correlation_table_row():
 
 
 def test_pacbayes_link_with_saturated_bounds_is_inconclusive_and_says_why():
-    out = claims.pacbayes_link(None, None, None, saturated_count=99)
+    out = claims.pacbayes_link(None, None, None, median_kl=KL, saturated_count=99)
     assert out.verdict == "inconclusive" and out.values["saturated"] == 99
-    assert "99 saturated" in out.checks[0].values["reason"]
+    assert "99 saturated" in out.check("bound predicts test error").values["reason"]
+
+
+# C5 on hand-built per-network tables: each column a known mix of independent normal draws
+
+def _link_table(err, bound, open_labels, input_volume, kl=KL):
+    # the bound mapped monotonically into (0, 1), where a certificate lies (ranks unchanged)
+    return pd.DataFrame({"certificate": 0.5 + 0.05 * np.asarray(bound), "certificate_kl": kl, "test_error": err,
+                         "weakness_open_labels": open_labels, "weakness_input_volume": input_volume})
+
+
+def _draws(seed, n=40, k=4):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=n) for _ in range(k)]
+
+
+def _study(table):
+    return claims.pacbayes_link_study(table, n_resamples=999, certificate="prior at initialisation")
+
+
+def test_a_bound_that_is_weakness_plus_its_own_noise_is_explained_by_it_and_weakness_survives():
+    z, e1, e2, e3 = _draws(0)
+    # test error is driven by weakness (lower error where weaker); the bound reads weakness through
+    # noise of its own; input volume is unrelated noise
+    verdicts, correlations = _study(_link_table(-z + 0.3 * e1, -z + 0.3 * e2, z, e3))
+    assert list(verdicts) == list(claims.C5_READINGS)  # both readings, the primary first
+    primary, secondary = verdicts["weakness_open_labels"], verdicts["weakness_input_volume"]
+    assert primary.verdict == "supported"
+    assert primary.values["certificate"] == "prior at initialisation" and primary.values["median_kl"] == KL
+    # the unrelated reading neither explains the bound nor survives it
+    assert secondary.check("bound explained by weakness").state == "contradicted"
+    assert secondary.check("weakness survives the bound").state in ("not supported", "inconclusive")
+    assert secondary.verdict == "contradicted"
+    # both readings: the bound given each reading, and each reading given the bound
+    wanted = {("certificate", "test_error", ""), ("certificate", "test_error", "weakness_open_labels"),
+              ("certificate", "test_error", "weakness_input_volume"),
+              ("weakness_open_labels", "test_error", "certificate"),
+              ("weakness_input_volume", "test_error", "certificate"),
+              ("weakness_open_labels", "test_error", ""), ("weakness_input_volume", "test_error", ""),
+              ("certificate", "weakness_open_labels", ""), ("certificate", "weakness_input_volume", "")}
+    assert set(map(tuple, correlations[["x", "y", "controlling for"]].to_numpy())) == wanted
+    assert len(correlations) == len(wanted) and (correlations["n"] == 40).all()
+
+
+def test_a_bound_that_tracks_test_error_apart_from_weakness_contradicts_the_claim():
+    z, e1, e2, e3 = _draws(1)
+    verdicts, _ = _study(_link_table(z + 0.3 * e1, z, e2, e3))
+    for verdict in verdicts.values():
+        assert verdict.check("bound explained by weakness").state == "contradicted"
+        assert verdict.verdict == "contradicted"
+
+
+def test_weakness_that_adds_to_an_unexplained_bound_partly_supports_the_claim():
+    b, y, e1, e3 = _draws(2)
+    # test error = bound - weakness: the bound keeps its power given weakness, weakness given the bound
+    verdicts, _ = _study(_link_table(b - y + 0.3 * e1, b, y, e3))
+    primary = verdicts["weakness_open_labels"]
+    assert primary.check("bound explained by weakness").state == "contradicted"
+    assert primary.check("weakness survives the bound").state == "supported"
+    assert primary.verdict == "partly supported"
+
+
+def test_a_bound_weakness_only_partly_explains_is_not_supported():
+    b, e1, e2, e3 = _draws(37)
+    # a weak bound (test error = bound + twice as much noise) sharing part of itself with weakness:
+    # given weakness its correlation is no longer significant but keeps more than half its size
+    verdicts, _ = _study(_link_table(b + 2.0 * e1, b, -(0.6 * b + e2), e3))
+    primary = verdicts["weakness_open_labels"]
+    explained = primary.check("bound explained by weakness").values
+    assert explained["p"] >= claims.ALPHA and abs(explained["rho_given_weakness"]) > 0.5 * abs(explained["rho_raw"])
+    assert primary.check("weakness survives the bound").state in ("not supported", "inconclusive")
+    assert primary.verdict == "not supported"
+
+
+def test_a_bound_that_does_not_predict_test_error_is_inconclusive():
+    z, e1, e2, e3 = _draws(3)
+    verdicts, _ = _study(_link_table(e1, e2, z, e3))
+    for verdict in verdicts.values():
+        assert verdict.check("bound predicts test error").state != "supported"
+        assert verdict.verdict == "inconclusive"
+
+
+def test_held_out_estimates_are_inconclusive_about_bounds_however_well_they_correlate():
+    z, e1, e2, e3 = _draws(0)
+    kl = np.full(40, 5000.0)
+    kl[:21] = 0.5  # the median network's KL is half a nat
+    verdicts, _ = _study(_link_table(-z + 0.3 * e1, -z + 0.3 * e2, z, e3, kl=kl))
+    primary = verdicts["weakness_open_labels"]
+    assert primary.values["median_kl"] == 0.5
+    assert primary.check("certificates are bounds").state == "not supported"
+    assert primary.check("bound explained by weakness").state == "supported"  # reported, but decides nothing
+    assert primary.verdict == "inconclusive"
+
+
+def test_saturated_bounds_are_left_out_and_too_few_left_is_inconclusive():
+    z, e1, e2, e3 = _draws(0)
+    table = _link_table(-z + 0.3 * e1, -z + 0.3 * e2, z, e3)
+    table.loc[:4, "certificate"] = 1.0
+    verdicts, correlations = _study(table)
+    assert verdicts["weakness_open_labels"].values["saturated"] == 5
+    assert (correlations["n"] == 35).all()
+    table.loc[:31, "certificate"] = 1.0  # 8 left, below claims.MIN_NETWORKS
+    verdicts, correlations = _study(table)
+    assert correlations.empty
+    for verdict in verdicts.values():
+        assert verdict.verdict == "inconclusive" and verdict.values["saturated"] == 32
+        assert "32 saturated" in verdict.check("bound predicts test error").values["reason"]
+    # every bound saturated: the KL is still that of the certificates given, not of none
+    table["certificate"] = 1.0
+    table["certificate_kl"] = np.linspace(100.0, 500.0, 40)
+    verdicts, _ = _study(table)
+    assert verdicts["weakness_open_labels"].values["median_kl"] == pytest.approx(300.0)
+    assert verdicts["weakness_open_labels"].check("certificates are bounds").state == "supported"
+    with pytest.raises(ValueError, match="no networks"):
+        _study(table.iloc[:0])
+
+
+def test_a_table_without_the_rules_columns_is_refused_naming_them():
+    with pytest.raises(ValueError, match="certificate_kl"):
+        claims.pacbayes_link_study(pd.DataFrame({"certificate": [0.5], "test_error": [0.1],
+                                                 "weakness_open_labels": [1.0], "weakness_input_volume": [1.0]}))
 
 
 # C2+: the robustness atlas -------------------------------------------------------------------

@@ -139,3 +139,20 @@ def test_regularised_adapter_is_the_chapters_computation_and_keeps_pairs():
     assert ours.as_dict() == chapter.as_dict()
     shares = stability.regularised(networks, pairs, replicates=5, resamples=99)
     assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_the_pacbayes_link_adapter_judges_only_the_networks_at_the_training_loss_target():
+    rng = np.random.default_rng(0)
+    z, e1, e2, e3 = (rng.normal(size=40) for _ in range(4))
+    table = pd.DataFrame({"dataset": "mnist", "environment": "e", "seed": range(40), "status": "ok",
+                          "stopped_by": "target_train_loss", "certificate": 0.5 - 0.05 * z + 0.015 * e2,
+                          "certificate_kl": 5000.0, "test_error": -z + 0.3 * e1, "weakness_open_labels": z,
+                          "weakness_input_volume": e3})
+    # the chapter's way: claims.pacbayes_link_study over the networks at the target
+    alone = claims.pacbayes_link_study(table, n_resamples=stability.RESAMPLES)[0]["weakness_open_labels"]
+    assert alone.verdict == "supported"
+    # ten more networks that stopped by patience (other certificates, weakness reversed): left out
+    extra = table.head(10).assign(stopped_by="patience", seed=range(40, 50), certificate=0.9,
+                                  weakness_open_labels=-z[:10])
+    verdict = stability.pacbayes_link_verdict(pd.concat([table, extra], ignore_index=True), "mnist")
+    assert verdict.as_dict() == alone.as_dict()
