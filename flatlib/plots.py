@@ -419,10 +419,14 @@ def scatter_row(frame, panels: list[tuple[str, str, str, str]], y, ylabel: str, 
     """One panel per ``(column, family, xlabel, title)`` of ``panels``, side by side with a shared
     vertical axis: ``y`` (one value per row of ``frame``) against the column, one dot per network,
     in the family's colour."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = figure("row", ncols=len(panels), height=height, sharey=True, squeeze=False)
     for ax, (column, family, xlabel, title) in zip(axes[0], panels):
         ax.scatter(frame[column], y, s=10, color=FAMILY_COLORS[family], alpha=0.8)
         ax.set(xlabel=_wrap(xlabel), title=title)
+        # a third of the column each: at most four ticks, so that labels such as -106.5k stay apart
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
     axes[0, 0].set_ylabel(ylabel)
     return fig
 
