@@ -202,10 +202,22 @@ def _compact_large_ticks(fig) -> None:
                 axis.set_major_formatter(FuncFormatter(_si))
 
 
+def _no_minor_log_labels(fig) -> None:
+    """A log axis spanning less than a decade labels its minor ticks (2x10^1, 3x10^1, ...), which
+    run into each other in a third of the column: keep the major labels only."""
+    from matplotlib.ticker import NullFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                axis.set_minor_formatter(NullFormatter())
+
+
 def savefig(fig, out_dir: str | Path, name: str) -> Path:
     """Save ``fig`` as ``out_dir/name.png`` (the chapter's output folder) at ``DPI`` and return the
     path. The PNG carries what :func:`check` measured, under the text key ``flatbook`` (read it back
     with :func:`metadata`), so a test can check a chapter's figures without drawing them again."""
+    _no_minor_log_labels(fig)
     _compact_large_ticks(fig)
     measured = check(fig)
     path = Path(out_dir) / f"{name}.png"

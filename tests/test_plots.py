@@ -99,3 +99,16 @@ def test_a_saved_axis_of_large_values_is_labelled_120k_not_with_a_multiplier(tmp
     labels = [t.get_text() for t in ax.xaxis.get_ticklabels() if t.get_text()]
     assert found["problems"] == [] and ax.xaxis.get_offset_text().get_text() == ""
     assert any(label.endswith("k") for label in labels) and all("e" not in label for label in labels)
+
+
+def test_a_log_axis_within_a_decade_shows_no_crowded_minor_labels(tmp_path):
+    import numpy as np
+
+    from flatlib import plots
+
+    fig, axes = plots.figure("row", ncols=3)
+    for ax in axes.flat:
+        ax.scatter(np.linspace(15, 70, 20), np.linspace(0, 1, 20))
+        ax.set(xscale="log")
+    plots.savefig(fig, tmp_path, "log")
+    assert not plots.metadata(tmp_path / "log.png")["problems"]
