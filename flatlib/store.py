@@ -156,6 +156,9 @@ class _ObjectStore:
             return self.fs.cat_file(self._object(key), max_concurrency=1)
         except FileNotFoundError:
             return None
+        except Exception:  # credentials refused or missing, an endpoint that does not answer:
+            self.check()  # the one clear StoreError naming the URL, before any work
+            raise
 
     def write(self, key: str, sealed: bytes) -> str:
         self.fs.pipe_file(self._object(key), sealed)

@@ -68,9 +68,10 @@ def test_config_key_is_stable_and_covers_every_field():
     changed = {"dataset": "fashion_mnist", "n": 512, "data_seed": 5, "arch": "cnn", "widths": (8, 16),
                "optimizer": "adam", "lr": 0.01, "momentum": 0.5, "batch_size": 16, "epochs": 3,
                "target_train_acc": 0.9, "weight_decay": 1e-4, "sam_rho": 0.1, "augment": True, "seed": 4,
-               "device": "cuda", "target_train_loss": 0.01, "patience": 3}
+               "device": "cuda", "target_train_loss": 0.01, "patience": 3, "lr_decay": 0.1, "lr_decays": 3}
     assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}
-    keys = {TrainConfig(**{**TINY, name: value}).key() for name, value in changed.items()}
+    needs = {"lr_decay": {"patience": 4}}  # a decay needs a patience (a patience of 4: not the patience row's)
+    keys = {TrainConfig(**{**TINY, **needs.get(name, {}), name: value}).key() for name, value in changed.items()}
     assert len(keys) == len(changed) and TrainConfig(**TINY).key() not in keys
 
 
