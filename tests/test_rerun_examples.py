@@ -15,7 +15,8 @@ RUN = re.compile(r"python -m flatlib run (?P<chapter>\w+)(?P<args>[^\n`]*)")
 # Parameters that set an example's cost where the chapter's smoke value is far cheaper: the
 # executed version takes the smoke value of these when the example's is larger. Everything else
 # the example sets is run as written.
-LARGE = {"regularised": {"n", "epochs", "seeds"}, "head_to_head": {"networks"}, "interpolators": {"seeds"}}
+LARGE = {"regularised": {"n", "epochs", "seeds"}, "head_to_head": {"networks"}, "interpolators": {"seeds", "width"},
+         "primer": {"widths"}, "reparameterisation": {"widths"}, "atlas": {"sizes", "seeds"}}
 
 
 def _run_overrides(args: str) -> dict[str, str]:
