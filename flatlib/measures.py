@@ -802,11 +802,7 @@ def input_margin_distances(model, data) -> torch.Tensor:
             xb = x[i:i + _GRADIENT_BATCH].to(first.device, first.dtype).detach().requires_grad_(True)
             yb = y[i:i + _GRADIENT_BATCH].to(first.device)
             logits = model(xb)
-            classes = logits.shape[1]
-            # Examples do not interact in eval mode, so the gradient of a class's summed logit is
-            # every example's own gradient of that logit.
-            grads = torch.stack([torch.autograd.grad(logits[:, c].sum(), xb, retain_graph=c < classes - 1)[0]
-                                 .reshape(len(xb), -1) for c in range(classes)], 1).double()
+            grads = _class_input_gradients(logits, xb).double()
             rows = torch.arange(len(xb), device=first.device)
             margin = logits.detach().double().gather(1, yb[:, None]) - logits.detach().double()
             norm = (grads[rows, yb][:, None, :] - grads).norm(dim=2)
@@ -816,6 +812,15 @@ def input_margin_distances(model, data) -> torch.Tensor:
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+def _class_input_gradients(outputs: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """(examples, classes, input size): each example's gradient of each output with respect to its
+    own input, one backward pass per class. Examples do not interact in eval mode, so the gradient
+    of a class's output summed over the batch is every example's own gradient."""
+    classes = outputs.shape[1]
+    return torch.stack([torch.autograd.grad(outputs[:, c].sum(), xb, retain_graph=c < classes - 1)[0]
+                        .reshape(len(xb), -1) for c in range(classes)], 1)
 
 
 @register("margin_input_distance", "margin", invariant=True)
@@ -847,10 +852,7 @@ def jacobian_norm(model, data, probe=None, probe_n: int = 2000, seed: int = 0, p
         for i in range(0, len(inputs), _GRADIENT_BATCH):
             xb = inputs[i:i + _GRADIENT_BATCH].to(first.device, first.dtype).detach().requires_grad_(True)
             probs = torch.softmax(model(xb), dim=1)
-            classes = probs.shape[1]
-            squared = sum(torch.autograd.grad(probs[:, c].sum(), xb, retain_graph=c < classes - 1)[0]
-                          .double().reshape(len(xb), -1).pow(2).sum(1) for c in range(classes))
-            norms.append(squared.sqrt())
+            norms.append(_class_input_gradients(probs, xb).double().pow(2).sum((1, 2)).sqrt())
     finally:
         model.train(was_training)
     return torch.cat(norms).mean().item()
