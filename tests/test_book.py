@@ -150,7 +150,11 @@ def test_a_chapter_on_worker_processes_publishes_the_serial_runs_numbers(tmp_pat
 def test_published_run_has_executed_notebook_and_a_summary_judging_its_claims(run):
     assert run.notebook.is_file() and (run.out_dir / report.SUMMARY_NAME).is_file()
     summary = json.loads((run.out_dir / report.SUMMARY_NAME).read_text())
-    assert [row["claim"] for row in summary["scoreboard"]] == list(run.claims)
+    judged = [row["claim"] for row in summary["scoreboard"]]
+    if run.folder in runner.stale():  # a claim registered since its last run waits for its re-run
+        assert judged == [c for c in run.claims if c in judged], (judged, run.claims)
+    else:
+        assert judged == list(run.claims)
     assert {k: summary["parameters"][k] for k in run.params} == run.params
 
 

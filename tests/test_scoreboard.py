@@ -33,7 +33,7 @@ def test_a_stale_or_unrun_chapter_is_counted_as_waiting_never_by_its_last_verdic
     line = scoreboard.bottom_line(_book(tmp_path, {"C1": "supported", "C2": "supported", "C3": "contradicted"},
                                         stale=("C2",)))
     assert line.startswith("Of the ten claims tested here, one is supported (C1) and one contradicted (C3); "
-                           "eight wait for a run of their chapter (C2, C2+, C4, C6, C5, C7, C8, C2+m).")
+                           "eight wait for a run of their chapter (C2, C2+, C2+m, C4, C6, C5, C7, C8).")
     assert line.endswith("is contradicted on Fashion-MNIST (C3), and waits for a run on MNIST and across training "
                          "recipes.")
     nothing = scoreboard.bottom_line(_book(tmp_path / "empty", {}))
