@@ -112,3 +112,28 @@ def _version_of(module: str, root: Path) -> str:
     for name, path in sorted(import_closure(module, root).items(), key=lambda item: item[1]):
         digest.update(name.encode() + b"\0" + _parsed(name, path)[1])
     return digest.hexdigest()[:16]
+
+
+def public_modules(root: Path | None = None) -> list[str]:
+    """The import names of the package's modules on disk under ``root`` (default: the running
+    package's folder), sub-packages included, leaving out those with a private part
+    (``flatlib._io``, ``flatlib.__main__``) and the package itself."""
+    root = _ROOT if root is None else Path(root)
+    names = set()
+    for path in (root / PACKAGE).rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        if len(parts) > 1 and not any(part.startswith("_") for part in parts):
+            names.add(".".join(parts))
+    return sorted(names)
+
+
+def loaded_modules() -> list[str]:
+    """The import names of the package's public modules this process has loaded, each once:
+    a module also reachable by its historical flat name (``flatlib/__init__.py``) is listed
+    by the name of its home."""
+    import sys
+
+    names = {getattr(module, "__name__", "") for module in list(sys.modules.values())}
+    return sorted(name for name in names if name.startswith(PACKAGE + ".")
+                  and not any(part.startswith("_") for part in name.split(".")))

@@ -21,6 +21,8 @@ from flatlib import train as ftrain
 # and pooled statistics. Bump it with any change that can change their numbers, and re-record the
 # fingerprints.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.atlas"), kept wherever the module lives.
+VERSION_NAME = "flatlib.atlas"
 
 AXES = ("optimizer", "train_size", "width", "batch_size")
 

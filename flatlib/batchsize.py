@@ -17,6 +17,8 @@ from flatlib import stats
 # gap statistics. Bump it with any change that can change their numbers, and re-record the
 # fingerprints.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.batchsize"), kept wherever the module lives.
+VERSION_NAME = "flatlib.batchsize"
 
 REGIMES = ("small", "large")
 

@@ -67,6 +67,7 @@ from flatlib.threads import one_thread
 # grid of prior scales), and re-record the fingerprints.
 # 2: the grid of prior scales reaches up to 1 (it stopped at 0.1).
 VERSIONS = {"init": 2, "data": 2}
+keys.register_kind("certificate", lambda kind: VERSIONS.get(kind))
 
 # The prior scales s_P the certificate may choose among, fixed before the certificates that use
 # them: 10^(-j/2000) for j = 0..8000, from 1 down to 1e-4 in steps of 0.115 %. The union bound

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
-from flatlib import batchsize, stats
+from flatlib import batchsize, keys, stats
 
 STATES = ("supported", "contradicted", "not supported", "inconclusive")
 VERDICTS = ("supported", "partly supported", "contradicted", "not supported", "inconclusive")
@@ -116,6 +116,7 @@ CLAIMS = {cid: dataclasses.replace(claim, topic=_TOPICS[cid]) for cid, claim in 
 # that judge it are then stale until re-run. A chapter records the versions of the rules it used
 # (``report.scoreboard_row``).
 RULE_VERSIONS = {cid: 1 for cid in CLAIMS}
+keys.register_kind("rule", lambda cid: RULE_VERSIONS.get(cid))
 
 
 def paper(claim: str, figure: str) -> Figure:

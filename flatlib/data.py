@@ -38,6 +38,8 @@ from flatlib._io import atomic_write
 # The version of what ``load``, ``subsample`` and ``complement`` select (``flatlib.keys``): bump it
 # with any change to which images a seeded subset holds, or to their preprocessing.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.data"), kept wherever the module lives.
+VERSION_NAME = "flatlib.data"
 
 DATASETS = ("mnist", "fashion_mnist")
 SPLITS = ("train", "test")

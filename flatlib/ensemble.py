@@ -49,6 +49,8 @@ from flatlib.threads import one_thread
 # Monte Carlo draws. Its training is ``flatlib.train``'s recipe (``train.VERSION``), member for
 # member, so a network it stores keys as the loop's does.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.ensemble"), kept wherever the module lives.
+VERSION_NAME = "flatlib.ensemble"
 
 EVAL_BATCH = 2048  # as flatlib.models.predict
 

@@ -43,6 +43,8 @@ import numpy as np
 # hypotheses, learners, networks on bit strings. Bump it with any change that can change their
 # numbers, and re-record the fingerprints.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.finite"), kept wherever the module lives.
+VERSION_NAME = "flatlib.finite"
 
 # 2^16 inputs: the domain, its labels and a network's outputs on it stay cheap (the number of
 # junta tables grows as 2^bits too, so large domains want a small max_arity).

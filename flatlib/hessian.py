@@ -33,6 +33,8 @@ from torch import nn
 # by the batched algorithm (``mlp_diagonals``) moved the canaries' traces by at most 9e-8 relative,
 # far inside the fingerprints' tolerance, as another CPU's rounding would.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.hessian"), kept wherever the module lives.
+VERSION_NAME = "flatlib.hessian"
 
 
 class HessianOperator:

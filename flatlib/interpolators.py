@@ -38,6 +38,8 @@ from flatlib.threads import one_thread
 # The version of this module's computations (``flatlib.keys``): the task, the interpolators'
 # training (every kind), the traces and their rescaling, the population loss.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.interpolators"), kept wherever the module lives.
+VERSION_NAME = "flatlib.interpolators"
 
 LINKS = {
     "relu": lambda z: torch.relu(z),

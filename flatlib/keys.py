@@ -27,9 +27,11 @@ each summary), not in any key.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import platform
 import sys
 import typing
+from typing import Callable
 
 import torch
 
@@ -38,6 +40,11 @@ from flatlib import store
 # Version names recorded in a summary: "module:flatlib.train", "measure:top_eigenvalue",
 # "certificate:prior_at_init", "rule:C2". Only what a process used is recorded (``used``).
 _NOTED: dict[str, int] = {}
+
+# kind -> the version the code on hand declares for a name of that kind ("measure", "certificate",
+# "rule"): each kind's home registers it (``register_kind``) when it is imported, so this module
+# imports nothing above it.
+_KINDS: dict[str, Callable[[str], int | None]] = {}
 
 
 def torch_release() -> str:
@@ -115,12 +122,25 @@ def note(name: str, version: int) -> int:
 
 
 def module_versions() -> dict[str, int]:
-    """``module:<name> -> VERSION`` for every loaded flatlib module that declares one."""
+    """``module:<VERSION_NAME> -> VERSION`` for every loaded flatlib module that declares one.
+
+    The name is the module's ``VERSION_NAME``, not its import path: published summaries record
+    ``module:flatlib.train``, and moving ``train`` into a sub-package must neither re-key its
+    results nor make those chapters stale, so the name stays at its historical value."""
     found = {}
-    for name, module in sorted(sys.modules.items()):
-        if name.startswith("flatlib.") and isinstance(getattr(module, "VERSION", None), int):
-            found[f"module:{name}"] = module.VERSION
-    return found
+    for module in list(sys.modules.values()):
+        name, version = getattr(module, "VERSION_NAME", None), getattr(module, "VERSION", None)
+        if isinstance(name, str) and isinstance(version, int) and name.startswith("flatlib."):
+            found[f"module:{name}"] = version
+    return dict(sorted(found.items()))
+
+
+def register_kind(kind: str, lookup: Callable[[str], int | None]) -> None:
+    """Declare how ``current`` finds the version of a ``kind:name``: ``lookup(name)`` returns it,
+    or None (or raises KeyError) when ``name`` no longer exists. The module that owns the kind's
+    versions (the measure registry, the certificate kinds, the verdict rules) calls this when it
+    is imported."""
+    _KINDS[kind] = lookup
 
 
 def used() -> dict[str, int]:
@@ -132,25 +152,20 @@ def used() -> dict[str, int]:
 
 def current(name: str) -> int | None:
     """The version the code on hand declares for ``name`` (a name of ``used``), or None if it
-    no longer exists."""
+    no longer exists. A module is found by its ``VERSION_NAME`` among the loaded modules, else
+    imported by that (historical) name, which ``flatlib/__init__.py`` maps to its home; a measure,
+    certificate kind or verdict rule through its kind's ``register_kind`` lookup, so their home
+    modules must be imported first (``flatlib.runner.staleness`` imports them)."""
     kind, _, what = name.partition(":")
     try:
         if kind == "module":
-            import importlib
-
-            return getattr(importlib.import_module(what), "VERSION", None)
-        if kind == "measure":
-            from flatlib import measures
-
-            return measures.lookup(what).version
-        if kind == "certificate":
-            from flatlib import certificates
-
-            return certificates.VERSIONS.get(what)
-        if kind == "rule":
-            from flatlib import claims
-
-            return claims.RULE_VERSIONS.get(what)
+            for module in list(sys.modules.values()):
+                if getattr(module, "VERSION_NAME", None) == what:
+                    return getattr(module, "VERSION", None)
+            module = importlib.import_module(what)
+            return getattr(module, "VERSION", None) if getattr(module, "VERSION_NAME", None) == what else None
+        if kind in _KINDS:
+            return _KINDS[kind](what)
     except (ImportError, KeyError):
         return None
     return None

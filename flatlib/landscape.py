@@ -33,6 +33,8 @@ from flatlib import train as ftrain
 # The version of this module's computations (``flatlib.keys``): the loss-landscape slices and paths.
 # Bump it with any change that can change their numbers, and re-record the fingerprints.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.landscape"), kept wherever the module lives.
+VERSION_NAME = "flatlib.landscape"
 
 NORMALISATIONS = ("filter", None)
 

@@ -98,6 +98,9 @@ def lookup(name: str) -> Measure:
                    f"{sorted(EXTRAS)}")
 
 
+keys.register_kind("measure", lambda name: lookup(name).version)
+
+
 # Subsamples, kept while their data lives, so two measures of one table share the very tensors
 # (and with them the memoised exact diagonal).
 # id(images) -> (weak reference to the images, {n: subsample}); an entry whose images died is replaced.

@@ -11,6 +11,8 @@ from torch import nn
 # The version of the architectures and their initialisation (``flatlib.keys``): bump it with any
 # change to what ``build`` makes from (arch, widths) and a seed.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.models"), kept wherever the module lives.
+VERSION_NAME = "flatlib.models"
 
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10

@@ -38,6 +38,8 @@ from torch.func import functional_call
 # weight-noise sampler (the bound measures carry versions of their own). Bump it with any change
 # that can change their numbers, and re-record the fingerprints.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.pacbayes"), kept wherever the module lives.
+VERSION_NAME = "flatlib.pacbayes"
 
 DEFAULT_SIGMAS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 

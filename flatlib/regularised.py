@@ -30,6 +30,8 @@ from flatlib.threads import one_thread
 # The version of this module's computations (``flatlib.keys``): ``behaviour`` of a network, and
 # the tables ``consistency``, ``effects`` and ``regime_means`` build from it.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.regularised"), kept wherever the module lives.
+VERSION_NAME = "flatlib.regularised"
 
 REGIMES = ("baseline", "weight_decay", "augmentation", "sam", "all")
 REGULARISED = REGIMES[1:]

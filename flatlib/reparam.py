@@ -22,6 +22,8 @@ from torch import nn
 # transformations. Bump it with any change that can change their numbers, and re-record the
 # fingerprints.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.reparam"), kept wherever the module lives.
+VERSION_NAME = "flatlib.reparam"
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 

@@ -37,11 +37,8 @@ def code_versions() -> dict[str, str]:
     imports from flatlib) of every flatlib module this process has loaded: in a chapter's
     kernel, exactly the code its numbers came from. Provenance: staleness is decided by the
     versions of the computations (``flatlib.keys.used``), not by these."""
-    import sys
-
-    from flatlib._version import code_version
-    return {name: code_version(name) for name in sorted(sys.modules)
-            if name.startswith("flatlib.") and not name.startswith("flatlib._")}
+    from flatlib._version import code_version, loaded_modules
+    return {name: code_version(name) for name in loaded_modules()}
 
 
 def git_commit() -> str | None:

@@ -463,11 +463,9 @@ def _code_on_disk() -> dict[str, str]:
     this process's memoised versions), keyed as ``report.code_versions`` keys them: the runner
     takes it before a kernel starts, and a summary whose recorded versions differ was written
     by a kernel that may have run code edited half-way."""
-    from flatlib._version import code_version
+    from flatlib._version import code_version, public_modules
 
-    package = report.ROOT / "flatlib"
-    return {f"flatlib.{path.stem}": code_version(f"flatlib.{path.stem}", report.ROOT)
-            for path in sorted(package.glob("*.py")) if not path.stem.startswith("_")}
+    return {name: code_version(name, report.ROOT) for name in public_modules(report.ROOT)}
 
 
 def _execute(source: Path, executed: Path, params: dict, progress: bool, kernels: list) -> None:
@@ -736,7 +734,8 @@ def staleness(summary: dict) -> str | None:
     do: a version of a computation it used has changed since (``flatlib.keys``: its modules' own
     versions, its measures', certificate kinds' and verdict rules'), or it was run before results
     were versioned. A refactor changes no version, so it makes nothing stale."""
-    from flatlib import keys
+    # the homes of the measure, certificate and rule versions register them with ``keys``
+    from flatlib import certificates, claims, keys, measures  # noqa: F401
 
     recorded = summary.get("computations")
     if not recorded:

@@ -22,6 +22,8 @@ from scipy import stats as sps
 # partial correlations and meta-analysis. Bump it with any change that can change their numbers, and
 # re-record the fingerprints.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.stats"), kept wherever the module lives.
+VERSION_NAME = "flatlib.stats"
 
 METHODS = ("spearman", "kendall")
 

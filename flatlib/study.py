@@ -38,6 +38,8 @@ from flatlib.threads import one_thread
 # The version of the numbers this module computes itself (``flatlib.keys``): the train and test
 # loss (mean cross-entropy, nats) and accuracy of a row. Measures carry their own versions.
 VERSION = 1
+# The name summaries record this VERSION under ("module:flatlib.study"), kept wherever the module lives.
+VERSION_NAME = "flatlib.study"
 
 
 def _network_key(config: ftrain.TrainConfig) -> str:

@@ -29,6 +29,8 @@ from flatlib.threads import one_thread
 #   1  the first two waves (keyed by source bytes, before versions)
 #   2  a patience exit restores the weights of the epoch with the lowest training loss
 VERSION = 2
+# The name summaries record this VERSION under ("module:flatlib.train"), kept wherever the module lives.
+VERSION_NAME = "flatlib.train"
 
 OPTIMIZERS = ("sgd", "adam")
 # A training loss this many times the loss at initialisation has exploded: the run is marked
