@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from flatlib import data as fdata
-from flatlib import hessian, keys, models, pacbayes, reparam
-from flatlib.threads import one_thread
+from flatlib.engine import data as fdata
+from flatlib.engine import hessian, models, pacbayes, reparam
+from flatlib.infrastructure import keys
+from flatlib.infrastructure.threads import one_thread
 
 FAMILIES = ("sharpness", "weakness", "simplicity", "bound", "margin")
 # Extras (``EXTRAS``) may also be diagnostics: numbers about how a measure behaved, not measures.

@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 PACKAGE = "flatlib"
-_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds the package
+_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the package
 
 # path -> ((mtime_ns, size), imported module names, sha256 of the source): each file is read
 # and parsed once per edit, so a key costs a few stat calls.

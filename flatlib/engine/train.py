@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatlib import data as fdata
-from flatlib import keys, models
-from flatlib._io import progress as progress_bar
-from flatlib.threads import one_thread
+from flatlib.engine import data as fdata
+from flatlib.engine import models
+from flatlib.infrastructure import keys
+from flatlib.infrastructure.output import progress as progress_bar
+from flatlib.infrastructure.threads import one_thread
 
 # The version of the training recipe (``flatlib.keys``): bump it with any change that can change
 # a trained network's weights or history, and re-record the fingerprints
@@ -193,7 +194,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> di
     return logit_metrics(models.predict(model, images), labels)
 
 
-def _sam_step(model, loss_fn, opt, rho):
+def sam_step(model, loss_fn, opt, rho):
     """One SAM update: ascend to w + rho g/|g|, take the gradient there, step from w."""
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params]))
@@ -268,7 +269,7 @@ def _train(config: TrainConfig, progress: bool) -> TrainResult:
                 return result
             loss.backward()
             if config.sam_rho > 0:
-                _sam_step(model, loss_fn, opt, config.sam_rho)
+                sam_step(model, loss_fn, opt, config.sam_rho)
             else:
                 opt.step()
             running += loss.item() * len(idx)

@@ -40,7 +40,7 @@ from urllib.request import url2pathname
 
 import torch
 
-from flatlib._io import atomic_write
+from flatlib.infrastructure.output import atomic_write
 
 # Object stores by URL scheme, with the package fsspec needs for each. Only stores where one
 # request writes a whole object that no reader sees before it is complete belong here.

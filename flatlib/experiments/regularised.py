@@ -21,11 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flatlib import executors, keys, models, stats, store, study
-from flatlib import train as ftrain
-from flatlib._io import progress as progress_bar
-from flatlib._version import code_version
-from flatlib.threads import one_thread
+from flatlib.engine import models, stats
+from flatlib.engine import train as ftrain
+from flatlib.experiments import study
+from flatlib.infrastructure import executors, keys, store
+from flatlib.infrastructure.output import progress as progress_bar
+from flatlib.infrastructure.provenance import code_version
+from flatlib.infrastructure.threads import one_thread
 
 # The version of this module's computations (``flatlib.keys``): ``behaviour`` of a network, and
 # the tables ``consistency``, ``effects`` and ``regime_means`` build from it.

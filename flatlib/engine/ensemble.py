@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from flatlib import data as fdata
-from flatlib import hessian, study
-from flatlib import train as ftrain
-from flatlib._io import progress as progress_bar
-from flatlib.threads import one_thread
+from flatlib.engine import data as fdata
+from flatlib.engine import hessian, networks
+from flatlib.engine import train as ftrain
+from flatlib.infrastructure import executors
+from flatlib.infrastructure.output import progress as progress_bar
+from flatlib.infrastructure.threads import one_thread
 
 # The version of this module's own computations (``flatlib.keys``): the batched curvature and
 # Monte Carlo draws. Its training is ``flatlib.train``'s recipe (``train.VERSION``), member for
@@ -85,6 +86,23 @@ def groups(configs) -> list[list[ftrain.TrainConfig]]:
     for config in dict.fromkeys(configs):
         out.setdefault(dataclasses.replace(config, seed=0), []).append(config)
     return list(out.values())
+
+
+def dispatched_groups(configs) -> list[list]:
+    """The configs of a sweep that train as ensembles (``groups``): every group of
+    two or more distinct configs that differ only in their seed, on a CUDA device, and that the
+    ensemble vectorises (``check``: no SAM, augmentation or learning-rate decay).
+    Empty on CPU (unless ``flatlib.executors.ENSEMBLE_ON_CPU``), where the loop is as fast and bit-reproducible."""
+    chosen_groups = []
+    for group in groups(configs):
+        if len(group) < 2 or not (executors.ENSEMBLE_ON_CPU or torch.device(group[0].device).type == "cuda"):
+            continue
+        try:
+            check(group)
+        except EnsembleError:
+            continue
+        chosen_groups.append(group)
+    return chosen_groups
 
 
 def train_ensemble(configs, progress: bool = False) -> list[ftrain.TrainResult]:
@@ -224,16 +242,16 @@ def sweep(configs, progress: bool = True) -> list[ftrain.TrainResult]:
         raise EnsembleError("ensemble.sweep is for CUDA configs: on CPU the loop (flatlib.study.sweep) is as fast "
                             "and bit-reproducible, and the store must not depend on which path trained a network; "
                             f"got device(s) {cpu}")
-    return _sweep(configs, progress)
+    return store_ensembles(configs, progress)
 
 
-def _sweep(configs, progress):
-    """``sweep`` on any device: for ``flatlib.study``'s dispatch (``flatlib.executors.ensemble_groups``)."""
-    found = {c: study.load_network(c) for c in dict.fromkeys(configs)}
+def store_ensembles(configs, progress):
+    """``sweep`` on any device: for ``flatlib.study``'s dispatch (``dispatched_groups``)."""
+    found = {c: networks.load_network(c) for c in dict.fromkeys(configs)}
     missing = [c for c, r in found.items() if r is None]
     for group in progress_bar(groups(missing), "ensembles", progress):
         for result in train_ensemble(group):
-            study.save_network(result)
+            networks.save_network(result)
             found[result.config] = result
     return [found[c] for c in configs]
 
@@ -359,7 +377,7 @@ def top_eigenvalues(models, data, tol: float = 1e-3, max_iter: int = 200, seed: 
     w0 = st.weights[0]
     size = st.num_params
     steps = min(_positive("max_iter", max_iter), size)
-    v0 = hessian._random_unit(size, torch.Generator().manual_seed(seed), w0.device, w0.dtype)
+    v0 = hessian.random_unit(size, torch.Generator().manual_seed(seed), w0.device, w0.dtype)
     runs = {m: _LanczosRun(v0, steps) for m in range(st.members)}
     results: list[hessian.EigenResult | None] = [None] * st.members
     while runs:
@@ -429,7 +447,7 @@ class _LanczosRun:
 
 def _ritz(alphas, betas, tol):
     """(converged, theta, s, residual) of the top Ritz pair, as hessian.top_eigenvalues (k=1)."""
-    theta, s = torch.linalg.eigh(hessian._tridiagonal(alphas, betas))
+    theta, s = torch.linalg.eigh(hessian.tridiagonal(alphas, betas))
     residual = abs(betas[-1] * s[-1, -1].item())
     return residual <= tol * max(abs(theta[-1].item()), 1e-30), theta, s, residual
 

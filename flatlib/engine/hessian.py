@@ -138,7 +138,7 @@ def _operator(model_or_op, data, loss, batch_size):
     return HessianOperator(model_or_op, data, loss, batch_size)
 
 
-def _random_unit(n, gen, device, dtype):
+def random_unit(n, gen, device, dtype):
     v = torch.randn(n, generator=gen, dtype=torch.float64).to(device, dtype)
     return v / v.norm()
 
@@ -183,14 +183,14 @@ def _lanczos(matvec, v0: torch.Tensor, steps: int, stop: Callable | None = None,
         elif restart is None or j + 1 == steps:
             break
         else:
-            q = _random_unit(n, restart, v0.device, v0.dtype)
+            q = random_unit(n, restart, v0.device, v0.dtype)
             for _ in range(2):
                 q = q - basis[: j + 1].T @ (basis[: j + 1] @ q)
             q = q / q.norm()
     return alphas, betas, basis[: len(alphas)]
 
 
-def _tridiagonal(alphas, betas, dtype=torch.float64):
+def tridiagonal(alphas, betas, dtype=torch.float64):
     m = len(alphas)
     t = torch.diag(torch.tensor(alphas, dtype=dtype))
     if m > 1:
@@ -236,13 +236,13 @@ def top_eigenvalues(model, data=None, k: int = 1, tol: float = 1e-3, max_iter: i
         m = len(alphas)
         if m < k:
             return False
-        theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
+        theta, s = torch.linalg.eigh(tridiagonal(alphas, betas))
         top = torch.arange(m - 1, m - 1 - k, -1)
         res = (betas[-1] * s[-1, top]).abs()
         state.update(theta=theta, s=s, top=top, res=res)
         return bool((res <= tol * theta[top].abs().clamp_min(1e-30)).all())
 
-    v0 = _random_unit(op.num_params, gen, op.device, op.dtype)
+    v0 = random_unit(op.num_params, gen, op.device, op.dtype)
     alphas, betas, basis = _lanczos(op.matvec, v0, max_iter, stop=converged, restart=gen)
     if "theta" not in state or len(state["theta"]) != len(alphas):
         converged(alphas, betas)
@@ -260,7 +260,7 @@ def power_iteration(model, data=None, tol: float = 1e-3, max_iter: int = 1000, s
     op = _operator(model, data, loss, batch_size)
     gen = torch.Generator().manual_seed(seed)
     start = op.num_hvps
-    v = _random_unit(op.num_params, gen, op.device, op.dtype)
+    v = random_unit(op.num_params, gen, op.device, op.dtype)
     value, converged = None, False
     for _ in range(max_iter):
         hv = op.matvec(v)
@@ -359,8 +359,8 @@ def spectral_density(model, data=None, probes: int = 5, steps: int = 60, grid_si
     start = op.num_hvps
     nodes, weights = [], []
     for _ in range(probes):
-        alphas, betas, _ = _lanczos(op.matvec, _random_unit(op.num_params, gen, op.device, op.dtype), steps)
-        theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
+        alphas, betas, _ = _lanczos(op.matvec, random_unit(op.num_params, gen, op.device, op.dtype), steps)
+        theta, s = torch.linalg.eigh(tridiagonal(alphas, betas))
         nodes.append(theta)
         weights.append(s[0] ** 2)
     # A probe whose Lanczos run stopped early (invariant subspace) is padded with zero-weight

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from flatlib import study
-from flatlib import train as ftrain
+from flatlib.engine import train as ftrain
+from flatlib.experiments import study
 
 # The version of this module's computations (``flatlib.keys``): the loss-landscape slices and paths.
 # Bump it with any change that can change their numbers, and re-record the fingerprints.

@@ -90,7 +90,7 @@ def _read_summary(folder: Path) -> dict:
 
 def published_counterpart(run: Path) -> Path:
     """The folder of the published run of the same chapter with the same parameters as ``run``."""
-    from flatlib import runner
+    from flatlib.publishing import runner
 
     summary = _read_summary(run)
     chapter, params = summary.get("chapter"), summary.get("parameters")

@@ -34,10 +34,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from flatlib import keys
-from flatlib.threads import one_thread
+from flatlib.infrastructure import keys
+from flatlib.infrastructure.threads import one_thread
 
-PATH = Path(__file__).with_name("fingerprints.json")
+PATH = Path(__file__).resolve().parents[1] / "fingerprints.json"
 RTOL, ATOL = 1e-4, 1e-7
 
 
@@ -61,7 +61,7 @@ def canary(name: str, *guards: str):
 # ------------------------------------------------------------------------------ fixed inputs
 
 def _config(**changes):
-    from flatlib import train
+    from flatlib.engine import train
 
     base = dict(dataset="mnist", n=256, widths=(16,), optimizer="sgd", lr=0.05, batch_size=32, epochs=4,
                 target_train_acc=None, seed=0)
@@ -72,13 +72,13 @@ def _config(**changes):
 def _network():
     """The canary network: 784-16-10, SGD, 30 epochs on 256 MNIST images (fitted, so that the
     bounds are not saturated at 1 and move with their inputs)."""
-    from flatlib import train
+    from flatlib.engine import train
 
     return train.train(_config(epochs=30))
 
 
 def _data():
-    from flatlib import data
+    from flatlib.engine import data
 
     return data.load("mnist", "train", n=256, seed=0)
 
@@ -107,7 +107,7 @@ def _trained(result) -> dict:
 
 @canary("data", "module:flatlib.data")
 def _data_canary():
-    from flatlib import data
+    from flatlib.engine import data
 
     out = {}
     for name in ("mnist", "fashion_mnist"):
@@ -123,7 +123,7 @@ def _data_canary():
 
 @canary("models", "module:flatlib.models")
 def _models_canary():
-    from flatlib import models
+    from flatlib.engine import models
 
     out = {}
     for arch, widths in (("mlp", (16, 8)), ("cnn", (4, 8, 16))):
@@ -152,7 +152,7 @@ _TRAINING = {  # name -> the config's changes from ``_config``: every optimiser,
 
 @canary("training", "module:flatlib.train", "module:flatlib.models", "module:flatlib.data")
 def _training_canary():
-    from flatlib import train
+    from flatlib.engine import train
 
     out = {}
     for name, changes in _TRAINING.items():
@@ -162,7 +162,7 @@ def _training_canary():
 
 @canary("ensemble", "module:flatlib.ensemble", "module:flatlib.train", "module:flatlib.models", "module:flatlib.data")
 def _ensemble_canary():
-    from flatlib import ensemble
+    from flatlib.engine import ensemble
 
     configs = [_config(seed=seed, target_train_loss=0.05, patience=2, epochs=8) for seed in (1, 2)]
     results = ensemble.train_ensemble(configs)
@@ -177,23 +177,24 @@ def _ensemble_canary():
 
 
 def train_model(seed: int):
-    from flatlib import train
+    from flatlib.engine import train
 
     return train.train(_config(seed=seed)).model
 
 
 @canary("study_rows", "module:flatlib.study")
 def _rows_canary():
-    from flatlib import data, study
+    from flatlib.engine import data
+    from flatlib.experiments import study
 
     result = _network()
-    row = study._row(result.model, _data(), data.load("mnist", "test", n=1000), [], {})
+    row = study.table_row(result.model, _data(), data.load("mnist", "test", n=1000), [], {})
     return {k: row[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
 
 
 def _measure_canary(name: str):
     def compute():
-        from flatlib import measures
+        from flatlib.engine import measures
 
         measure = measures.lookup(name)
         extra = {"init": _network().initial_state} if measure.needs_init else {}
@@ -202,7 +203,7 @@ def _measure_canary(name: str):
 
 
 def _register_measures() -> None:
-    from flatlib import measures
+    from flatlib.engine import measures
 
     for name, measure in {**measures.MEASURES, **measures.EXTRAS}.items():
         if name in measures.MEASURES or measure.family == "diagnostic":  # a variant is its base's code
@@ -211,7 +212,7 @@ def _register_measures() -> None:
 
 @canary("hessian", "module:flatlib.hessian")
 def _hessian_canary():
-    from flatlib import hessian
+    from flatlib.engine import hessian
 
     model, data = _network().model, _data()
     top = hessian.top_eigenvalues(model, data, k=2)
@@ -227,7 +228,7 @@ def _hessian_canary():
 
 @canary("reparam", "module:flatlib.reparam")
 def _reparam_canary():
-    from flatlib import reparam
+    from flatlib.engine import reparam
 
     model = _network().model
     return {"alpha_scale": _norm(reparam.alpha_scale(model, 0, 10.0).parameters()),
@@ -237,7 +238,7 @@ def _reparam_canary():
 
 @canary("pacbayes", "module:flatlib.pacbayes")
 def _pacbayes_canary():
-    from flatlib import pacbayes
+    from flatlib.engine import pacbayes
 
     result = _network()
     bound = pacbayes.gaussian_bound(result.model, _data(), result.initial_state, samples=5)
@@ -251,7 +252,7 @@ def _pacbayes_canary():
 
 @canary("stats", "module:flatlib.stats")
 def _stats_canary():
-    from flatlib import stats
+    from flatlib.engine import stats
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=30)
@@ -271,7 +272,7 @@ def _stats_canary():
 
 @canary("certificates", "certificate:init", "certificate:data")
 def _certificates_canary():
-    from flatlib import certificates
+    from flatlib.experiments import certificates
 
     out = {}
     for prior, extra in (("init", {}), ("data", {"bound_n": 500})):
@@ -284,7 +285,8 @@ def _certificates_canary():
 
 @canary("regularised", "module:flatlib.regularised")
 def _regularised_canary():
-    from flatlib import data, regularised
+    from flatlib.engine import data
+    from flatlib.experiments import regularised
 
     test = data.load("mnist", "test", n=1000)
     entry = regularised.behaviour(_network().model, (test.images, test.labels))
@@ -293,7 +295,7 @@ def _regularised_canary():
 
 @canary("landscape", "module:flatlib.landscape")
 def _landscape_canary():
-    from flatlib import landscape
+    from flatlib.experiments import landscape
 
     result, data = _network(), _data()
     direction = landscape.random_direction(result.model, seed=1)
@@ -305,7 +307,7 @@ def _landscape_canary():
 
 @canary("interpolators", "module:flatlib.interpolators")
 def _interpolators_canary():
-    from flatlib import interpolators
+    from flatlib.experiments import interpolators
 
     task = interpolators.Task(d=4, links=("relu",))
     out = {}
@@ -319,7 +321,7 @@ def _interpolators_canary():
 
 @canary("finite", "module:flatlib.finite")
 def _finite_canary():
-    from flatlib import finite
+    from flatlib.experiments import finite
 
     table = finite.compare(bits=5, rule="parity2", train_size=8, max_arity=2, draws=3, seed=0)
     numeric = table.select_dtypes("number")
@@ -332,7 +334,7 @@ def _finite_canary():
 def _atlas_canary():
     import pandas as pd
 
-    from flatlib import atlas
+    from flatlib.experiments import atlas
 
     rng = np.random.default_rng(0)
     plan = [("mnist", env, None) for env in atlas.grid(["sgd", "adam"], [500, 1000], [16], [32]) for _ in range(6)]
@@ -351,7 +353,7 @@ def _atlas_canary():
 def _batchsize_canary():
     import pandas as pd
 
-    from flatlib import batchsize
+    from flatlib.experiments import batchsize
 
     rng = np.random.default_rng(0)
     rows = [{"n": n, "seed": s, "regime": r, "gap": rng.normal(0.01 * (r == "large"), 0.005)}
@@ -362,6 +364,9 @@ def _batchsize_canary():
 
 
 def _register_all() -> None:
+    # the homes of the measure and certificate versions register them with ``keys`` when imported
+    from flatlib.experiments import certificates  # noqa: F401
+
     _register_measures()
 
 
@@ -407,7 +412,8 @@ def compute(names=None) -> dict:
     with _isolated():
         for name in names:
             canary_ = CANARIES[name]
-            out[name] = {"versions": {g: keys.current(g) for g in canary_.guards}, "values": _plain(canary_.fn())}
+            values = _plain(canary_.fn())  # first: it imports the homes that register its guards' versions
+            out[name] = {"versions": {g: keys.current(g) for g in canary_.guards}, "values": values}
     return out
 
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
-from flatlib import batchsize, keys, stats
+from flatlib.engine import stats
+from flatlib.experiments import batchsize
+from flatlib.infrastructure import keys
 
 STATES = ("supported", "contradicted", "not supported", "inconclusive")
 VERDICTS = ("supported", "partly supported", "contradicted", "not supported", "inconclusive")

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from flatlib import atlas as fatlas
-from flatlib import batchsize, claims, finite, interpolators, stats
-from flatlib import regularised as fregularised
+from flatlib.engine import stats
+from flatlib.experiments import atlas as fatlas
+from flatlib.experiments import batchsize, finite, interpolators
+from flatlib.experiments import regularised as fregularised
+from flatlib.publishing import claims
 
 # Inner resamples (bootstrap interval, permutation p-value) of a correlation inside one replicate:
 # the permutation p-value's floor is then 1 / 501, far below the rules' 0.05, and its Monte Carlo

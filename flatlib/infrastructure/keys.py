@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from flatlib import store
+from flatlib.infrastructure import store
 
 # Version names recorded in a summary: "module:flatlib.train", "measure:top_eigenvalue",
 # "certificate:prior_at_init", "rule:C2". Only what a process used is recorded (``used``).

@@ -24,62 +24,23 @@ import contextlib
 import functools
 import inspect
 import math
-from pathlib import Path
 from typing import Callable, Iterable
 
-from flatlib import data as fdata
-from flatlib import executors, keys, models, store
-from flatlib import measures as fmeasures
-from flatlib import train as ftrain
-from flatlib._io import progress as progress_bar
-from flatlib._version import code_version
-from flatlib.threads import one_thread
+from flatlib.engine import data as fdata
+from flatlib.engine import ensemble, models
+from flatlib.engine import measures as fmeasures
+from flatlib.engine import train as ftrain
+from flatlib.engine.networks import load_network, network_key, save_network, trained  # noqa: F401 (public here too)
+from flatlib.infrastructure import executors, keys, store
+from flatlib.infrastructure.output import progress as progress_bar
+from flatlib.infrastructure.provenance import code_version
+from flatlib.infrastructure.threads import one_thread
 
 # The version of the numbers this module computes itself (``flatlib.keys``): the train and test
 # loss (mean cross-entropy, nats) and accuracy of a row. Measures carry their own versions.
 VERSION = 1
 # The name summaries record this VERSION under ("module:flatlib.study"), kept wherever the module lives.
 VERSION_NAME = "flatlib.study"
-
-
-def _network_key(config: ftrain.TrainConfig) -> str:
-    return f"networks/{config.key()}.pt"
-
-
-def save_network(result: ftrain.TrainResult) -> Path:
-    return store.put_torch(_network_key(result.config), {
-        "config": result.config.to_dict(),
-        "state": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-        "initial_state": result.initial_state,
-        "history": result.history,
-        "status": result.status,
-        "wall_time_s": result.wall_time_s,
-        "provenance": {"code": code_version(ftrain.__name__), "versions": ftrain.versions(),
-                       "environment": keys.environment(result.config.device)},
-    })
-
-
-def load_network(config: ftrain.TrainConfig) -> ftrain.TrainResult | None:
-    """The stored network of ``config``, or None if it was never trained (or was corrupt)."""
-    blob = store.get_torch(_network_key(config))
-    if blob is None:
-        return None
-    model = ftrain.init_model(config)
-    model.load_state_dict(blob["state"])
-    model.to(config.device).eval()
-    return ftrain.TrainResult(config=config, model=model, initial_state=blob["initial_state"],
-                              history=blob["history"], status=blob["status"],
-                              wall_time_s=blob["wall_time_s"])
-
-
-def trained(config: ftrain.TrainConfig) -> ftrain.TrainResult:
-    """The network of ``config``: from the store if present, else trained and stored."""
-    cached = load_network(config)
-    if cached is not None:
-        return cached
-    result = ftrain.train(config)
-    save_network(result)
-    return result
 
 
 def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progress: bool = True,
@@ -90,7 +51,7 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
     configs = list(configs)
     executor = executors.chosen(executor)
     executors.validate(executor)
-    if all(store.verified(_network_key(c)) for c in configs):  # a read-only store serves a complete sweep
+    if all(store.verified(network_key(c)) for c in configs):  # a read-only store serves a complete sweep
         return [load_network(c) for c in configs]
     store.check_writable()
     _train_ensembles(configs, progress)
@@ -113,7 +74,7 @@ def sweep(configs: Iterable[ftrain.TrainConfig], desc: str = "networks", progres
 def measure_key(config: ftrain.TrainConfig, name: str, options: dict) -> str:
     """The store key of the number ``name`` with ``options`` on the network of ``config``."""
     # A registered measure (or variant, or diagnostic) is versioned in the registry; any other
-    # number (the losses and accuracies of ``_row``) by this module's VERSION.
+    # number (the losses and accuracies of ``table_row``) by this module's VERSION.
     registered = name in fmeasures.MEASURES or name in fmeasures.EXTRAS
     if registered:
         options = _effective(name, options)
@@ -191,7 +152,7 @@ def _computed(name: str, compute: Callable[[], float], options: dict) -> float:
     return float(compute())
 
 
-def _row(model, train_set, test_set, names: list[str], options: dict, init: dict | None = None,
+def table_row(model, train_set, test_set, names: list[str], options: dict, init: dict | None = None,
          value: Callable = _computed, reference_logits=None) -> dict:
     """The columns every table shares, for one network: train and test loss (mean
     cross-entropy, nats) and accuracy, ``gap`` = train - test accuracy, and every measure in
@@ -259,7 +220,7 @@ def _network_row(config: ftrain.TrainConfig, names: list[str], options: dict, st
     row = {"seed": config.seed, "status": result.status, "epochs": len(result.history),
            "stopped_by": result.stopped_by, "train_time_s": result.wall_time_s}
     ok = result.status == "ok"
-    row.update(_row(result.model, dataset(config.dataset, "train", config.n, config.data_seed),
+    row.update(table_row(result.model, dataset(config.dataset, "train", config.n, config.data_seed),
                     dataset(config.dataset, "test"), names if ok else [], options,
                     init=result.initial_state,  # fixed by the config, so not part of the key
                     value=value))
@@ -271,7 +232,7 @@ def _network_row(config: ftrain.TrainConfig, names: list[str], options: dict, st
 def network_table(configs: Iterable[ftrain.TrainConfig], names: list[str] | None = None,
                   options: dict | None = None, progress: bool = True, desc: str = "networks", executor=None):
     """One row per config: its training outcome (seed, status, epochs, the rule that stopped
-    it, wall time), then ``_row``'s columns: train and test loss and accuracy on the network's
+    it, wall time), then ``table_row``'s columns: train and test loss and accuracy on the network's
     own training subset and the full test split, the train-test accuracy ``gap``, and every
     measure in ``names`` (default: the whole registry) on the training subset, with
     ``options[name]`` passed to measure ``name``; a diverged network's measures are NaN.
@@ -331,14 +292,12 @@ def _network_task(config: ftrain.TrainConfig, names: list[str] | None, options: 
 
 
 def _train_ensembles(configs, progress) -> None:
-    """Train (or find in the store) the configs that ``executors.ensemble_groups`` picks (on CUDA,
+    """Train (or find in the store) the configs that ``ensemble.dispatched_groups`` picks (on CUDA,
     differing only in their seed) as ensembles (``flatlib.ensemble``), which store each network
     under its config's key; the sweep then finds them there as if the loop had trained them."""
-    chosen = [config for group in executors.ensemble_groups(configs) for config in group]
+    chosen = [config for group in ensemble.dispatched_groups(configs) for config in group]
     if chosen:
-        from flatlib import ensemble  # it imports this module
-
-        ensemble._sweep(chosen, progress)
+        ensemble.store_ensembles(chosen, progress)
 
 
 def _compute_on(executor, configs, names, options, desc, progress) -> None:
@@ -361,7 +320,7 @@ def not_shared(executor, error: NotInStore) -> executors.ExecutorError:
 def measure_table(networks: dict, train_data, test_data, names: list[str] | None = None,
                   options: dict | None = None, reference: str | None = None, progress: bool = True,
                   init: dict | None = None):
-    """One row per network (``networks``: label -> model), indexed by label, with ``_row``'s
+    """One row per network (``networks``: label -> model), indexed by label, with ``table_row``'s
     columns: train and test loss and accuracy on ``train_data`` and ``test_data``, the ``gap``,
     and every measure in ``names`` (default: all) on ``train_data`` with ``options[name]``;
     with ``reference`` (a label), the number of test predictions that differ from that
@@ -375,7 +334,7 @@ def measure_table(networks: dict, train_data, test_data, names: list[str] | None
         raise ValueError(f"measure(s) {needing} need init=<the networks' initial state dict>")
     test_inputs, _ = test_data
     reference_logits = None if reference is None else models.predict(networks[reference], test_inputs)
-    rows = [{"network": label, **_row(model, train_data, test_data, names, options, init=init,
+    rows = [{"network": label, **table_row(model, train_data, test_data, names, options, init=init,
                                       reference_logits=reference_logits)}
             for label, model in progress_bar(networks.items(), "networks", progress)]
     return pd.DataFrame(rows).set_index("network")
@@ -415,7 +374,7 @@ def at_target(table, minimum: int = 4):
 def in_store(configs: Iterable[ftrain.TrainConfig]) -> int:
     """How many of ``configs`` already have a trained network in the store: 0 before a
     cold-start run, so a chapter can say whether its wall time includes the training."""
-    return sum(store.verified(_network_key(c)) for c in configs)
+    return sum(store.verified(network_key(c)) for c in configs)
 
 
 def correct_predictions(configs: Iterable[ftrain.TrainConfig], progress: bool = False):

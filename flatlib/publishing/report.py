@@ -14,11 +14,11 @@ import subprocess
 from pathlib import Path
 
 import flatlib
-from flatlib import keys
-from flatlib._io import atomic_write
-from flatlib.claims import RULE_VERSIONS, Verdict
+from flatlib.infrastructure import keys
+from flatlib.infrastructure.output import atomic_write
+from flatlib.publishing.claims import RULE_VERSIONS, Verdict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_NAME = "summary.json"
 
 
@@ -37,7 +37,7 @@ def code_versions() -> dict[str, str]:
     imports from flatlib) of every flatlib module this process has loaded: in a chapter's
     kernel, exactly the code its numbers came from. Provenance: staleness is decided by the
     versions of the computations (``flatlib.keys.used``), not by these."""
-    from flatlib._version import code_version, loaded_modules
+    from flatlib.infrastructure.provenance import code_version, loaded_modules
     return {name: code_version(name) for name in loaded_modules()}
 
 
@@ -86,7 +86,7 @@ def _atomic_write_json(path: Path, payload: dict) -> None:
 
 
 def _checked_stability(stability: dict[str, float]) -> dict[str, float]:
-    from flatlib.claims import VERDICTS
+    from flatlib.publishing.claims import VERDICTS
 
     unknown = sorted(set(stability) - set(VERDICTS))
     total = sum(stability.values())
@@ -124,7 +124,7 @@ def write_summary(out_dir: str | os.PathLike, chapter: str, headline: dict, scor
     """Write ``out_dir/summary.json`` from a chapter's own numbers (called by the chapter)."""
     import torch
 
-    from flatlib import data as fdata
+    from flatlib.engine import data as fdata
 
     payload = {
         "chapter": chapter,
@@ -354,7 +354,7 @@ def table(frame, *, digits: int = 3, columns: list | None = None, intervals: dic
     toggle, under ``summary`` (one line; give one for every long table)."""
     import pandas as pd
 
-    from flatlib import stats
+    from flatlib.engine import stats
 
     df = frame.copy()
     if isinstance(df.index, pd.RangeIndex) and df.index.name is None:

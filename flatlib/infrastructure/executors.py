@@ -24,7 +24,7 @@ Executors, by the ``executor`` argument:
   that dies; a task that is run twice recomputes only what its first run did not store.
 
 Whatever the executor, configs on a CUDA device that differ only in their seed are trained first,
-in this process, as vectorised ensembles (``ensemble_groups``, ``flatlib.ensemble.sweep``), which
+in this process, as vectorised ensembles (``flatlib.ensemble.dispatched_groups``, ``flatlib.ensemble.sweep``), which
 store each network under its config's key as the loop would; the rest of the sweep (the other
 networks, and every measure) then goes as above. On CPU every network is trained by the loop.
 """
@@ -38,8 +38,8 @@ import socket
 import threading
 from typing import Callable, Sequence
 
-from flatlib._io import progress as progress_bar
-from flatlib.threads import one_thread
+from flatlib.infrastructure.output import progress as progress_bar
+from flatlib.infrastructure.threads import one_thread
 
 SERIAL, PROCESSES = "serial", "processes"
 CONNECT_TIMEOUT_S = 5
@@ -85,27 +85,6 @@ def describe(executor) -> str:
     if _is_dask_client(executor):
         return f"dask {executor.scheduler.address}"
     return type(executor).__name__
-
-
-def ensemble_groups(configs) -> list[list]:
-    """The configs of a sweep that train as ensembles (``flatlib.ensemble.groups``): every group of
-    two or more distinct configs that differ only in their seed, on a CUDA device, and that the
-    ensemble vectorises (``flatlib.ensemble.check``: no SAM, augmentation or learning-rate decay).
-    Empty on CPU (unless ``ENSEMBLE_ON_CPU``), where the loop is as fast and bit-reproducible."""
-    import torch
-
-    from flatlib import ensemble
-
-    chosen_groups = []
-    for group in ensemble.groups(configs):
-        if len(group) < 2 or not (ENSEMBLE_ON_CPU or torch.device(group[0].device).type == "cuda"):
-            continue
-        try:
-            ensemble.check(group)
-        except ensemble.EnsembleError:
-            continue
-        chosen_groups.append(group)
-    return chosen_groups
 
 
 def local_processes(workers: int | None = None, initializer: Callable | None = None,
@@ -237,7 +216,7 @@ def task_environment(store_root: str):
 def receipt() -> dict:
     """What a task returns: where it ran, and what keyed the entries it stored (the versions it
     used and its environment class, ``flatlib.keys``)."""
-    from flatlib import keys
+    from flatlib.infrastructure import keys
 
     return {"host": socket.gethostname(), "pid": os.getpid(), "versions": keys.used(),
             "environment": keys.environment()}
@@ -247,7 +226,7 @@ def check_receipt(received: dict) -> None:
     """Refuse a receipt whose worker keyed its results otherwise than this process would: another
     version of a computation it used, or another environment class (a worker on another kind of
     CPU). Its entries are under keys this process never reads."""
-    from flatlib import keys
+    from flatlib.infrastructure import keys
 
     where = f"the worker on {received['host']} (pid {received['pid']})"
     differ = sorted(name for name, version in received["versions"].items() if keys.current(name) != version)

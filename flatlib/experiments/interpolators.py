@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from flatlib import keys, store
-from flatlib import train as ftrain
-from flatlib._version import code_version
-from flatlib.threads import one_thread
+from flatlib.engine import train as ftrain
+from flatlib.infrastructure import keys, store
+from flatlib.infrastructure.provenance import code_version
+from flatlib.infrastructure.threads import one_thread
 
 # The version of this module's computations (``flatlib.keys``): the task, the interpolators'
 # training (every kind), the traces and their rescaling, the population loss.
@@ -284,7 +284,7 @@ def _train(fit: Fit) -> dict:
             value = value + fit.trace_penalty * (1 - step / penalty_steps) * 2 * torch.sqrt(A * B + 1e-12).sum()
         value.backward()
         if fit.kind == "sam":
-            ftrain._sam_step(model, lambda: loss(model, x_fit, y_fit), opt, fit.sam_rho)
+            ftrain.sam_step(model, lambda: loss(model, x_fit, y_fit), opt, fit.sam_rho)
         else:
             opt.step()
     with torch.no_grad():
@@ -370,7 +370,7 @@ def auc_standard_error(table, value: str = "min_trace", replicates: int = 200, s
     ``generalising_kind`` columns), resampling whole seeds (``stats.cluster_bootstrap``): the
     runs of one seed share their training inputs, so the seed is the unit. Replicates lacking
     either group are left out; NaN if fewer than two remain."""
-    from flatlib import stats
+    from flatlib.engine import stats
 
     seeds, kind = table["seed"].to_numpy(), table["generalising_kind"].to_numpy(bool)
     values = table[value].to_numpy(float)

@@ -55,12 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatlib import data as fdata
-from flatlib import executors, keys, models, pacbayes, store, study
-from flatlib import train as ftrain
-from flatlib._io import progress as progress_bar
-from flatlib._version import code_version
-from flatlib.threads import one_thread
+from flatlib.engine import data as fdata
+from flatlib.engine import models, pacbayes
+from flatlib.engine import train as ftrain
+from flatlib.experiments import study
+from flatlib.infrastructure import executors, keys, store
+from flatlib.infrastructure.output import progress as progress_bar
+from flatlib.infrastructure.provenance import code_version
+from flatlib.infrastructure.threads import one_thread
 
 # The version of each kind of certificate (``flatlib.keys``), by its prior: bump a kind's with any
 # change that can change its certificates (the optimisation, the bound, the Monte Carlo term, the

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flatlib._io import atomic_write
+from flatlib.infrastructure.output import atomic_write
 
 # The version of what ``load``, ``subsample`` and ``complement`` select (``flatlib.keys``): bump it
 # with any change to which images a seeded subset holds, or to their preprocessing.

@@ -14,8 +14,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from flatlib import stats
-from flatlib import train as ftrain
+from flatlib.engine import stats
+from flatlib.engine import train as ftrain
 
 # The version of this module's computations (``flatlib.keys``): the atlas's grid and its granulated
 # and pooled statistics. Bump it with any change that can change their numbers, and re-record the

@@ -44,8 +44,8 @@ from pathlib import Path
 
 import nbformat
 
-from flatlib import params as fparams
-from flatlib import report
+from flatlib.publishing import params as fparams
+from flatlib.publishing import report
 
 BOOK = report.ROOT / "book"
 RUNS = report.ROOT / "runs"
@@ -91,7 +91,7 @@ def manifest(path: Path | None = None) -> dict[str, Chapter]:
     """The chapters registered in ``chapters.yml``, in order; a malformed entry is one clear error."""
     import yaml
 
-    from flatlib import claims
+    from flatlib.publishing import claims
 
     path = Path(path or MANIFEST)
     raw = yaml.safe_load(path.read_text()) or {}
@@ -463,7 +463,7 @@ def _code_on_disk() -> dict[str, str]:
     this process's memoised versions), keyed as ``report.code_versions`` keys them: the runner
     takes it before a kernel starts, and a summary whose recorded versions differ was written
     by a kernel that may have run code edited half-way."""
-    from flatlib._version import code_version, public_modules
+    from flatlib.infrastructure.provenance import code_version, public_modules
 
     return {name: code_version(name, report.ROOT) for name in public_modules(report.ROOT)}
 
@@ -617,7 +617,7 @@ def _run_command(chapter: str, overrides: dict, out_dir: Path | None) -> str:
 
 
 def _store_dir() -> str:
-    from flatlib import store
+    from flatlib.infrastructure import store
 
     return store.location()
 
@@ -735,7 +735,8 @@ def staleness(summary: dict) -> str | None:
     versions, its measures', certificate kinds' and verdict rules'), or it was run before results
     were versioned. A refactor changes no version, so it makes nothing stale."""
     # the homes of the measure, certificate and rule versions register them with ``keys``
-    from flatlib import certificates, claims, keys, measures  # noqa: F401
+    from flatlib.experiments import certificates  # noqa: F401
+    from flatlib.infrastructure import keys
 
     recorded = summary.get("computations")
     if not recorded:
@@ -785,7 +786,7 @@ def other_environments() -> dict[str, str]:
     (``flatlib.keys.environment``): folder -> what differs. Not stale: the same code and versions,
     but a re-run here may differ in the last bits (and a verdict near a threshold may move), and
     its networks are stored under other keys, so a re-run here starts cold."""
-    from flatlib import keys
+    from flatlib.infrastructure import keys
 
     here = keys.environment()
     found = {}

@@ -34,7 +34,8 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from pathlib import Path
+
+import flatlib
 
 KEYS = {"choices", "min", "max", "above", "each", "length", "increasing"}
 
@@ -153,7 +154,6 @@ _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, as
 _NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.List, ast.Tuple, ast.BoolOp, ast.And, ast.Or,
           ast.UnaryOp, ast.BinOp, ast.Compare, ast.IfExp, ast.Subscript, ast.Slice, ast.Call, ast.keyword,
           *_BINARY, *_UNARY, *_COMPARE)
-_PACKAGE = Path(__file__).parent
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def _callee(func: ast.expr, expression: str, resolve: bool = True):
     if isinstance(func, ast.Name) and func.id in _FUNCTIONS:
         return _FUNCTIONS[func.id]
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and not func.attr.startswith("_") \
-            and not func.value.id.startswith("_") and (_PACKAGE / f"{func.value.id}.py").is_file():
+            and not func.value.id.startswith("_") and func.value.id in flatlib.MODULES:
         return getattr(importlib.import_module(f"flatlib.{func.value.id}"), func.attr) if resolve else None
     raise ConstraintError(f"constraint {expression!r}: it may call {', '.join(_FUNCTIONS)} or a public function "
                           f"of a flatlib module, not {ast.unparse(func)}")

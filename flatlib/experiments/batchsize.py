@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from flatlib import stats
+from flatlib.engine import stats
 
 # The version of this module's computations (``flatlib.keys``): the batch-size sweep's configs and
 # gap statistics. Bump it with any change that can change their numbers, and re-record the

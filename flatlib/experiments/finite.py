@@ -373,8 +373,8 @@ def train_network(t: Task, widths=(32, 32), seed: int = 0, lr: float = 0.01, max
     import torch
     import torch.nn.functional as F
 
-    from flatlib import models
-    from flatlib.threads import one_thread
+    from flatlib.engine import models
+    from flatlib.infrastructure.threads import one_thread
 
     with one_thread():
         torch.manual_seed(seed)
@@ -411,8 +411,8 @@ def network_table(t: Task, networks: int, widths=(32, 32), tau: float = 0.1, pro
     import pandas as pd
     import torch
 
-    from flatlib import measures, models
-    from flatlib._io import progress as progress_bar
+    from flatlib.engine import measures, models
+    from flatlib.infrastructure.output import progress as progress_bar
 
     unseen = t.unseen
     rng = np.random.default_rng(0)
@@ -458,7 +458,7 @@ def learner_summary(table, scores=("accuracy", "worst_case", "bennett", "bennett
 def weakest_minus(table, score: str, other: str) -> dict:
     """The paired difference, over the draws of a ``compare`` table, of ``score`` between the
     weakest learner and ``other``: mean, 95 % Student-t interval and p (``stats.paired_difference``)."""
-    from flatlib import stats
+    from flatlib.engine import stats
 
     wide = table.pivot(index="draw", columns="learner", values=score)
     d = stats.paired_difference(wide["weakest"], wide[other])
