@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 
 LAYERS = {
     "infrastructure": ("store", "keys", "threads", "output", "provenance", "executors"),
-    "engine": ("data", "models", "train", "networks", "hessian", "reparam", "measures", "pacbayes", "stats",
-               "ensemble"),
+    "engine": ("data", "models", "train", "networks", "hessian", "hessian_diagonal", "reparam", "measures", "pacbayes",
+               "stats", "ensemble", "stacked"),
     "experiments": ("study", "atlas", "regularised", "interpolators", "finite", "landscape", "batchsize",
                     "certificates", "fingerprints"),
     "publishing": ("runner", "report", "scoreboard", "compare", "plots", "params", "claims", "stability"),
