@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 LAYERS = {
     "infrastructure": ("store", "keys", "threads", "output", "provenance", "executors"),
     "engine": ("data", "models", "train", "networks", "hessian", "hessian_diagonal", "reparam", "measures", "pacbayes",
-               "stats", "ensemble", "stacked"),
+               "stats", "correlation", "meta_analysis", "reliability", "resampling", "ensemble", "stacked"),
     "experiments": ("study", "atlas", "regularised", "interpolators", "finite", "landscape", "batchsize",
                     "certificates", "fingerprints"),
     "publishing": ("runner", "report", "scoreboard", "compare", "plots", "params", "claims", "stability"),
