@@ -24,8 +24,8 @@ LAYERS = {
     "infrastructure": ("store", "keys", "threads", "output", "provenance", "executors"),
     "engine": ("data", "models", "train", "networks", "hessian", "hessian_diagonal", "reparam", "measures", "pacbayes",
                "stats", "correlation", "meta_analysis", "reliability", "resampling", "ensemble", "stacked"),
-    "experiments": ("study", "atlas", "regularised", "interpolators", "finite", "landscape", "batchsize",
-                    "certificates", "fingerprints"),
+    "experiments": ("study", "atlas", "regularised", "interpolators", "finite", "finite_domain", "finite_networks",
+                    "landscape", "batchsize", "certificates", "fingerprints"),
     "publishing": ("runner", "report", "scoreboard", "compare", "plots", "params", "claims", "stability"),
 }
 
