@@ -25,7 +25,8 @@ LAYERS = {
     "engine": ("data", "models", "train", "networks", "hessian", "hessian_diagonal", "reparam", "measures", "pacbayes",
                "stats", "correlation", "meta_analysis", "reliability", "resampling", "ensemble", "stacked"),
     "experiments": ("study", "atlas", "regularised", "interpolators", "finite", "finite_domain", "finite_networks",
-                    "landscape", "batchsize", "certificates", "fingerprints", "canaries"),
+                    "landscape", "batchsize", "certificates", "posteriors",
+                    "certificate_store", "fingerprints", "canaries"),
     "publishing": ("runner", "report", "scoreboard", "compare", "plots", "params", "claims", "stability"),
 }
 
