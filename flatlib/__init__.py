@@ -22,11 +22,12 @@ __version__ = "0.1.0"
 
 LAYERS = {
     "infrastructure": ("store", "keys", "threads", "output", "provenance", "executors"),
-    "engine": ("data", "models", "train", "networks", "hessian", "hessian_diagonal", "reparam", "measures", "pacbayes",
-               "stats", "correlation", "meta_analysis", "reliability", "resampling", "ensemble", "stacked"),
+    "engine": ("data", "models", "train", "networks", "hessian", "hessian_diagonal", "reparam", "measures",
+               "measure_registry", "sharpness", "weakness", "margins", "pacbayes", "stats", "correlation",
+               "meta_analysis", "reliability", "resampling", "ensemble", "stacked"),
     "experiments": ("study", "atlas", "regularised", "interpolators", "finite", "finite_domain", "finite_networks",
-                    "landscape", "batchsize", "certificates", "posteriors",
-                    "certificate_store", "fingerprints", "canaries"),
+                    "landscape", "batchsize", "certificates", "posteriors", "certificate_store", "fingerprints",
+                    "canaries"),
     "publishing": ("runner", "report", "scoreboard", "compare", "plots", "params", "claims", "stability"),
 }
 

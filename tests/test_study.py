@@ -225,7 +225,7 @@ def test_a_code_edit_rekeys_nothing_and_a_version_bump_rekeys_exactly_what_it_ve
         "hessian edited": [("engine/hessian.py", "", "\nAN_EDITED_CONSTANT = 1\n")],
         "train bumped": [("engine/train.py", "\nVERSION = 2\n", "\nVERSION = 3\n")],
         "data bumped": [("engine/data.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
-        "hessian_trace bumped": [("engine/measures.py", '@register("hessian_trace", "sharpness", invariant=False)',
+        "hessian_trace bumped": [("engine/sharpness.py", '@register("hessian_trace", "sharpness", invariant=False)',
                                   '@register("hessian_trace", "sharpness", invariant=False, version=2)')],
         "study bumped": [("experiments/study.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
     }
