@@ -138,7 +138,7 @@ def test_a_pure_refactor_of_training_rekeys_nothing_and_leaves_every_chapter_as_
     ("engine/train.py", "lr=config.lr, momentum", "lr=config.lr * 1.001, momentum", "training"),  # a training constant
     ("engine/train.py", "since_best >= config.patience:\n            # Training stopped",
      "since_best > config.patience:\n            # Training stopped", "training"),  # a stopping rule
-    ("engine/measures.py", "u = (u.detach() + 0.25 * torch.sign(g))", "u = (u.detach() + 0.26 * torch.sign(g))",
+    ("engine/sharpness.py", "u = (u.detach() + 0.25 * torch.sign(g))", "u = (u.detach() + 0.26 * torch.sign(g))",
      "measure:adaptive_sharpness"),  # a measure's constant
 ])
 def test_a_behaviour_change_that_forgot_its_bump_fails_naming_it(tmp_path, module, old, new, canary):
