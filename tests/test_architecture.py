@@ -55,7 +55,6 @@ MAX_LINES = 450
 # Modules still over MAX_LINES, each at most at its present length, until it is split (issue 36).
 NOT_YET_SPLIT = {
     "publishing/claims.py": 1171, "publishing/runner.py": 894,
-    "publishing/plots.py": 736,
 }
 
 
