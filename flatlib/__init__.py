@@ -28,8 +28,8 @@ LAYERS = {
     "experiments": ("study", "atlas", "regularised", "interpolators", "finite", "finite_domain", "finite_networks",
                     "landscape", "batchsize", "certificates", "posteriors", "certificate_store", "fingerprints",
                     "canaries"),
-    "publishing": ("runner", "report", "scoreboard", "compare", "plots", "plot_style", "figures_landscape",
-                   "figures_claims", "params", "claims", "stability"),
+    "publishing": ("runner", "manifest", "execution", "notebooks", "staleness", "report", "scoreboard", "compare",
+                   "plots", "plot_style", "figures_landscape", "figures_claims", "params", "claims", "stability"),
 }
 
 # flat name -> the module's home; ``_io`` and ``_version`` are the old names of two renamed ones.

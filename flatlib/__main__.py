@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from flatlib.engine.data import DataError
-    from flatlib.publishing import runner, scoreboard
+    from flatlib.publishing import manifest, runner, scoreboard
     from flatlib.publishing.compare import CompareError
 
     try:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                       "an edited run: python -m flatlib reproduce --all, or restore its files from git",
                       file=sys.stderr)
                 return 1
-            print(f"all {len(runner.published())} published chapters are current")
+            print(f"all {len(manifest.published())} published chapters are current")
         elif args.command == "fingerprints":
             from flatlib.experiments import fingerprints
 

@@ -54,7 +54,7 @@ RANK = {layer: rank for rank, layer in enumerate(flatlib.LAYERS)}  # infrastruct
 MAX_LINES = 450
 # Modules still over MAX_LINES, each at most at its present length, until it is split (issue 36).
 NOT_YET_SPLIT = {
-    "publishing/claims.py": 1171, "publishing/runner.py": 894,
+    "publishing/claims.py": 1171,
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from flatlib import claims, report, runner, scoreboard
+from flatlib.publishing import manifest
 
 CHAPTERS = runner.manifest()
 PUBLISHED = runner.published()
@@ -253,7 +254,7 @@ def _summaries(tmp_path, monkeypatch, computations: dict) -> dict:
             path.mkdir()
             (path / "summary.json").write_text(json.dumps({"computations": recorded} if recorded else {}))
         runs.append(SimpleNamespace(folder=folder, out_dir=path))
-    monkeypatch.setattr(runner, "published", lambda: runs)
+    monkeypatch.setattr(manifest, "published", lambda: runs)
     return runs
 
 

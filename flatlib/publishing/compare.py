@@ -90,11 +90,11 @@ def _read_summary(folder: Path) -> dict:
 
 def published_counterpart(run: Path) -> Path:
     """The folder of the published run of the same chapter with the same parameters as ``run``."""
-    from flatlib.publishing import runner
+    from flatlib.publishing import manifest
 
     summary = _read_summary(run)
     chapter, params = summary.get("chapter"), summary.get("parameters")
-    candidates = [p for p in runner.published() if p.chapter == chapter]
+    candidates = [p for p in manifest.published() if p.chapter == chapter]
     if not candidates:
         raise CompareError(f"{run} is a run of {chapter!r}, which has no published run")
     for candidate in candidates:
