@@ -29,7 +29,8 @@ LAYERS = {
                     "landscape", "batchsize", "certificates", "posteriors", "certificate_store", "fingerprints",
                     "canaries"),
     "publishing": ("runner", "manifest", "execution", "notebooks", "staleness", "report", "scoreboard", "compare",
-                   "plots", "plot_style", "figures_landscape", "figures_claims", "params", "claims", "stability"),
+                   "plots", "plot_style", "figures_landscape", "figures_claims", "params", "claims", "claim_figures",
+                   "verdicts", "rules_measures", "rules_bounds", "rules_minima", "stability"),
 }
 
 # flat name -> the module's home; ``_io`` and ``_version`` are the old names of two renamed ones.
