@@ -3,6 +3,7 @@ published results to the code (``flatlib.keys``)."""
 import ast
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,8 +53,6 @@ def test_every_version_a_published_summary_records_still_resolves():
 PACKAGE = ROOT / "flatlib"
 RANK = {layer: rank for rank, layer in enumerate(flatlib.LAYERS)}  # infrastructure < engine < experiments < ...
 MAX_LINES = 450
-# Modules still over MAX_LINES, each at most at its present length, until it is split (issue 36).
-NOT_YET_SPLIT: dict[str, int] = {}
 
 
 def _module_name(path: Path) -> str:
@@ -169,10 +168,17 @@ def test_no_module_takes_another_modules_private_name():
 def test_modules_are_short():
     lengths = {path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines())
                for path in PACKAGE.rglob("*.py")}
-    too_long = {name: n for name, n in lengths.items() if n > NOT_YET_SPLIT.get(name, MAX_LINES)}
+    too_long = {name: n for name, n in lengths.items() if n > MAX_LINES}
     assert not too_long, f"over {MAX_LINES} lines (split along a seam): {too_long}"
-    split = sorted(name for name in NOT_YET_SPLIT if lengths.get(name, 0) <= MAX_LINES)
-    assert not split, f"now at most {MAX_LINES} lines: take them off NOT_YET_SPLIT: {split}"
+
+
+def test_the_readme_places_each_module_in_its_layer():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Architecture"):text.index("## Layout")]
+    for layer, names in flatlib.LAYERS.items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{layer}/`"))
+        listed = set(re.findall(r"`([a-z_]+)`", row.split("|")[2]))
+        assert listed and listed <= set(names), (layer, sorted(listed - set(names)))
 
 
 def test_flat_names_reach_the_modules_at_their_homes():
