@@ -6,7 +6,10 @@ x``, ``from flatlib.x import y``, relative imports, and imports inside functions
 key built from ``code_version`` changes whenever code that could change the cached result
 changes, and nothing has to be bumped by hand. Importing ``flatlib.x`` runs
 ``flatlib/__init__.py`` too, so the package's ``__init__`` is always part of the closure.
-Imports by name at run time (``importlib.import_module``) are not seen; flatlib has none.
+Imports by name at run time (``importlib.import_module``) are not seen: flatlib's
+(the flat names of ``flatlib/__init__.py``, ``keys.current``) import a module by a name read
+from data, and flatlib's own modules import each other by their homes' names
+(``tests/test_architecture.py`` refuses a flat name), so the closure sees every edge.
 """
 from __future__ import annotations
 
