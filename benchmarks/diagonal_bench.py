@@ -29,6 +29,7 @@ import torch.nn as nn
 from benchmarks.ensemble_bench import side_by_side
 from benchmarks.hessian_bench import setup
 from flatlib import hessian, report
+from flatlib.engine import hessian_diagonal
 
 RESULTS = Path(__file__).resolve().parent / "results" / "diagonal.json"
 
@@ -49,7 +50,7 @@ def per_class_diagonal(model, data, batch_size=1000) -> torch.Tensor:
     """``hessian.diagonal``'s per-class path (its CNN path) on any accepted network."""
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     first = next(model.parameters())
-    return hessian._diagonal_per_class(model, layers, data[0].to(first.device, first.dtype), batch_size)
+    return hessian_diagonal._diagonal_per_class(model, layers, data[0].to(first.device, first.dtype), batch_size)
 
 
 def relative_difference(diag, reference) -> float:

@@ -61,9 +61,9 @@ def time_one_network(config: TrainConfig, names: list[str]) -> dict:
     train_set = data.load(config.dataset, "train", n=config.n, seed=config.data_seed)
     test_set = data.load(config.dataset, "test")
     ok = result.status == "ok"
-    # study._row is the row builder network_table and measure_table share: timed through it,
+    # study.table_row is the row builder network_table and measure_table share: timed through it,
     # each measure runs exactly as a sweep runs it.
-    study._row(result.model, train_set, test_set, names if ok else [], {}, init=result.initial_state, value=timed)
+    study.table_row(result.model, train_set, test_set, names if ok else [], {}, init=result.initial_state, value=timed)
     parts = {"train": times["train"], "evaluation": sum(times[k] for k in EVALUATION)}
     parts.update({name: times[name] for name in names if name in times})
     return {"seed": config.seed, "status": result.status, "epochs": len(result.history), "seconds": parts,

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("chapters", help="list chapters and their parameters")
     args = parser.parse_args(argv)
 
-    from flatlib import runner, scoreboard
-    from flatlib.compare import CompareError
-    from flatlib.data import DataError
+    from flatlib.engine.data import DataError
+    from flatlib.publishing import manifest, runner, scoreboard
+    from flatlib.publishing.compare import CompareError
 
     try:
         if args.command == "run":
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.reproduce(everything=args.all)
             scoreboard.update()
         elif args.command == "compare":
-            from flatlib.compare import compare
+            from flatlib.publishing.compare import compare
 
             result = compare(args.run, args.against, args.rtol)
             print(result)
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                       "an edited run: python -m flatlib reproduce --all, or restore its files from git",
                       file=sys.stderr)
                 return 1
-            print(f"all {len(runner.published())} published chapters are current")
+            print(f"all {len(manifest.published())} published chapters are current")
         elif args.command == "fingerprints":
-            from flatlib import fingerprints
+            from flatlib.experiments import fingerprints
 
             if args.record:
                 fingerprints.record()
@@ -117,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             changed = scoreboard.update()
             print("scoreboard updated" if changed else "scoreboard unchanged")
         elif args.command == "fetch-data":
-            from flatlib import data
+            from flatlib.engine import data
 
             for name in args.names:
                 print(f"{name}: {data.fetch(name)}")
         elif args.command == "chapters":
-            from flatlib import params as fparams
+            from flatlib.publishing import params as fparams
 
             for name, chapter in runner.manifest().items():
                 print(f"{name}  ({chapter.source.relative_to(runner.report.ROOT)})")

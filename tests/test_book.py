@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from flatlib import claims, report, runner, scoreboard
+from flatlib.publishing import claim_figures, manifest
 
 CHAPTERS = runner.manifest()
 PUBLISHED = runner.published()
@@ -257,7 +258,7 @@ def _summaries(tmp_path, monkeypatch, computations: dict) -> dict:
             path.mkdir()
             (path / "summary.json").write_text(json.dumps({"computations": recorded} if recorded else {}))
         runs.append(SimpleNamespace(folder=folder, out_dir=path))
-    monkeypatch.setattr(runner, "published", lambda: runs)
+    monkeypatch.setattr(manifest, "published", lambda: runs)
     return runs
 
 
@@ -276,7 +277,7 @@ def test_a_run_is_stale_exactly_when_a_version_it_used_changed(tmp_path, monkeyp
     assert reasons["old_measure"] == "versions changed since the run: measure:top_eigenvalue 0 -> 1"
     assert "measure:no_such_measure no longer exists" in reasons["gone"]
     assert "before results were versioned" in reasons["unversioned"] and "not been run" in reasons["never"]
-    monkeypatch.setattr(claims, "RULE_VERSIONS", {**claims.RULE_VERSIONS, "C2": 2})  # a rule repaired
+    monkeypatch.setattr(claim_figures, "RULE_VERSIONS", {**claims.RULE_VERSIONS, "C2": 2})  # a rule repaired
     assert runner.stale()["current"] == "versions changed since the run: rule:C2 1 -> 2"
 
 

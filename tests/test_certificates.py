@@ -16,6 +16,7 @@ from flatlib import certificates as C
 from flatlib import data as fdata
 from flatlib import executors, models, pacbayes, study
 from flatlib import train as ftrain
+from flatlib.experiments import posteriors
 
 
 def _gaussians(seed=0, shapes=((3, 4), (3,), (2, 3), (2,))):
@@ -54,7 +55,7 @@ def test_best_prior_scale_is_the_minimiser_of_the_kl():
 
 def test_local_reparameterisation_is_distributed_as_full_weight_draws():
     model = _tiny_model(sizes=(4, 5, 3))
-    means = C._tensors(model)
+    means = C.weight_tensors(model)
     stds = [0.3 * torch.ones_like(t) for t in means]
     x = torch.tensor([[0.5, -1.0, 2.0, 0.3]])
     draws = 20000
@@ -63,7 +64,7 @@ def test_local_reparameterisation_is_distributed_as_full_weight_draws():
     full = []
     for _ in range(draws):
         w = [m + s * torch.randn(m.shape, generator=gen) for m, s in zip(means, stds)]
-        full.append(C._mean_logits(w, x))
+        full.append(posteriors._mean_logits(w, x))
     full = torch.cat(full)
     for j in range(3):  # each logit: the same distribution (two-sample Kolmogorov-Smirnov)
         assert sps.ks_2samp(local[:, j].numpy(), full[:, j].numpy()).pvalue > 1e-3
@@ -73,7 +74,7 @@ def test_local_reparameterisation_is_distributed_as_full_weight_draws():
 
 def test_inputs_of_one_batch_get_independent_draws():
     model = _tiny_model(5, sizes=(4, 5, 3))
-    means = C._tensors(model)
+    means = C.weight_tensors(model)
     stds = [0.3 * torch.ones_like(t) for t in means]
     x = torch.tensor([[0.5, -1.0, 2.0, 0.3]]).expand(40000, 4)
     out = C.stochastic_logits(means, stds, x, torch.Generator().manual_seed(1))
@@ -97,12 +98,12 @@ def test_a_posterior_of_vanishing_width_errs_exactly_as_its_mean():
     model = _tiny_model(2, sizes=(4, 6, 3))
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 4, generator=gen), torch.randint(0, 3, (300,), generator=gen)
-    means = C._tensors(model)
+    means = C.weight_tensors(model)
     posterior = C.Posterior(means, [torch.full_like(t, 1e-9) for t in means], means)
     wrong, draws = C.stochastic_errors(posterior, (x, y), passes=3)
-    mean_wrong = int((C._mean_logits(means, x).argmax(1) != y).sum())
+    mean_wrong = int((posteriors._mean_logits(means, x).argmax(1) != y).sum())
     assert (wrong, draws) == (3 * mean_wrong, 900)
-    assert torch.allclose(C._mean_logits(means, x), model(x), atol=1e-6)
+    assert torch.allclose(posteriors._mean_logits(means, x), model(x), atol=1e-6)
 
 
 def test_only_relu_mlps_are_taken():
@@ -162,7 +163,7 @@ def test_the_posterior_is_optimised_on_the_named_relaxation(objective):
     model = _tiny_model(3, sizes=(4, 6, 3))
     gen = torch.Generator().manual_seed(4)
     data = (torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen))
-    means = C._tensors(model)
+    means = C.weight_tensors(model)
     # widths of 1e-6 make the one draw the mean network (to about 1e-6); a learning rate of 1e-30
     # leaves it there, so the first epoch's objective (one batch of all 64 examples) is the
     # relaxation at the start
@@ -183,7 +184,7 @@ def test_certificate_by_hand():
     model = _tiny_model(4, sizes=(4, 6, 3))
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(500, 4, generator=gen), torch.randint(0, 3, (500,), generator=gen)
-    means, _, offsets = _gaussians(5, shapes=[tuple(t.shape) for t in C._tensors(model)])
+    means, _, offsets = _gaussians(5, shapes=[tuple(t.shape) for t in C.weight_tensors(model)])
     prior = [m + 0.01 * o for m, o in zip(means, offsets)]  # near the means, so the bound is not saturated
     stds = [torch.full_like(m, 0.05) for m in means]
     posterior = C.Posterior(means, stds, prior)
@@ -213,7 +214,7 @@ def test_certificate_by_hand():
 @pytest.mark.parametrize("delta,delta_mc", [(0.0, 0.01), (1.0, 0.01), (-0.1, 0.01), (0.05, 1.5), (0.6, 0.5)])
 def test_a_confidence_outside_the_unit_interval_is_refused(delta, delta_mc):
     model = _tiny_model()
-    posterior = C.optimise(model, C._tensors(model), (torch.randn(10, 4), torch.zeros(10, dtype=torch.long)),
+    posterior = C.optimise(model, C.weight_tensors(model), (torch.randn(10, 4), torch.zeros(10, dtype=torch.long)),
                            epochs=0)
     with pytest.raises(C.CertificateError, match="delta"):
         C.certify(posterior, (torch.randn(10, 4), torch.zeros(10, dtype=torch.long)), delta=delta, delta_mc=delta_mc)
@@ -224,7 +225,7 @@ def test_sigma_lr_gives_the_widths_their_own_optimiser():
     model = _tiny_model(1, sizes=(4, 6, 3))
     gen = torch.Generator().manual_seed(2)
     data = (torch.randn(200, 4, generator=gen), torch.randint(0, 3, (200,), generator=gen))
-    start = C._tensors(model)
+    start = C.weight_tensors(model)
     # the means barely move at lr 1e-12, so the KL to a prior at the start changes only through the
     # widths: by their own Adam with sigma_lr, not at all without it
     moved = C.optimise(model, start, data, epochs=3, lr=1e-12, sigma_lr=1e-2, batch_size=50)
@@ -253,12 +254,12 @@ def test_maurers_bound_needs_eight_examples():
 def test_a_grid_chosen_after_the_posterior_is_refused():
     model = _tiny_model()
     data = (torch.randn(20, 4), torch.zeros(20, dtype=torch.long))
-    posterior = C.optimise(model, C._tensors(model), data, epochs=0)
+    posterior = C.optimise(model, C.weight_tensors(model), data, epochs=0)
     with pytest.raises(C.CertificateError, match="fixed before the posterior is optimised"):
         C.certify(posterior, data, grid=(0.05, 0.02))
     C.certify(posterior, data, grid=C.PRIOR_SCALES)  # repeating the grid it was optimised under is fine
     with pytest.raises(C.CertificateError, match="grid"):
-        C.optimise(model, C._tensors(model), data, epochs=0, grid=(0.01, 0.1))
+        C.optimise(model, C.weight_tensors(model), data, epochs=0, grid=(0.01, 0.1))
 
 
 def test_a_prior_learned_on_the_bound_sample_is_refused():
@@ -338,7 +339,7 @@ def test_the_certificate_of_a_network_that_memorised_random_labels_is_vacuous():
     y = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = models.mlp((256,))
-    init = C._tensors(model)
+    init = C.weight_tensors(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(300):
         opt.zero_grad()

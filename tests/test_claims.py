@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from flatlib import batchsize, claims
+from flatlib.publishing import rules_minima
 from oracles import paired_table
 
 
@@ -628,12 +629,12 @@ def test_beyond_margins_refuses_a_missing_margin_or_column():
 
 
 def test_combined_states():
-    assert claims._combined(["supported", "supported"]) == "supported"
-    assert claims._combined(["contradicted", "inconclusive"]) == "contradicted"
-    assert claims._combined(["supported", "contradicted"]) == "inconclusive"
-    assert claims._combined(["not supported", "not supported"]) == "not supported"
-    assert claims._combined(["not supported", "inconclusive"]) == "inconclusive"
-    assert claims._combined(["contradicted", "not supported"]) == "contradicted"
+    assert claims.combined_state(["supported", "supported"]) == "supported"
+    assert claims.combined_state(["contradicted", "inconclusive"]) == "contradicted"
+    assert claims.combined_state(["supported", "contradicted"]) == "inconclusive"
+    assert claims.combined_state(["not supported", "not supported"]) == "not supported"
+    assert claims.combined_state(["not supported", "inconclusive"]) == "inconclusive"
+    assert claims.combined_state(["contradicted", "not supported"]) == "contradicted"
 
 
 # C8 ------------------------------------------------------------------------------------------
@@ -665,9 +666,9 @@ def test_finite_weakness_states():
     kept = claims.finite_weakness(ahead, _d(0.2, 0.1, 0.3), good, good, good)
     assert kept.check("the advantage goes away under structured demands").state == "contradicted"
     assert kept.verdict == "supported"  # the boundary is reported, not a condition of the headline
-    assert claims._difference_state(_d(0, -0.1, 0.1), "<= 0") == "inconclusive"
+    assert rules_minima._difference_state(_d(0, -0.1, 0.1), "<= 0") == "inconclusive"
     with pytest.raises(ValueError, match="claimed must be"):
-        claims._difference_state(_d(0, 0, 0), "> 0")
+        rules_minima._difference_state(_d(0, 0, 0), "> 0")
     for state, geometric in (("supported", good), ("contradicted", _r(-0.5, 0.001)), ("not supported", _r(-0.1, 0.5))):
         # the geometric reading is reported beside the literal one and never moves the headline
         v = claims.finite_weakness(ahead, worse, good, good, geometric)
@@ -774,8 +775,8 @@ def test_c6_the_invariant_measure_and_weakness_are_reported_without_moving_the_h
 
 
 def test_c6_an_interval_on_zero_or_a_missing_metric_is_not_a_finding():
-    assert claims._cell_state({"ci_low": 0.0, "ci_high": 0.2}, +1) == "inconclusive"
-    assert claims._cell_state({"ci_low": -0.3, "ci_high": -0.1}, -1) == "supported"
+    assert rules_minima._cell_state({"ci_low": 0.0, "ci_high": 0.2}, +1) == "inconclusive"
+    assert rules_minima._cell_state({"ci_low": -0.3, "ci_high": -0.1}, -1) == "supported"
     effects = c6_effects({C6_CELLS[0]: {}})
     with pytest.raises(ValueError, match="consistency"):
         claims.regularised(effects[effects["metric"] != "consistency"])

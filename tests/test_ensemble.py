@@ -89,11 +89,11 @@ def test_sweeps_pick_ensembles_only_on_cuda_for_configs_that_differ_only_in_seed
     seeds = [dataclasses.replace(BASE, seed=s) for s in (0, 1)]
     other = dataclasses.replace(BASE, lr=0.1)  # alone in its recipe
     sam = [dataclasses.replace(BASE, sam_rho=0.05, seed=s) for s in (0, 1)]  # not vectorised
-    assert executors.ensemble_groups(seeds + [other] + sam) == []  # on CPU: the loop
+    assert ensemble.dispatched_groups(seeds + [other] + sam) == []  # on CPU: the loop
     on_cuda = [dataclasses.replace(c, device="cuda") for c in seeds + [other] + sam]
-    assert executors.ensemble_groups(on_cuda) == [on_cuda[:2]]
+    assert ensemble.dispatched_groups(on_cuda) == [on_cuda[:2]]
     monkeypatch.setattr(executors, "ENSEMBLE_ON_CPU", True)
-    assert executors.ensemble_groups(seeds + [other] + sam + seeds) == [seeds]
+    assert ensemble.dispatched_groups(seeds + [other] + sam + seeds) == [seeds]
 
 
 def _trained_by_the_ensemble_path(monkeypatch):

@@ -24,10 +24,10 @@ from flatlib.train import TrainConfig
 from training_log import log_training_to, seeds_trained
 
 TINY = dict(dataset="mnist", n=128, widths=(16,), batch_size=32, epochs=1, target_train_acc=None)
-# Measures whose last bits depend on the thread count (see study._row), so equality is a test.
+# Measures whose last bits depend on the thread count (see study.table_row), so equality is a test.
 NAMES = ["simplicity_l2", "relative_flatness", "adaptive_sharpness"]
 NUMBERS_PER_NETWORK = 4 + len(NAMES)  # train/test loss and accuracy, then the measures
-REPO = str(Path(study.__file__).resolve().parents[1])
+REPO = str(Path(study.__file__).resolve().parents[2])
 TESTS = str(Path(__file__).resolve().parent)
 
 

@@ -113,19 +113,19 @@ def test_a_pure_refactor_of_training_rekeys_nothing_and_leaves_every_chapter_as_
     behaviour: the same keys, the same stale chapters (and reasons), the same fingerprints."""
     before = json.loads(_python(_copy(tmp_path, "before"), STATE))
     root = _copy(tmp_path, "refactored")
-    train_py = (root / "flatlib" / "train.py").read_text()
+    train_py = (root / "flatlib" / "engine" / "train.py").read_text()
     shift = train_py[train_py.index("def _shift("):train_py.index("def init_model(")]
-    (root / "flatlib" / "augmentation.py").write_text(
+    (root / "flatlib" / "engine" / "augmentation.py").write_text(
         '"""Random shifts of images."""\nimport torch\nimport torch.nn.functional as F\n\n\n'
         + shift.replace("def _shift(", "def shift("))
-    _edit(root, "train.py", shift, "")
-    _edit(root, "train.py", "from flatlib import keys, models\n",
-          "from flatlib import keys, models\nfrom flatlib.augmentation import shift\n")
-    _edit(root, "train.py", "xb = _shift(xb.cpu(), gen)", "xb = shift(xb.cpu(), gen)")
-    text = (root / "flatlib" / "train.py").read_text().replace("running += ", "total_loss += ").replace(
+    _edit(root, "engine/train.py", shift, "")
+    _edit(root, "engine/train.py", "from flatlib.engine import models\n",
+          "from flatlib.engine import models\nfrom flatlib.engine.augmentation import shift\n")
+    _edit(root, "engine/train.py", "xb = _shift(xb.cpu(), gen)", "xb = shift(xb.cpu(), gen)")
+    text = (root / "flatlib" / "engine" / "train.py").read_text().replace("running += ", "total_loss += ").replace(
         "running, seen = 0.0, 0", "total_loss, seen = 0.0, 0").replace("running / seen", "total_loss / seen")
-    (root / "flatlib" / "train.py").write_text(text)
-    _edit(root, "train.py", "    patience: int | None = None\n",
+    (root / "flatlib" / "engine" / "train.py").write_text(text)
+    _edit(root, "engine/train.py", "    patience: int | None = None\n",
           "    patience: int | None = None\n"
           "    # a learning-rate warm-up, off by default: the old recipe, so no key changes\n"
           '    warmup_epochs: int = field(default=0, metadata={"neutral": 0})\n')
@@ -135,10 +135,10 @@ def test_a_pure_refactor_of_training_rekeys_nothing_and_leaves_every_chapter_as_
 
 
 @pytest.mark.parametrize("module,old,new,canary", [
-    ("train.py", "lr=config.lr, momentum", "lr=config.lr * 1.001, momentum", "training"),  # a training constant
-    ("train.py", "since_best >= config.patience:\n            # Training stopped",
+    ("engine/train.py", "lr=config.lr, momentum", "lr=config.lr * 1.001, momentum", "training"),  # a training constant
+    ("engine/train.py", "since_best >= config.patience:\n            # Training stopped",
      "since_best > config.patience:\n            # Training stopped", "training"),  # a stopping rule
-    ("measures.py", "u = (u.detach() + 0.25 * torch.sign(g))", "u = (u.detach() + 0.26 * torch.sign(g))",
+    ("engine/sharpness.py", "u = (u.detach() + 0.25 * torch.sign(g))", "u = (u.detach() + 0.26 * torch.sign(g))",
      "measure:adaptive_sharpness"),  # a measure's constant
 ])
 def test_a_behaviour_change_that_forgot_its_bump_fails_naming_it(tmp_path, module, old, new, canary):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from flatlib import data, hessian, measures, models, reparam
+from flatlib.engine import weakness
 from flatlib.measures import MEASURES
 from flatlib.train import TrainConfig
 from oracles import dense_hessian, tiny_cnn, tiny_mlp, trained_float64
@@ -139,8 +140,8 @@ def test_description_length_quantisation_keeps_every_training_prediction(network
     model, ds, _ = network
     step = measures.coarsest_lossless_step(model, ds)
     before = models.predict(model, ds.images).argmax(1)
-    assert torch.equal(models.predict(measures._quantised(model, step), ds.images).argmax(1), before)
-    coarser = measures._quantised(model, step * 10)  # losslessness need not be monotone in the step
+    assert torch.equal(models.predict(weakness._quantised(model, step), ds.images).argmax(1), before)
+    coarser = weakness._quantised(model, step * 10)  # losslessness need not be monotone in the step
     assert not torch.equal(models.predict(coarser, ds.images).argmax(1), before)
     assert measures.simplicity_description_length(model, ds) < 0
 

@@ -65,7 +65,7 @@ def test_sam_steps_from_w_with_the_gradient_at_the_ascent_point_of_a_quadratic()
 
     opt.zero_grad()
     loss_fn().backward()
-    ftrain._sam_step(model, loss_fn, opt, rho=0.5)
+    ftrain.sam_step(model, loss_fn, opt, rho=0.5)
     g = A @ w0
     expected = w0 - 0.1 * (A @ (w0 + 0.5 * g / g.norm()))
     assert torch.allclose(model.w.detach(), expected, atol=1e-12)

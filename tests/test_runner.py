@@ -13,6 +13,7 @@ import pytest
 
 from flatlib import claims, report, runner, scoreboard
 from flatlib.__main__ import main
+from flatlib.publishing import manifest, notebooks
 
 ECHO_PARAMETERS = 'n = 3\nscale = 1.5\nlabel = "x"\nflag = False\nwidths = [4, 8]\nout_dir = "."\nfail = False\n'
 ECHO_BODY = (
@@ -37,9 +38,9 @@ def book(tmp_path, monkeypatch):
     (tmp_path / "chapters.yml").write_text(
         "chapters:\n  echo:\n    source: book/echo/echo.md\n    smoke: {n: 1}\n"
         "    published:\n      - {folder: echo, claims: [C1]}\n")
-    monkeypatch.setattr(runner, "BOOK", tmp_path / "book")
-    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(runner, "MANIFEST", tmp_path / "chapters.yml")
+    monkeypatch.setattr(manifest, "BOOK", tmp_path / "book")
+    monkeypatch.setattr(manifest, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(manifest, "MANIFEST", tmp_path / "chapters.yml")
     return tmp_path / "book"
 
 
@@ -57,9 +58,9 @@ HOLD = (
 )
 # `python -m flatlib <args>` against the tmp book (argv[1]), importing this checkout's flatlib.
 DRIVER = (
-    "import sys; from pathlib import Path; from flatlib import runner; from flatlib.__main__ import main; "
+    "import sys; from pathlib import Path; from flatlib.publishing import manifest; from flatlib.__main__ import main; "
     "root = Path(sys.argv[1]); "
-    "runner.BOOK, runner.RUNS, runner.MANIFEST = root / 'book', root / 'runs', root / 'chapters.yml'; "
+    "manifest.BOOK, manifest.RUNS, manifest.MANIFEST = root / 'book', root / 'runs', root / 'chapters.yml'; "
     "sys.exit(main(sys.argv[2:]))"
 )
 
@@ -362,7 +363,7 @@ def test_tidy_names_a_runs_overrides_in_its_title_once(tmp_path):
 def test_a_run_with_overrides_suffixes_the_labels_it_defines_and_its_references_to_them():
     import nbformat
 
-    from flatlib.runner import _suffix_labels
+    from flatlib.publishing.notebooks import _suffix_labels
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("As {numref}`fig-a` shows, and {ref}`the table <tab-b>`; "
                                       "not {numref}`fig-other`."),
@@ -398,11 +399,11 @@ def test_a_chapter_whose_code_changed_on_disk_while_it_ran_is_not_published(book
                                                  ("1", [1], "takes a list of integers like [1]")])
 def test_a_value_of_the_wrong_type_is_refused_in_words(raw, default, words):
     with pytest.raises(runner.ChapterError, match=words.replace("[", r"\[").replace("]", r"\]")):
-        runner._coerce("p", raw, default)
+        runner.coerce("p", raw, default)
 
 
 def test_the_provenance_links_its_commit_through_the_commit_role():
-    text = runner._provenance({"git_commit": "0123456789abcdef0123456789abcdef01234567"}, [], None)
+    text = notebooks._provenance({"git_commit": "0123456789abcdef0123456789abcdef01234567"}, [], None)
     assert "git {commit}`0123456789abcdef0123456789abcdef01234567`" in text
 
 

@@ -297,5 +297,5 @@ def test_the_source_archive_of_the_commit_downloads_from_the_landing_page(site):
             names = archive.getnames()
         browser.close()
     tracked = subprocess.run(["git", "ls-files"], cwd=report.ROOT, capture_output=True, text=True).stdout.split()
-    assert len(names) >= len(tracked) and any(n.endswith("/flatlib/plots.py") for n in names)
+    assert len(names) >= len(tracked) and any(n.endswith("/flatlib/publishing/plots.py") for n in names)
     assert "source.tar.gz" not in tracked

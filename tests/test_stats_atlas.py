@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from flatlib import stats
+from flatlib.engine import reliability
 
 
 def test_fisher_z_test_matches_a_hand_computation():
@@ -105,7 +106,7 @@ def test_an_image_bootstrap_would_be_biased_upward():
     expected = s ** 2 / (s ** 2 + p * (1 - p) / images)
     rng = np.random.default_rng(3)
     correct = _simulated_correct(p + s * rng.standard_normal(300), images, rng)
-    boot = [stats._spearman_brown(stats._split_half(correct[:, rng.integers(0, images, images)], 1, rng))
+    boot = [reliability._spearman_brown(reliability._split_half(correct[:, rng.integers(0, images, images)], 1, rng))
             for _ in range(30)]
     assert np.percentile(boot, 2.5) > expected
 

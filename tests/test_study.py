@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatlib import data, models, reparam, store, study
+from flatlib import data, models, networks, reparam, store, study
 from flatlib import measures as fmeasures
 from flatlib import train as ftrain
 from flatlib._version import code_version, import_closure
 from flatlib.train import TrainConfig
 
 TINY = dict(dataset="mnist", n=128, widths=(16,), batch_size=32, epochs=1, target_train_acc=None)
-PACKAGE = Path(fmeasures.__file__).resolve().parent
+PACKAGE = Path(fmeasures.__file__).resolve().parents[1]  # flatlib/, the measures in flatlib/engine/
 
 
 @pytest.fixture
@@ -43,17 +43,17 @@ def test_second_request_is_served_from_the_store_with_identical_weights(counted_
 
 def _killed_at_seed(monkeypatch, seed, run):
     """Run ``run()`` with the process 'killed' (KeyboardInterrupt) while saving network ``seed``."""
-    real_save = study.save_network
+    real_save = networks.save_network
 
     def killed(result):
         if result.config.seed == seed:
             raise KeyboardInterrupt
         return real_save(result)
 
-    monkeypatch.setattr(study, "save_network", killed)
+    monkeypatch.setattr(networks, "save_network", killed)
     with pytest.raises(KeyboardInterrupt):
         run()
-    monkeypatch.setattr(study, "save_network", real_save)
+    monkeypatch.setattr(networks, "save_network", real_save)
 
 
 def test_interrupted_sweep_resumes_and_trains_only_what_is_missing(counted_training, monkeypatch):
@@ -161,10 +161,11 @@ def test_both_tables_build_the_same_row_for_the_same_network():
 # ------------------------------------------------------------- keys follow versions, not bytes
 
 def test_the_provenance_hash_covers_every_module_measures_and_training_import():
-    assert set(import_closure("flatlib.measures")) >= {
-        "flatlib", "flatlib.data", "flatlib.hessian", "flatlib.measures", "flatlib.models", "flatlib.pacbayes",
-        "flatlib.reparam"}
-    assert set(import_closure("flatlib.train")) >= {"flatlib", "flatlib.data", "flatlib.models", "flatlib.train"}
+    assert set(import_closure("flatlib.engine.measures")) >= {
+        "flatlib", "flatlib.engine", "flatlib.engine.data", "flatlib.engine.hessian", "flatlib.engine.measures",
+        "flatlib.engine.models", "flatlib.engine.pacbayes", "flatlib.engine.reparam"}
+    assert set(import_closure("flatlib.engine.train")) >= {"flatlib", "flatlib.engine.data", "flatlib.engine.models",
+                                                          "flatlib.engine.train"}
 
 
 def test_import_closure_follows_every_form_of_import(tmp_path):
@@ -220,13 +221,13 @@ def test_a_code_edit_rekeys_nothing_and_a_version_bump_rekeys_exactly_what_it_ve
     a network, of one of its measures and of its test accuracy."""
     edits = {
         "unchanged": [],
-        "train edited": [("train.py", "", "\nAN_EDITED_CONSTANT = 1  # an edited comment\n")],
-        "hessian edited": [("hessian.py", "", "\nAN_EDITED_CONSTANT = 1\n")],
-        "train bumped": [("train.py", "\nVERSION = 2\n", "\nVERSION = 3\n")],
-        "data bumped": [("data.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
-        "hessian_trace bumped": [("measures.py", '@register("hessian_trace", "sharpness", invariant=False)',
+        "train edited": [("engine/train.py", "", "\nAN_EDITED_CONSTANT = 1  # an edited comment\n")],
+        "hessian edited": [("engine/hessian.py", "", "\nAN_EDITED_CONSTANT = 1\n")],
+        "train bumped": [("engine/train.py", "\nVERSION = 2\n", "\nVERSION = 3\n")],
+        "data bumped": [("engine/data.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
+        "hessian_trace bumped": [("engine/sharpness.py", '@register("hessian_trace", "sharpness", invariant=False)',
                                   '@register("hessian_trace", "sharpness", invariant=False, version=2)')],
-        "study bumped": [("study.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
+        "study bumped": [("experiments/study.py", "\nVERSION = 1\n", "\nVERSION = 2\n")],
     }
     roots = {}
     for label, changes in edits.items():
@@ -257,13 +258,14 @@ def test_the_running_package_keeps_the_version_it_was_imported_with(monkeypatch,
     """An edit on disk during a long run must not re-key what the already-imported code computes."""
     from flatlib import _version
 
-    before = code_version("flatlib.reparam")
+    before = code_version("flatlib.engine.reparam")
     copy = tmp_path / "flatlib"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "reparam.py").write_text((copy / "reparam.py").read_text() + "\n# edited\n")
+    edited = copy / "engine" / "reparam.py"
+    edited.write_text(edited.read_text() + "\n# edited\n")
     monkeypatch.setattr(_version, "_ROOT", tmp_path)
-    assert code_version("flatlib.reparam") == before
-    assert code_version("flatlib.reparam", tmp_path) != before
+    assert code_version("flatlib.engine.reparam") == before
+    assert code_version("flatlib.engine.reparam", tmp_path) != before
 
 
 def test_usable_networks_are_the_ones_that_did_not_diverge_and_too_few_is_one_clear_error():
