@@ -91,3 +91,20 @@ def test_the_bottom_line_says_what_each_reading_found(tmp_path):
            "that weakness rather than sharpness predicts generalisation, is contradicted on MNIST (C2)" in line
     assert line.endswith("Under the geometric reading (how far an input moves before its label changes), it is "
                          "supported on MNIST (C2).")
+
+
+def test_the_bottom_line_names_a_verdict_its_rule_returns_in_fewer_than_half_the_replicates(tmp_path):
+    from flatlib import report
+
+    book = tmp_path / "book"
+    (book / "c").mkdir(parents=True)
+    row = report.scoreboard_row(claims.Verdict("C2", "contradicted", ()), "x",
+                                {"contradicted": 0.52, "not supported": 0.48},
+                                geometric=(claims.Verdict("C2", "supported", ()), {"supported": 0.12,
+                                                                                   "partly supported": 0.88}))
+    (book / "c" / "summary.json").write_text(json.dumps({"chapter": "c", "computations": keys.used(),
+                                                         "scoreboard": [row]}))
+    line = scoreboard.bottom_line(book)
+    assert "is contradicted on MNIST (C2)" in line  # 52 %: the likeliest state, said plainly
+    assert line.endswith("it is supported (in 12 % of bootstrap replicates) on MNIST (C2).")
+

@@ -209,6 +209,16 @@ def test_weighted_trend_rejects_degenerate_input():
         stats.weighted_trend([1, 2, 3], [0, 1], [1, 1])
 
 
+def test_format_pvalue_never_rounds_a_p_value_onto_a_significance_level():
+    assert stats.format_pvalue(0.0499) == "0.0499"  # 2 figures would say 0.05, which the rule reads as not significant
+    assert stats.format_pvalue(0.0504) == "0.0504"
+    assert stats.format_pvalue(0.049996) == "0.049996"
+    assert stats.format_pvalue(0.05) == "0.05"
+    assert stats.format_pvalue(0.047) == "0.047"
+    assert stats.format_pvalue(0.0095) == "0.0095"
+    assert stats.format_pvalue(0.00996) == "0.00996"
+
+
 def test_format_pvalue_shows_a_monte_carlo_floor_as_a_bound():
     assert stats.format_pvalue(1 / 10001, n_resamples=10000) == "< 1e-4"
     assert stats.format_pvalue(0.000123) == "0.00012"

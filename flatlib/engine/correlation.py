@@ -385,8 +385,13 @@ def weighted_trend(x, y, se) -> TrendResult:
                        n=int(x.size))
 
 
+# Significance levels a reader compares p-values with: a p-value is never rounded onto one.
+_THRESHOLDS = (0.001, 0.01, 0.05, 0.1)
+
+
 def format_pvalue(p: float, n_resamples: int | None = None) -> str:
-    """A p-value as a reader should see it: two significant figures, and a Monte Carlo
+    """A p-value as a reader should see it: two significant figures (more where two would round
+    it onto a significance level: 0.0499, not 0.05), and a Monte Carlo
     p-value at its floor 1 / (n_resamples + 1) as a bound, never a value: the smallest power of
     ten 1e-k at or above the floor, "< 1e-4" (10,000 resamples) or, when the floor is that power
     itself, "≤ 1e-4" (9,999 resamples)."""
@@ -396,7 +401,11 @@ def format_pvalue(p: float, n_resamples: int | None = None) -> str:
         # in integers, so that a floor that is exactly a power of ten is recognised as one
         k = len(str(int(n_resamples) + 1)) - 1
         return f"{'≤' if int(n_resamples) + 1 == 10 ** k else '<'} 1e-{k}"
-    return f"{p:.2g}"
+    shown, digits = f"{p:.2g}", 2
+    while float(shown) in _THRESHOLDS and p != float(shown) and digits < 6:  # 0.0499 is not 0.05
+        digits += 1
+        shown = f"{p:.{digits}g}"
+    return shown
 
 
 def p_text(p: float, n_resamples: int | None = None) -> str:

@@ -54,6 +54,27 @@ def geometric_verdicts(book: Path = BOOK) -> dict[str, str]:
             if not runner.staleness(summary) for row in summary.get("scoreboard", []) if row.get("geometric")}
 
 
+def geometric_stabilities(book: Path = BOOK) -> dict[str, dict[str, float]]:
+    """The geometric reading's stability of each claim whose current summary carries one."""
+    return {row["claim"]: row["geometric"]["stability"] for _, summary in summaries(book)
+            if not runner.staleness(summary) for row in summary.get("scoreboard", [])
+            if row.get("geometric", {}).get("stability")}
+
+
+# A verdict its own rule returns in fewer than this share of bootstrap replicates is named as
+# such wherever the bottom line states it: the headline state is then not even the likeliest.
+FRAGILE = 0.5
+
+
+def _firm(verdict: str, stability: dict[str, float] | None) -> str:
+    """``verdict``, with "(in N % of bootstrap replicates)" when its rule returns it in fewer than
+    ``FRAGILE`` of them."""
+    share = (stability or {}).get(verdict)
+    if share is None or share >= FRAGILE:
+        return verdict
+    return f"{verdict} (in {share * 100:.0f} % of bootstrap replicates)"
+
+
 def render(book: Path = BOOK) -> str:
     """The scoreboard as a Markdown table."""
     rows = {}
@@ -134,18 +155,22 @@ def bottom_line(book: Path = BOOK) -> str:
     known = [(cid, state[cid]) for cid in CENTRAL if state[cid] in STATES]
     second = "The paper's central claim, that weakness rather than sharpness predicts generalisation, "
     if known:
-        second += "is " + _listed([f"{verdict} {CENTRAL[cid]} ({cid})" for cid, verdict in known])
+        shares = stabilities(book)
+        second += "is " + _listed([f"{_firm(verdict, shares.get(cid))} {CENTRAL[cid]} ({cid})"
+                                   for cid, verdict in known])
         rest = [cid for cid in CENTRAL if state[cid] not in STATES]
         second += f", and waits for a run {_listed([CENTRAL[cid] for cid in rest])}." if rest else "."
     else:
         second += f"waits for those runs ({', '.join(CENTRAL)})."
     geometric = geometric_verdicts(book)
+    geometric_shares = geometric_stabilities(book)
     read = [(cid, geometric[cid]) for cid in CENTRAL if cid in geometric]
     if read:  # the central claim under the literal reading (above) and under the geometric one
         second = second.replace("The paper's central claim,", "Under the literal reading of weakness (labels left "
                                 "open, pre-registered), the paper's central claim,", 1)
         second += " Under the geometric reading (how far an input moves before its label changes), it is " + \
-            _listed([f"{verdict} {CENTRAL[cid]} ({cid})" for cid, verdict in read]) + "."
+            _listed([f"{_firm(verdict, geometric_shares.get(cid))} {CENTRAL[cid]} ({cid})"
+                     for cid, verdict in read]) + "."
     return f"{first} {second}"
 
 
