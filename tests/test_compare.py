@@ -87,9 +87,11 @@ def test_a_headline_number_is_named_by_its_path(copy):
 
 
 def test_a_verdict_that_moved_is_named_by_its_scoreboard_row(copy):
-    _edit_summary(copy, lambda s: s["scoreboard"][0].update(verdict="supported"))
+    published = json.loads((PUBLISHED / "summary.json").read_text())["scoreboard"][0]["verdict"]
+    moved = "supported" if published != "supported" else "contradicted"
+    _edit_summary(copy, lambda s: s["scoreboard"][0].update(verdict=moved))
     found = {d.where: d.what for d in compare.compare(copy, PUBLISHED).differences}
-    assert found == {"scoreboard[0].verdict": "'supported' against 'not supported'"}
+    assert found == {"scoreboard[0].verdict": f"'{moved}' against '{published}'"}
 
 
 def test_a_folder_is_not_compared_with_itself(copy):
