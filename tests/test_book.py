@@ -77,7 +77,11 @@ def test_out_of_range_values_are_refused_before_a_kernel_starts(chapter, name, v
 @pytest.mark.book
 @pytest.mark.parametrize("chapter", sorted(CHAPTERS))
 def test_chapter_smoke_run(chapter, tmp_path):
-    summary = runner.run(chapter, CHAPTERS[chapter].smoke, out=tmp_path / chapter, progress=False)
+    # One run checks two things: the chapter at its smoke parameters, overlaid with the first re-run
+    # example its page shows, smoke-sized (tests/test_rerun_examples.py runs the page's other examples).
+    from test_rerun_examples import first_example
+
+    summary = runner.run(chapter, first_example(chapter), out=tmp_path / chapter, progress=False)
     notebook = (tmp_path / chapter / f"{chapter}.ipynb").read_text()
     assert summary["headline"], "a chapter must report headline numbers"
     for row in summary["scoreboard"]:
