@@ -23,6 +23,12 @@ kl^{-1}(e_mc, ln(K / delta_mc) / samples) (Langford & Caruana 2002). With probab
 
     err(Q) <= kl^{-1}( e_up, (KL(Q || P) + ln(2 sqrt(n) K / delta)) / n )     (Maurer 2004).
 
+How the draws are evaluated (``_Sampler``): each draw is made once and every sigma of the grid
+is evaluated on it; where the network's first layer is a Linear on the input (the MLPs), its
+output under noise is assembled from one or two products of the data with the draw that no sigma
+changes, so each further sigma costs only the later layers. The perturbed weights are the same,
+bit for bit; the logits agree with a plain forward pass at the perturbed weights up to rounding.
+
 References: Langford & Seeger (2001); McAllester (1999); Maurer (2004); Dziugaite & Roy (2017);
 Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic generalization measures" (2020).
 """
@@ -32,6 +38,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 # The version of this module's computations (``flatlib.keys``): the kl-inverse, the bounds and the
@@ -42,6 +50,9 @@ VERSION = 1
 VERSION_NAME = "flatlib.pacbayes"
 
 DEFAULT_SIGMAS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+# The most memory a sampler keeps between calls (``_Sampler``): its draws, and apart from them the
+# first layer's per-draw products; what does not fit is made again at each call.
+KEEP_BYTES = 256 * 2 ** 20
 
 
 def kl_bernoulli(q: float, p: float) -> float:
@@ -92,11 +103,100 @@ def _gaussian_kl(mean_q, std_q, mean_p, std_p) -> float:
     return float((torch.log(std_p / std_q) + (var_q + (mean_q - mean_p) ** 2) / (2 * var_p) - 0.5).sum())
 
 
+def _posterior_std(kind: str, sigma: float, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The posterior's standard deviations (float64, like ``w``): sigma, or sigma |w_i| + eps."""
+    return torch.full_like(w, sigma) if kind == "isotropic" else sigma * w.abs() + eps
+
+
+def _error(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) != y).double().mean().item()
+
+
+class _FirstLinear:
+    """A network's first layer when it is an ``nn.Linear`` on the (flattened) input, split from
+    the layers after it. With the noise std = sigma a + c (isotropic: a = 1, c = 0; magnitude:
+    a = |w|, c = eps), its pre-activation at the weights (W + S * Xi, b + s_b * xi_b) is
+
+        x W^T + b  +  sigma (x (A * Xi)^T + a_b * xi_b)  +  c (x Xi^T + xi_b),
+
+    so each draw needs one product with x (isotropic) or two (magnitude) that no sigma changes,
+    and each sigma only the later, much cheaper layers. The perturbed weights of those layers are
+    the generic path's, bit for bit; the first layer's output equals its output up to the rounding
+    of a reordered sum (an argmax can flip only at a near-tie of two logits)."""
+
+    def __init__(self, first: nn.Linear, rest: nn.Sequential, h: torch.Tensor, w_model: torch.Tensor):
+        rows, cols = first.weight.shape
+        self.rest, self.h, self.shape = rest, h, (rows, cols)
+        self.has_bias = first.bias is not None
+        self.size = rows * cols + (rows if self.has_bias else 0)  # where the later layers' weights start
+        weight = w_model[:rows * cols].view(rows, cols)
+        bias = w_model[rows * cols:self.size] if self.has_bias else None
+        self.clean = F.linear(h, weight, bias)
+        self.abs_weight, self.abs_bias = weight.abs(), None if bias is None else bias.abs()
+        self.names = [name for name, _ in rest.named_parameters()]
+        self.shapes = [p.shape for p in rest.parameters()]
+
+    def products(self, kind: str, xi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(x Xi^T + xi_b,) for "isotropic"; (x (|W| * Xi)^T + |b| * xi_b, x Xi^T + xi_b) for "magnitude"."""
+        rows, cols = self.shape
+        xi_w = xi[:rows * cols].view(rows, cols)
+        xi_b = xi[rows * cols:self.size] if self.has_bias else None
+        plain = F.linear(self.h, xi_w, xi_b)
+        if kind == "isotropic":
+            return (plain,)
+        return F.linear(self.h, self.abs_weight * xi_w, None if xi_b is None else self.abs_bias * xi_b), plain
+
+    def logits(self, products, sigma: float, eps: float, rest_flat: torch.Tensor) -> torch.Tensor:
+        pre = torch.add(self.clean, products[0], alpha=sigma)
+        if len(products) == 2:
+            pre = pre.add_(products[1], alpha=eps)
+        params = dict(zip(self.names, (piece.view(shape) for piece, shape in
+                                       zip(torch.split(rest_flat, [s.numel() for s in self.shapes]), self.shapes))))
+        return functional_call(self.rest, params, (pre,))
+
+    def product_bytes(self, kind: str) -> int:
+        return (1 if kind == "isotropic" else 2) * self.h.shape[0] * self.shape[0] * self.h.element_size()
+
+
+def _first_linear(model, x: torch.Tensor, w_model: torch.Tensor) -> _FirstLinear | None:
+    """The split of ``_FirstLinear`` where it is exact, else None: ``model`` is a plain
+    ``nn.Sequential`` whose first module with parameters is an ``nn.Linear``, with only
+    ``nn.Flatten`` or ``nn.Identity`` before it, no parameter shared with a later module, and no
+    forward hooks on the model or that layer (``flatlib.models.mlp``, with or without BatchNorm;
+    not the CNN)."""
+    if type(model) is not nn.Sequential:
+        return None
+    layers = list(model)
+    k = next((i for i, layer in enumerate(layers) if any(True for _ in layer.parameters())), None)
+    if k is None or type(layers[k]) is not nn.Linear or any(type(m) not in (nn.Flatten, nn.Identity)
+                                                            for m in layers[:k]):
+        return None
+    first, rest = layers[k], nn.Sequential(*layers[k + 1:])
+    own = [first.weight] + ([first.bias] if first.bias is not None else [])
+    if [id(p) for p in model.parameters()] != [id(p) for p in own + list(rest.parameters())]:
+        return None
+    if any(m._forward_hooks or m._forward_pre_hooks for m in (model, first)):
+        return None
+    h = x
+    for layer in layers[:k]:
+        h = layer(h)
+    return _FirstLinear(first, rest, h, w_model) if h.dim() == 2 else None
+
+
 class _Sampler:
     """Error rates of the network at w + std * xi for seeded standard-normal draws xi; the
-    same draws for every std (common random numbers), so errors vary smoothly with sigma."""
+    same draws for every std (common random numbers), so errors vary smoothly with sigma.
 
-    def __init__(self, model, data, samples: int, seed: int):
+    The draws are made by one CPU generator seeded with ``seed``, ``samples`` calls of
+    ``torch.randn(P, dtype=model dtype)`` in a row, whatever is asked; a sampler keeps them for
+    its next calls when they fit in ``keep_bytes``. ``errors_at`` evaluates every sigma of a grid
+    on each draw in turn and, where ``_first_linear`` finds the split, through ``_FirstLinear``:
+    for a grid the per-draw products are made once and used for every sigma; for one sigma at a
+    time (a bisection) they are worth making only if kept, so they are kept when they fit in
+    ``keep_bytes`` (``samples`` x one or two n x width matrices), and otherwise the generic forward
+    runs."""
+
+    def __init__(self, model, data, samples: int, seed: int, keep_bytes: int | None = None):
         self.model = model
         self.names = [n for n, _ in model.named_parameters()]
         self.shapes = [p.shape for p in model.parameters()]
@@ -105,8 +205,13 @@ class _Sampler:
         x, y = data
         self.x, self.y = x.to(first.device, first.dtype), y.to(first.device)
         self.samples, self.seed = samples, seed
+        self.keep_bytes = KEEP_BYTES if keep_bytes is None else keep_bytes
         self.dtype, self.device = first.dtype, first.device
         self.w_model = self.w.to(first.device, first.dtype)  # draws are made in the model's precision
+        with torch.no_grad():
+            self.first = _first_linear(model, self.x, self.w_model)
+        self._kept_draws = None
+        self._kept_products = {}
 
     def _params(self, flat):
         out, i = {}, 0
@@ -123,13 +228,59 @@ class _Sampler:
             logits = functional_call(self.model, self._params(flat), (self.x,))
         finally:
             self.model.train(was_training)
-        return (logits.argmax(1) != self.y).double().mean().item()
+        return _error(logits, self.y)
+
+    def _draws(self):
+        if self._kept_draws is not None:
+            yield from self._kept_draws
+            return
+        gen = torch.Generator().manual_seed(self.seed)
+        size = self.w.numel()
+        kept = [] if self.samples * size * self.w_model.element_size() <= self.keep_bytes else None
+        for _ in range(self.samples):
+            xi = torch.randn(size, generator=gen, dtype=self.dtype).to(self.device)
+            if kept is not None:
+                kept.append(xi)
+            yield xi
+        self._kept_draws = kept
 
     def errors(self, std: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed)
+        """The ``samples`` error rates at w + ``std`` * xi (float32), by the generic forward."""
         std = std.to(self.device, self.dtype)
-        return torch.tensor([self.error_at(self.w_model + std * torch.randn(
-            self.w.numel(), generator=gen, dtype=self.dtype).to(self.device)) for _ in range(self.samples)])
+        return torch.tensor([self.error_at(self.w_model + std * xi) for xi in self._draws()])
+
+    @torch.no_grad()
+    def errors_at(self, kind: str, sigmas, eps: float = 1e-3, first_layer: bool = True) -> list[torch.Tensor]:
+        """For each sigma, what ``errors(_posterior_std(kind, sigma, w, eps))`` returns; the draws
+        outside, the sigmas inside. ``first_layer=False`` forces the generic forward."""
+        stds = [_posterior_std(kind, sigma, self.w, eps).to(self.device, self.dtype) for sigma in sigmas]
+        split = self.first if first_layer else None
+        keep = split is not None and self.samples * split.product_bytes(kind) <= self.keep_bytes
+        if len(sigmas) == 1 and not keep:
+            split = None
+        rows = [[] for _ in sigmas]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i, xi in enumerate(self._draws()):
+                if split is None:
+                    for row, std in zip(rows, stds):
+                        row.append(self.error_at(self.w_model + std * xi))
+                    continue
+                if keep:
+                    kept = self._kept_products.setdefault(kind, [])
+                    if i == len(kept):
+                        kept.append(split.products(kind, xi))
+                    products = kept[i]
+                else:
+                    products = split.products(kind, xi)
+                start = split.size
+                for row, sigma, std in zip(rows, sigmas, stds):
+                    rest = self.w_model[start:] + std[start:] * xi[start:]
+                    row.append(_error(split.logits(products, sigma, eps, rest), self.y))
+        finally:
+            self.model.train(was_training)
+        return [torch.tensor(row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -145,9 +296,8 @@ class BoundResult:
 
 
 def _stds(kind: str, sigma: float, w: torch.Tensor, w0_rms: torch.Tensor, eps: float):
-    if kind == "isotropic":
-        return torch.full_like(w, sigma), torch.full_like(w, sigma)
-    return sigma * w.abs() + eps, sigma * w0_rms + eps
+    prior = torch.full_like(w, sigma) if kind == "isotropic" else sigma * w0_rms + eps
+    return _posterior_std(kind, sigma, w, eps), prior
 
 
 def gaussian_bound(model, data, init, kind: str = "isotropic", sigmas=DEFAULT_SIGMAS, samples: int = 50,
@@ -170,15 +320,15 @@ def gaussian_bound(model, data, init, kind: str = "isotropic", sigmas=DEFAULT_SI
     w0 = _flat(init)
     w0_rms = torch.cat([torch.full((t.numel(),), t.detach().double().pow(2).mean().sqrt().item(), dtype=torch.float64)
                         for t in init])
-    sampler = _Sampler(model, data, samples, seed)
+    sampler = _Sampler(model, data, samples, seed, keep_bytes=0)  # one pass over the draws: nothing to keep
     if w0.numel() != sampler.w.numel():
         raise ValueError(f"init has {w0.numel()} values; the model has {sampler.w.numel()} parameters")
     n, k = len(sampler.y), len(sigmas)
     rows = []
-    for sigma in sigmas:
+    for sigma, errors in zip(sigmas, sampler.errors_at(kind, sigmas, eps)):
         std, std0 = _stds(kind, sigma, sampler.w, w0_rms, eps)
         kl = _gaussian_kl(sampler.w, std, w0, std0)
-        error_mc = sampler.errors(std).mean().item()
+        error_mc = errors.mean().item()
         error_upper = kl_inverse(error_mc, math.log(k / delta_mc) / samples)
         bound = kl_inverse(error_upper, (kl + math.log(2 * math.sqrt(n) * k / delta)) / n)
         rows.append((sigma, kl, error_mc, error_upper, bound))
@@ -200,8 +350,7 @@ def sharpness_sigma(model, data, kind: str = "isotropic", drop: float = 0.1, sam
     clean = 1 - sampler.error_at(sampler.w)
 
     def dropped(sigma):
-        std = torch.full_like(sampler.w, sigma) if kind == "isotropic" else sigma * sampler.w.abs() + eps
-        return clean - (1 - sampler.errors(std).mean().item()) >= drop
+        return clean - (1 - sampler.errors_at(kind, [sigma], eps)[0].mean().item()) >= drop
 
     if dropped(lo):
         return lo
