@@ -90,6 +90,7 @@ bench: data
 	$(BIN)/python -m benchmarks.ensemble_bench
 	$(BIN)/python -m benchmarks.ensemble_bench --members 16 --widths 64 64 --out benchmarks/results/ensemble_small.json
 	$(BIN)/python -m benchmarks.diagonal_bench
+	$(BIN)/python -m benchmarks.pacbayes_bench
 	$(BIN)/python -m benchmarks.malloc_bench
 	$(BIN)/python -m benchmarks.chapter_bench
 	$(BIN)/python -m benchmarks.store_bench
