@@ -34,6 +34,7 @@ Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic generalization measures"
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -208,10 +209,14 @@ class _Sampler:
         self.keep_bytes = KEEP_BYTES if keep_bytes is None else keep_bytes
         self.dtype, self.device = first.dtype, first.device
         self.w_model = self.w.to(first.device, first.dtype)  # draws are made in the model's precision
-        with torch.no_grad():
-            self.first = _first_linear(model, self.x, self.w_model)
         self._kept_draws = None
         self._kept_products = {}
+
+    @functools.cached_property
+    def first(self) -> _FirstLinear | None:
+        """The first-layer split (``_first_linear``), made at its first use."""
+        with torch.no_grad():
+            return _first_linear(self.model, self.x, self.w_model)
 
     def _params(self, flat):
         out, i = {}, 0
