@@ -264,6 +264,7 @@ def test_batch_sweep_needs_two_sizes():
 
 B_POS = corr(0.5, 0.0001, 0.3, 0.65)
 KL = 5000.0  # nats: certificates that are bounds
+W_NEG = corr(-0.4, 0.001, -0.6, -0.2)  # weakness predicts lower test error, the claim's sign
 
 
 @pytest.mark.parametrize("bound,given_w,w_given_b,verdict", [
@@ -274,12 +275,13 @@ KL = 5000.0  # nats: certificates that are bounds
     (corr(0.05, 0.6, -0.15, 0.25), corr(0.0, 0.9, -0.2, 0.2), corr(-0.3, 0.003, -0.5, -0.1), "inconclusive"),
 ])
 def test_pacbayes_link_states(bound, given_w, w_given_b, verdict):
-    assert claims.pacbayes_link(bound, given_w, w_given_b, median_kl=KL).verdict == verdict
+    assert claims.pacbayes_link(bound, given_w, w_given_b, median_kl=KL, weakness=W_NEG).verdict == verdict
 
 
 def test_pacbayes_link_weakness_of_the_wrong_sign_does_not_survive():
     # the review's case: a significant *positive* partial correlation of weakness with test error
-    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(0.3, 0.003, 0.1, 0.5), median_kl=KL)
+    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(0.3, 0.003, 0.1, 0.5), median_kl=KL,
+                               weakness=W_NEG)
     assert out.check("weakness survives the bound").state == "contradicted"
     assert out.verdict == "partly supported"
 
@@ -292,7 +294,8 @@ def test_pacbayes_link_weakness_of_the_wrong_sign_does_not_survive():
 ])
 def test_certificates_whose_median_kl_is_below_the_threshold_are_held_out_estimates_and_inconclusive(
         median_kl, state, verdict):
-    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=median_kl)
+    out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=median_kl,
+                               weakness=W_NEG)
     assert out.check("certificates are bounds").state == state
     assert out.verdict == verdict
     assert out.values["median_kl"] == median_kl and out.check("certificates are bounds").values["threshold"] == 1.0
@@ -301,7 +304,8 @@ def test_certificates_whose_median_kl_is_below_the_threshold_are_held_out_estima
 @pytest.mark.parametrize("median_kl", [None, float("nan"), -1.0, "12"])
 def test_a_missing_or_impossible_median_kl_is_refused(median_kl):
     with pytest.raises(ValueError, match="median_kl"):
-        claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=median_kl)
+        claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=median_kl,
+                             weakness=W_NEG)
 
 
 def test_saturated_bounds_are_masked():
@@ -311,7 +315,7 @@ def test_saturated_bounds_are_masked():
 
 def test_verdict_as_dict_carries_every_check_the_reading_and_the_certificate_kind():
     out = claims.pacbayes_link(B_POS, corr(0.1, 0.4, -0.1, 0.3), corr(-0.3, 0.003, -0.5, -0.1), median_kl=KL,
-                               saturated_count=4, reading="weakness_input_volume",
+                               weakness=W_NEG, saturated_count=4, reading="weakness_input_volume",
                                certificate="prior at initialisation")
     d = out.as_dict()
     assert d["verdict"] == "supported" and d["saturated"] == 4
@@ -346,8 +350,10 @@ def _draws(seed, n=40, k=4):
     return [rng.normal(size=n) for _ in range(k)]
 
 
-def _study(table):
-    return claims.pacbayes_link_study(table, n_resamples=999, certificate="prior at initialisation")
+def _study(table, **controls):
+    # the robustness partials are left out unless a test asks for them (their own tests below)
+    return claims.pacbayes_link_study(table, n_resamples=999, certificate="prior at initialisation",
+                                      **({"size": None, "fit": None} | controls))
 
 
 def test_a_bound_that_is_weakness_plus_its_own_noise_is_explained_by_it_and_weakness_survives():

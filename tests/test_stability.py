@@ -147,7 +147,8 @@ def test_the_pacbayes_link_adapter_judges_only_the_networks_at_the_training_loss
     table = pd.DataFrame({"dataset": "mnist", "environment": "e", "seed": range(40), "status": "ok",
                           "stopped_by": "target_train_loss", "certificate": 0.5 - 0.05 * z + 0.015 * e2,
                           "certificate_kl": 5000.0, "test_error": -z + 0.3 * e1, "weakness_open_labels": z,
-                          "weakness_input_volume": e3})
+                          "weakness_input_volume": e3, "train_size": np.repeat([10000, 20000], 20),
+                          "train_loss": 0.01 * rng.random(40)})
     # the chapter's way: claims.pacbayes_link_study over the networks at the target
     alone = claims.pacbayes_link_study(table, n_resamples=stability.RESAMPLES)[0]["weakness_open_labels"]
     assert alone.verdict == "supported"

@@ -145,7 +145,9 @@ C5_READINGS = ("weakness_open_labels", "weakness_input_volume")
 
 def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weakness_given_bound: dict | None,
                   median_kl: float, saturated_count: int = 0, reading: str = C5_READINGS[0],
-                  certificate: str = "", alpha: float = ALPHA, min_median_kl: float = MIN_MEDIAN_KL) -> Verdict:
+                  certificate: str = "", alpha: float = ALPHA, min_median_kl: float = MIN_MEDIAN_KL, *,
+                  weakness: dict | None = None, bound_given_size: dict | None = None,
+                  bound_given_fit: dict | None = None) -> Verdict:
     """C5, on the bound B and one reading W of weakness against test error, each correlation
     given as ``{"rho", "p", "ci_low", "ci_high", "n"}`` over the networks whose bound is not
     saturated; ``median_kl`` is the median KL (nats) of those networks' certificates and
@@ -164,7 +166,21 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
 
     Supported = both; partly supported = one; contradicted = neither and one contradicted;
     not supported otherwise. With fewer than ``MIN_NETWORKS`` unsaturated bounds, pass None for
-    the correlations: the verdict is inconclusive, for want of an informative bound."""
+    the correlations: the verdict is inconclusive, for want of an informative bound.
+
+    Repairs after the first full run on certificates that are bounds (rule version 2, disclosed
+    on the chapter's page; ``weakness`` is required with a bound):
+
+    * B can be explained by W only if W itself predicts test error with the claim's sign
+      (``weakness``: W against test error, negative and significant); otherwise "bound explained
+      by weakness" is not supported (contradicted stays contradicted).
+    * B must predict test error among networks trained on the same amount of data and fitted
+      as well: the check is repeated on B's partial correlation given the training-set size
+      (``bound_given_size``; the bound's own formula falls with n, and so does test error) and
+      given the training loss at the stop (``bound_given_fit``, the project's robustness check
+      of the common training loss, ``robust_to_fit``). A pooled "predicts" that either partial
+      does not reproduce makes the verdict inconclusive: there is then nothing about the
+      networks for weakness to explain. Pass None for a partial whose control does not vary."""
     if not (isinstance(median_kl, (int, float)) and math.isfinite(median_kl) and median_kl >= 0):
         raise ValueError(f"median_kl must be a finite number of nats >= 0 (the median KL of the study's "
                          f"certificates), got {median_kl!r}")
@@ -181,21 +197,30 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
     def ci(r):
         return (r["ci_low"], r["ci_high"])
 
+    if weakness is None:
+        raise ValueError("pass weakness= (the reading's correlation with test error): the bound can be "
+                         "explained by weakness only if weakness predicts test error with the claim's sign")
     predicts = directional("bound predicts test error", bound["rho"], bound["p"], ci(bound), +1, alpha)
+    robust = [directional(f"bound predicts test error given {control}", r["rho"], r["p"], ci(r), +1, alpha)
+              for control, r in (("the training-set size", bound_given_size),
+                                 ("the training loss", bound_given_fit)) if r is not None]
     raw, part = bound["rho"], bound_given_weakness["rho"]
+    claim_sign = weakness["p"] < alpha and weakness["rho"] < 0
     if bound_given_weakness["p"] < alpha and np.sign(part) == np.sign(raw):
         explained_state = "contradicted"
-    elif bound_given_weakness["p"] >= alpha and abs(part) <= 0.5 * abs(raw):
+    elif bound_given_weakness["p"] >= alpha and abs(part) <= 0.5 * abs(raw) and claim_sign:
         explained_state = "supported"
     else:
         explained_state = "not supported"
     explained = Check("bound explained by weakness", explained_state,
-                      {"rho_raw": raw, "rho_given_weakness": part, "p": bound_given_weakness["p"]})
+                      {"rho_raw": raw, "rho_given_weakness": part, "p": bound_given_weakness["p"],
+                       "weakness_rho": weakness["rho"], "weakness_p": weakness["p"]})
     survives = directional("weakness survives the bound", weakness_given_bound["rho"], weakness_given_bound["p"],
                            ci(weakness_given_bound), -1, alpha)
-    checks = (is_bound, predicts, explained, survives)
+    checks = (is_bound, predicts, *robust, explained, survives)
     values["networks_used"] = int(bound["n"])
-    if is_bound.state != "supported" or predicts.state != "supported":
+    if is_bound.state != "supported" or predicts.state != "supported" or \
+            any(c.state != "supported" for c in robust):
         return Verdict("C5", "inconclusive", checks, values)
     held = [c.state for c in (explained, survives)]
     if held.count("supported") == 2:
@@ -211,7 +236,7 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
 
 def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificate_kl", target: str = "test_error",
                         readings=C5_READINGS, certificate: str = "", n_resamples: int = 10000, seed: int = 0,
-                        alpha: float = ALPHA):
+                        alpha: float = ALPHA, size: str | None = "train_size", fit: str | None = "train_loss"):
     """C5 on a per-network table: ``(verdicts, correlations)``, one ``pacbayes_link`` verdict per
     weakness reading (``readings``, primary first) and the correlations they rest on.
 
@@ -222,10 +247,14 @@ def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificat
     same networks (over all of them when every bound is saturated). ``correlations`` has one row
     per correlation (x, y, controlling for, rho, ci_low, ci_high, p_perm, n), the raw B-target row
     once. The caller chooses the networks (e.g. those at the common training loss,
-    ``flatlib.study.at_target``)."""
+    ``flatlib.study.at_target``). ``size`` and ``fit`` name the columns of the training-set size
+    and the training loss at the stop: B's partial correlation with ``target`` given each is
+    the rule's robustness check (given the size only where the size varies among the networks
+    used); None leaves a check out (hand-built tables that test the other branches)."""
     import pandas as pd
 
-    missing = [c for c in (bound, kl, target, *readings) if c not in table.columns]
+    controls = [c for c in (size, fit) if c is not None]
+    missing = [c for c in (bound, kl, target, *readings, *controls) if c not in table.columns]
     if missing:
         raise ValueError(f"the table lacks the column(s) {missing}; it has {list(table.columns)}")
     if not len(readings):
@@ -259,9 +288,13 @@ def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificat
     for w in readings:
         raw = correlate(bound, target)
         given_w, w_given_b = correlate(bound, target, w), correlate(w, target, bound)
-        correlate(w, target)
         correlate(bound, w)
-        verdicts[w] = pacbayes_link(raw, given_w, w_given_b, reading=w, **common)
+        robust = {"bound_given_size": correlate(bound, target, size) if size is not None
+                  and used[size].nunique() > 1 else None,
+                  "bound_given_fit": correlate(bound, target, fit) if fit is not None
+                  and used[fit].nunique() > 1 else None}
+        verdicts[w] = pacbayes_link(raw, given_w, w_given_b, reading=w, weakness=correlate(w, target), **robust,
+                                    **common)
     return verdicts, pd.DataFrame(rows, columns=columns)
 
 
