@@ -108,6 +108,7 @@ def _python(root: Path, script: str, *args) -> str:
     return out.stdout
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_pure_refactor_of_training_rekeys_nothing_and_leaves_every_chapter_as_current(tmp_path):
     """A helper moved to another module, locals renamed, a new option whose default keeps the old
     behaviour: the same keys, the same stale chapters (and reasons), the same fingerprints."""
@@ -141,6 +142,7 @@ def test_a_pure_refactor_of_training_rekeys_nothing_and_leaves_every_chapter_as_
     ("engine/sharpness.py", "u = (u.detach() + 0.25 * torch.sign(g))", "u = (u.detach() + 0.26 * torch.sign(g))",
      "measure:adaptive_sharpness"),  # a measure's constant
 ])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_behaviour_change_that_forgot_its_bump_fails_naming_it(tmp_path, module, old, new, canary):
     root = _copy(tmp_path, "changed")
     _edit(root, module, old, new)

@@ -109,6 +109,7 @@ def _data_for(mnist, flat):
 
 
 @pytest.mark.parametrize("kind", ["isotropic", "magnitude"])
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_every_draw_at_every_sigma_counts_the_loops_errors(trained, mnist, kind):
     for label, model, splits, flat in _cases(trained):
         data = _data_for(mnist, flat)

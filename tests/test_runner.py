@@ -407,6 +407,7 @@ def test_the_provenance_links_its_commit_through_the_commit_role():
     assert "git {commit}`0123456789abcdef0123456789abcdef01234567`" in text
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_run_says_its_folder_its_page_and_its_verdict(book, tmp_path, capsys):
     out = tmp_path / "runs" / "said"
     assert main(["run", "echo", "--out", str(out), "--no-progress", "-p", "n", "2"]) == 0
@@ -422,6 +423,7 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_page_of_a_run_renders_its_maths_offline_and_resolves_its_citations(tmp_path):
     run = tmp_path / "demo"
     run.mkdir()

@@ -186,6 +186,7 @@ def test_a_constraint_naming_no_parameter_is_an_error_of_the_manifest(book, tmp_
         runner.validate("echo", {})
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_every_constraint_holds_at_the_defaults_the_smoke_and_the_published_parameters():
     for name, chapter in runner.manifest().items():
         runner.validate(name, {})
@@ -209,11 +210,13 @@ def test_a_run_into_a_published_folder_at_other_parameters_is_refused(book, tmp_
     assert not (book / "echo" / "summary.json").exists()
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_run_into_a_published_folder_at_its_published_parameters_proceeds(book):
     runner.run("echo", {"n": "3"}, out=book / "echo", progress=False)  # n = 3 is the default
     assert json.loads((book / "echo" / "summary.json").read_text())["headline"]["total"] == 4.5
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_force_publish_lets_a_run_replace_its_chapters_published_run(book, capsys):
     assert main(["run", "echo", "--out", str(book / "echo"), "--no-progress", "-p", "n", "2", "--force-publish"]) == 0
     assert json.loads((book / "echo" / "summary.json").read_text())["headline"]["total"] == 3.0
@@ -279,6 +282,7 @@ def test_the_chapter_listing_offers_no_out_dir(capsys):
     assert "out_dir" not in listing and "bits = 8" in listing
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_sigterm_stops_the_run_and_its_kernel_like_ctrl_c(book, tmp_path):
     proc, hold, out = echo._held_run(book, tmp_path)
     kernel = None

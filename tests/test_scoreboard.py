@@ -1,6 +1,8 @@
 """The landing page's bottom line and the order of its claims, from the verdicts alone."""
 import json
 
+import pytest
+
 from flatlib import claims, keys, runner, scoreboard
 
 
@@ -17,6 +19,7 @@ def _book(tmp_path, rows: dict[str, str], stale: tuple[str, ...] = ()):
     return book
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_the_bottom_line_counts_each_verdict_and_says_where_the_central_claim_stands(tmp_path):
     rows = {"C1": "supported", "C7": "supported", "C4": "partly supported", "C2": "not supported",
             "C3": "contradicted", "C2+": "contradicted", "C5": "contradicted", "C6": "not supported",
@@ -51,6 +54,7 @@ def test_the_claims_follow_the_chapters_order():
     assert [re.match(r"\| \[?([^\]:]+)", line).group(1) for line in table.splitlines()[2:]] == order
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_the_committed_bottom_line_is_generated_from_the_summaries():
     assert scoreboard.current(start=scoreboard.BOTTOM_START, end=scoreboard.BOTTOM_END) == scoreboard.bottom_line(), \
         "run `python -m flatlib scoreboard` and commit"

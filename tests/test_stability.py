@@ -18,6 +18,7 @@ def test_a_clear_cut_table_gives_every_replicate_to_one_verdict():
     assert stability.batch_sweep(table, 0.0025, replicates=100) == {"supported": 1.0}
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_table_on_a_threshold_splits_the_replicates():
     # at n = 60,000 a gap whose interval's upper end sits on the 0.25-point margin: whether it has
     # vanished depends on which seeds a replicate draws
@@ -42,6 +43,7 @@ def test_stability_is_reproducible_from_its_seed_and_reuses_the_rule_unchanged()
     assert a == claims.stability(rule, table, replicates=30, seed=4, units=("seed",), within=("n",))
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_replicate_the_rule_cannot_judge_counts_as_inconclusive():
     # two seeds: at each size half the replicates draw one seed twice, whose gap then has no spread, so the
     # rule refuses three replicates in four (both sizes keep two seeds with probability 1/4)

@@ -216,6 +216,7 @@ def _edited(path, old, new):
     path.write_text(text.replace(old, new, 1))
 
 
+@pytest.mark.slow  # over 2 s: left out of make test-fast
 def test_a_code_edit_rekeys_nothing_and_a_version_bump_rekeys_exactly_what_it_versions(tmp_path):
     """On copies of the package, each edited once, a fresh interpreter computes the store keys of
     a network, of one of its measures and of its test accuracy."""
