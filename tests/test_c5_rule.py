@@ -88,3 +88,20 @@ def test_a_size_that_does_not_vary_leaves_its_check_out_and_a_missing_column_is_
     assert "bound predicts test error given the training loss" in names
     with pytest.raises(ValueError, match="train_loss"):
         claims.pacbayes_link_study(one_size.drop(columns="train_loss"), n_resamples=999)
+
+
+def test_version_1_is_kept_to_show_what_the_repairs_moved():
+    wrong_sign = corr(+0.7, 0.0001, 0.5, 0.8)
+    reversed_within = corr(-0.5, 0.0001, -0.65, -0.3)
+    old = claims.pacbayes_link(B_POS, EXPLAINED, SURVIVES, median_kl=KL, weakness=wrong_sign,
+                               bound_given_size=reversed_within, version=1)
+    assert old.verdict == "supported" and [c.name for c in old.checks] == [
+        "certificates are bounds", "bound predicts test error", "bound explained by weakness",
+        "weakness survives the bound"]
+    assert claims.pacbayes_link(B_POS, EXPLAINED, SURVIVES, median_kl=KL, weakness=wrong_sign,
+                                bound_given_size=reversed_within).verdict == "inconclusive"
+    table = _simpson()
+    assert claims.pacbayes_link_study(table, n_resamples=999, version=1)[0]["weakness_open_labels"].verdict != \
+        "inconclusive"
+    with pytest.raises(ValueError, match="versions 1 and 2"):
+        claims.pacbayes_link(B_POS, EXPLAINED, SURVIVES, median_kl=KL, weakness=W_NEG, version=3)

@@ -147,7 +147,7 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
                   median_kl: float, saturated_count: int = 0, reading: str = C5_READINGS[0],
                   certificate: str = "", alpha: float = ALPHA, min_median_kl: float = MIN_MEDIAN_KL, *,
                   weakness: dict | None = None, bound_given_size: dict | None = None,
-                  bound_given_fit: dict | None = None) -> Verdict:
+                  bound_given_fit: dict | None = None, version: int = 2) -> Verdict:
     """C5, on the bound B and one reading W of weakness against test error, each correlation
     given as ``{"rho", "p", "ci_low", "ci_high", "n"}`` over the networks whose bound is not
     saturated; ``median_kl`` is the median KL (nats) of those networks' certificates and
@@ -180,7 +180,12 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
       given the training loss at the stop (``bound_given_fit``, the project's robustness check
       of the common training loss, ``robust_to_fit``). A pooled "predicts" that either partial
       does not reproduce makes the verdict inconclusive: there is then nothing about the
-      networks for weakness to explain. Pass None for a partial whose control does not vary."""
+      networks for weakness to explain. Pass None for a partial whose control does not vary.
+
+    ``version=1`` applies the rule as it was before these repairs (``weakness`` and the partials
+    are then ignored), so that the chapter can show what each repair moved."""
+    if version not in (1, 2):
+        raise ValueError(f"C5's rule has versions 1 and 2, not {version!r}")
     if not (isinstance(median_kl, (int, float)) and math.isfinite(median_kl) and median_kl >= 0):
         raise ValueError(f"median_kl must be a finite number of nats >= 0 (the median KL of the study's "
                          f"certificates), got {median_kl!r}")
@@ -197,6 +202,8 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
     def ci(r):
         return (r["ci_low"], r["ci_high"])
 
+    if version == 1:
+        weakness, bound_given_size, bound_given_fit = {"rho": -1.0, "p": 0.0}, None, None
     if weakness is None:
         raise ValueError("pass weakness= (the reading's correlation with test error): the bound can be "
                          "explained by weakness only if weakness predicts test error with the claim's sign")
@@ -236,7 +243,8 @@ def pacbayes_link(bound: dict | None, bound_given_weakness: dict | None, weaknes
 
 def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificate_kl", target: str = "test_error",
                         readings=C5_READINGS, certificate: str = "", n_resamples: int = 10000, seed: int = 0,
-                        alpha: float = ALPHA, size: str | None = "train_size", fit: str | None = "train_loss"):
+                        alpha: float = ALPHA, size: str | None = "train_size", fit: str | None = "train_loss",
+                        version: int = 2):
     """C5 on a per-network table: ``(verdicts, correlations)``, one ``pacbayes_link`` verdict per
     weakness reading (``readings``, primary first) and the correlations they rest on.
 
@@ -250,9 +258,12 @@ def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificat
     ``flatlib.study.at_target``). ``size`` and ``fit`` name the columns of the training-set size
     and the training loss at the stop: B's partial correlation with ``target`` given each is
     the rule's robustness check (given the size only where the size varies among the networks
-    used); None leaves a check out (hand-built tables that test the other branches)."""
+    used); None leaves a check out (hand-built tables that test the other branches). ``version``:
+    the rule's (``pacbayes_link``); version 1 computes neither partial."""
     import pandas as pd
 
+    if version == 1:
+        size = fit = None
     controls = [c for c in (size, fit) if c is not None]
     missing = [c for c in (bound, kl, target, *readings, *controls) if c not in table.columns]
     if missing:
@@ -265,7 +276,8 @@ def pacbayes_link_study(table, bound: str = "certificate", kl: str = "certificat
     used = table[~full]
     # over the certificates that enter the correlations; where none does, over every one given
     median_kl = float(np.median((used if len(used) else table)[kl]))
-    common = dict(median_kl=median_kl, saturated_count=int(full.sum()), certificate=certificate, alpha=alpha)
+    common = dict(median_kl=median_kl, saturated_count=int(full.sum()), certificate=certificate, alpha=alpha,
+                  version=version)
     columns = ["x", "y", "controlling for", "rho", "ci_low", "ci_high", "p_perm", "n"]
     if len(used) < MIN_NETWORKS:
         verdicts = {w: pacbayes_link(None, None, None, reading=w, **common) for w in readings}

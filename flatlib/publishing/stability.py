@@ -152,24 +152,26 @@ def batch_sweep(table, margin: float, paper: dict | None = None, replicates: int
 # C5 -----------------------------------------------------------------------------------------
 
 def pacbayes_link_verdict(table, dataset: str, weakness: str = "weakness_open_labels",
-                          resamples: int = RESAMPLES, seed: int = 0):
+                          resamples: int = RESAMPLES, seed: int = 0, version: int = 2):
     """``claims.pacbayes_link_study`` on the chapter's per-network table (``pacbayes_networks.csv``)
     for ``dataset`` and the reading ``weakness``, as the chapter does: over the networks at the
     common training loss, on the certificates with the prior at initialisation (column
     ``certificate``, its KL ``certificate_kl``)."""
     part = table[(table["dataset"] == dataset) & (table["status"] == "ok")
                  & (table["stopped_by"] == "target_train_loss")]
-    verdicts, _ = claims.pacbayes_link_study(part, readings=(weakness,), n_resamples=resamples, seed=seed)
+    verdicts, _ = claims.pacbayes_link_study(part, readings=(weakness,), n_resamples=resamples, seed=seed,
+                                             version=version)
     return verdicts[weakness]
 
 
 def pacbayes_link(table, dataset: str, replicates: int = claims.STABILITY_REPLICATES, seed: int = 0,
-                  resamples: int = RESAMPLES) -> dict[str, float]:
+                  resamples: int = RESAMPLES, version: int = 2) -> dict[str, float]:
     """C5: the networks of ``dataset`` resampled with replacement (each environment's seed is one
     network; the correlations, as in the chapter, pool every environment)."""
     part = table[table["dataset"] == dataset].assign(
         network=lambda t: t["environment"].astype(str) + "/" + t["seed"].astype(str))
-    return claims.stability(lambda t: pacbayes_link_verdict(t, dataset, resamples=resamples, seed=seed), part,
+    return claims.stability(lambda t: pacbayes_link_verdict(t, dataset, resamples=resamples, seed=seed,
+                                                            version=version), part,
                             replicates, seed, units=("network",))
 
 
