@@ -83,6 +83,16 @@ def test_a_state_outside_the_list_is_an_error():
         claims.Verdict("C1", "yes", ())
 
 
+def test_a_check_the_rule_stopped_before_is_named_not_a_stopiteration():
+    # C5 with too few unsaturated bounds stops after its first two checks
+    v = claims.pacbayes_link(None, None, None, reading="weakness", saturated_count=20, median_kl=10.0)
+    assert [c.name for c in v.checks] == ["certificates are bounds", "bound predicts test error"]
+    with pytest.raises(KeyError, match="bound explained by weakness"):
+        v.check("bound explained by weakness")
+    assert v.state("bound explained by weakness") == "not reached"
+    assert v.state("bound predicts test error") == "inconclusive"
+
+
 # ----------------------------------------------------------------------------- C1
 
 ALPHAS = [1, 3, 10, 30]

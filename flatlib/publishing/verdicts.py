@@ -39,7 +39,15 @@ class Verdict:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     def check(self, name: str) -> Check:
-        return next(c for c in self.checks if c.name == name)
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.claim}'s verdict has no check {name!r} (it has {[c.name for c in self.checks]}); "
+                       f"a rule that stops early (e.g. too few networks) leaves later checks out: use state()")
+
+    def state(self, name: str, missing: str = "not reached") -> str:
+        """The state of check ``name``, or ``missing`` where the rule stopped before it."""
+        return next((c.state for c in self.checks if c.name == name), missing)
 
     def describe(self) -> str:
         """The sub-claims and their states, for the prose."""
