@@ -141,3 +141,28 @@ def test_within_partial_is_partial_spearman_per_environment_and_margin(table):
     assert row.rho == pytest.approx(stats.spearman(first["good"], first["test_acc"], n_resamples=99).statistic)
     with pytest.raises(ValueError, match="jacobian_norm"):
         atlas.within_partial(table, "good", ["jacobian_norm"])
+
+
+def test_within_carries_the_partial_given_the_training_loss_and_pooled_pools_it(table):
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(2)
+    table = table.assign(train_loss=0.01 + 0.001 * rng.random(len(table)))
+    result = atlas.within(table, ["good", "noise"], n_resamples=99)
+    first = table[(table.environment == "adam n=5000 w=64 b=64") & (table.status == "ok")]
+    # oracle: Pearson correlation of the rank residuals after a least-squares fit on the control's ranks
+    rx, ry, rz = (rankdata(first[c]) for c in ("good", "test_acc", "train_loss"))
+    design = np.column_stack([np.ones_like(rz), rz])
+    res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+    row = result[(result.environment == "adam n=5000 w=64 b=64") & (result.measure == "good")].iloc[0]
+    assert row.rho_given_fit == pytest.approx(np.corrcoef(*res)[0, 1], abs=1e-12)
+    pooled = atlas.pooled(result).set_index("measure")
+    rule_input = atlas.within_partial(table, "good", ["train_loss"])  # what claims.robust_to_fit pools
+    direct = stats.pooled_correlation(rule_input["partial_rho"], rule_input["n"])
+    assert pooled.loc["good", "given_fit_rho"] == pytest.approx(direct.statistic, abs=1e-12)
+    assert pooled.loc["good", "given_fit_ci_low"] == pytest.approx(direct.interval.low, abs=1e-12)
+    # without the column, no partial: nothing to control for
+    assert "rho_given_fit" not in atlas.within(table.drop(columns="train_loss"), ["good"], n_resamples=99)
+    constant = atlas.within(table.assign(train_loss=0.01), ["good"], n_resamples=99)
+    assert constant["rho_given_fit"].isna().all()
+    assert np.isnan(atlas.pooled(constant)["given_fit_rho"]).all()

@@ -82,11 +82,17 @@ def configs(dataset: str, environment: Environment, seeds: int, lrs: dict, max_e
             for seed in range(first_seed, first_seed + seeds)]
 
 
-def within(table, measures: list[str], target: str = "test_acc", n_resamples: int = 2000, seed: int = 0):
+def within(table, measures: list[str], target: str = "test_acc", n_resamples: int = 2000, seed: int = 0,
+           given: str | None = "train_loss"):
     """One row per (dataset, environment, measure): ``stats.correlation_table`` of the measure
     with ``target`` over the environment's usable networks (status "ok"), with the
     environment's axes as columns and ``p`` set to the permutation p-value (the decision
-    p-value, as in the head-to-head) beside the asymptotic ``p_asymptotic``."""
+    p-value, as in the head-to-head) beside the asymptotic ``p_asymptotic``. Where the table has
+    the column ``given`` (the training loss at the stop, by default), ``rho_given_fit`` is the
+    measure's partial Spearman correlation with ``target`` given it
+    (``stats.partial_rank_correlation``; NaN where it is constant or fewer than four networks
+    have all three values), the robustness check every correlation table carries."""
+    import numpy as np
     import pandas as pd
 
     parts = []
@@ -99,6 +105,15 @@ def within(table, measures: list[str], target: str = "test_acc", n_resamples: in
         rows.insert(1, "environment", label)
         for i, axis in enumerate(AXES):
             rows.insert(2 + i, axis, group[axis].iloc[0])
+        if given is not None and given in group.columns:
+            partial = []
+            for measure in rows["measure"]:
+                part = group[[measure, target, given]].astype(float)
+                part = part[np.isfinite(part).all(axis=1)]
+                enough = len(part) >= 4 and all(part[c].nunique() > 1 for c in part.columns)
+                partial.append(stats.partial_rank_correlation(part[measure], part[target], part[given])
+                               if enough else np.nan)
+            rows["rho_given_fit"] = partial
         parts.append(rows)
     return pd.concat(parts, ignore_index=True)
 
@@ -130,20 +145,30 @@ def pooled(within):
     """One row per (dataset, measure) of a ``within`` table: the fixed-effect pooled rho over
     environments (``stats.pooled_correlation``) with its interval and p-value, Cochran's Q
     p-value, and the counts of environments where rho is positive, significantly positive and
-    significantly negative (decision p-value below 0.05)."""
+    significantly negative (decision p-value below 0.05). Where ``within`` has ``rho_given_fit``,
+    the same pooling of the partial correlations given the training loss (``given_fit_rho`` with
+    ``given_fit_ci_low``/``_high``), on the same counts as the verdict's robustness check."""
+    import numpy as np
     import pandas as pd
 
     rows = []
     for (dataset, measure), part in within.groupby(["dataset", "measure"], sort=False):
         result = stats.pooled_correlation(part["rho"], part["n"])
         significant = part["p"] < 0.05
-        rows.append({"dataset": dataset, "measure": measure, "pooled_rho": result.statistic,
-                     "ci_low": result.interval.low, "ci_high": result.interval.high, "p": result.pvalue,
-                     "Q_p": result.q_pvalue, "prediction_low": result.prediction.low,
-                     "prediction_high": result.prediction.high, "positive": int((part["rho"] > 0).sum()),
-                     "significant_positive": int((significant & (part["rho"] > 0)).sum()),
-                     "significant_negative": int((significant & (part["rho"] < 0)).sum()),
-                     "environments": int(len(part))})
+        row = {"dataset": dataset, "measure": measure, "pooled_rho": result.statistic,
+               "ci_low": result.interval.low, "ci_high": result.interval.high, "p": result.pvalue,
+               "Q_p": result.q_pvalue, "prediction_low": result.prediction.low,
+               "prediction_high": result.prediction.high, "positive": int((part["rho"] > 0).sum()),
+               "significant_positive": int((significant & (part["rho"] > 0)).sum()),
+               "significant_negative": int((significant & (part["rho"] < 0)).sum()),
+               "environments": int(len(part))}
+        if "rho_given_fit" in part.columns:
+            finite = part[np.isfinite(part["rho_given_fit"].astype(float))]
+            given = stats.pooled_correlation(finite["rho_given_fit"], finite["n"]) if len(finite) else None
+            row.update({"given_fit_rho": given.statistic if given else np.nan,
+                        "given_fit_ci_low": given.interval.low if given else np.nan,
+                        "given_fit_ci_high": given.interval.high if given else np.nan})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
