@@ -54,7 +54,7 @@ book: data mathjax
 
 test: data mathjax
 	$(BIN)/ruff check flatlib tests benchmarks
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --durations=25 tests
 
 # The quick loop while developing: every test but those marked slow, book (chapter runs and the
 # book build), browser and dask (pyproject.toml); meant to take under two minutes on two cores.
