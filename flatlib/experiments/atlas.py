@@ -92,7 +92,6 @@ def within(table, measures: list[str], target: str = "test_acc", n_resamples: in
     measure's partial Spearman correlation with ``target`` given it
     (``stats.partial_rank_correlation``; NaN where it is constant or fewer than four networks
     have all three values), the robustness check every correlation table carries."""
-    import numpy as np
     import pandas as pd
 
     parts = []
@@ -106,14 +105,7 @@ def within(table, measures: list[str], target: str = "test_acc", n_resamples: in
         for i, axis in enumerate(AXES):
             rows.insert(2 + i, axis, group[axis].iloc[0])
         if given is not None and given in group.columns:
-            partial = []
-            for measure in rows["measure"]:
-                part = group[[measure, target, given]].astype(float)
-                part = part[np.isfinite(part).all(axis=1)]
-                enough = len(part) >= 4 and all(part[c].nunique() > 1 for c in part.columns)
-                partial.append(stats.partial_rank_correlation(part[measure], part[target], part[given])
-                               if enough else np.nan)
-            rows["rho_given_fit"] = partial
+            rows["rho_given_fit"] = [_partial(group, measure, target, given)[2] for measure in rows["measure"]]
         parts.append(rows)
     return pd.concat(parts, ignore_index=True)
 
@@ -232,9 +224,7 @@ def within_partial(table, measure: str, given: list[str], target: str = "test_ac
     measure (``stats.partial_rank_correlation``) and ``n``: the input of
     ``flatlib.claims.beyond_margins``. Column names are passed in, so any measure the table
     carries can be the control."""
-    import numpy as np
     import pandas as pd
-    from scipy import stats as sps
 
     missing = sorted({measure, target, *given, "dataset", "environment", "status"} - set(table.columns))
     if missing:
@@ -243,12 +233,22 @@ def within_partial(table, measure: str, given: list[str], target: str = "test_ac
     ok = table[table["status"] == "ok"]
     for (dataset, label), group in ok.groupby(["dataset", "environment"], sort=False):
         for control in given:
-            part = group[[measure, target, control]].astype(float)
-            part = part[np.isfinite(part).all(axis=1)]
-            enough = len(part) >= 4 and all(part[c].nunique() > 1 for c in part.columns)
+            n, rho, partial = _partial(group, measure, target, control)
             rows.append({"dataset": dataset, "environment": label, "measure": measure, "given": control,
-                         "n": len(part),
-                         "rho": float(sps.spearmanr(part[measure], part[target]).statistic) if enough else np.nan,
-                         "partial_rho": stats.partial_rank_correlation(part[measure], part[target], part[control])
-                         if enough else np.nan})
+                         "n": n, "rho": rho, "partial_rho": partial})
     return pd.DataFrame(rows, columns=["dataset", "environment", "measure", "given", "n", "rho", "partial_rho"])
+
+
+def _partial(group, measure: str, target: str, control: str):
+    """``(n, rho, partial_rho)`` over the rows of ``group`` where the three columns are finite:
+    Spearman's rho of ``measure`` with ``target`` and its partial given ``control`` (NaN where
+    fewer than four rows remain or a column is constant)."""
+    import numpy as np
+    from scipy import stats as sps
+
+    part = group[[measure, target, control]].astype(float)
+    part = part[np.isfinite(part).all(axis=1)]
+    if len(part) < 4 or any(part[c].nunique() < 2 for c in part.columns):
+        return len(part), np.nan, np.nan
+    return (len(part), float(sps.spearmanr(part[measure], part[target]).statistic),
+            stats.partial_rank_correlation(part[measure], part[target], part[control]))
