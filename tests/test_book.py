@@ -73,7 +73,6 @@ def test_out_of_range_values_are_refused_before_a_kernel_starts(chapter, name, v
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.book
 @pytest.mark.parametrize("chapter", sorted(CHAPTERS))
 def test_chapter_smoke_run(chapter, tmp_path):
