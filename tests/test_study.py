@@ -91,6 +91,19 @@ def test_measures_are_memoised_per_network_name_and_options():
     assert len(calls) == 4
 
 
+def test_a_stored_measure_records_the_seconds_it_took_outside_its_key():
+    import time
+    config = TrainConfig(**TINY)
+
+    def slow():
+        time.sleep(0.05)
+        return 2.0
+
+    study.measure(config, "m", slow, tau=0.1)
+    entry = study.store.get_json(study.measure_key(config, "m", {"tau": 0.1}))
+    assert entry["value"] == 2.0 and 0.05 <= entry["seconds"] < 5
+
+
 def test_network_table_killed_halfway_resumes_without_retraining_or_remeasuring(counted_training, monkeypatch):
     configs = [TrainConfig(**{**TINY, "seed": s}) for s in range(4)]
     measured = []

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import inspect
 import math
+import time
 from typing import Callable, Iterable
 
 from flatlib.engine import data as fdata
@@ -115,14 +116,18 @@ def stored_measure(config: ftrain.TrainConfig, name: str, **options) -> float | 
 
 def measure(config: ftrain.TrainConfig, name: str, compute: Callable[[], float], **options) -> float:
     """The number ``name`` with ``options`` on the network of ``config``: from the store, or
-    ``compute()`` and stored."""
+    ``compute()`` and stored, with the seconds it took (``benchmarks/phases_bench.py`` reads
+    them; they are not part of the key)."""
     value = stored_measure(config, name, **options)
     if value is not None:
         return value
+    start = time.perf_counter()
     value = float(compute())
+    seconds = time.perf_counter() - start
     computed_by = fmeasures.__name__ if name in fmeasures.MEASURES or name in fmeasures.EXTRAS else __name__
     store.put_json(measure_key(config, name, options), {"measure": name, "options": keys.normalise(options),
-                                                        "value": value, "code": code_version(computed_by)})
+                                                        "value": value, "code": code_version(computed_by),
+                                                        "seconds": seconds})
     return value
 
 
