@@ -73,6 +73,22 @@ def test_sam_steps_from_w_with_the_gradient_at_the_ascent_point_of_a_quadratic()
 
 # ----------------------------------------------------------------------------- behaviour metrics
 
+def _history(accuracies):
+    return [{"epoch": i, "batch_loss": 0.1, "train_loss": 0.1, "train_acc": a} for i, a in enumerate(accuracies)]
+
+
+@pytest.mark.parametrize("accuracies, expected", [
+    ([0.90] * 15 + [0.905] * 15, True),            # means 0.90 then 0.905: half a point, within
+    ([0.90] * 15 + [0.915] * 15, False),           # 1.5 points: still rising
+    ([0.5] * 60 + [0.93] * 15 + [0.92] * 15, True),  # only the last 30 epochs count; a fall counts too
+    ([0.95, 0.85] * 15, True),                     # noisy but level: means 0.90 and 0.90
+    ([0.9] * 29, False),                           # fewer than 2 x 15 epochs
+])
+def test_converged_compares_the_last_15_epochs_mean_training_accuracy_with_the_15_before(accuracies, expected):
+    history = _history(accuracies) + [{"epoch": 99, "step": 3, "loss": 0.1, "event": "x"}]  # no train_acc: skipped
+    assert regularised.converged(history) is expected
+
+
 def test_ece_matches_a_hand_computation():
     # bins of width 1/2: confidences 0.9, 0.8 (right, wrong) in (0.5, 1]; 0.4, 0.45 (right, right) in (0, 0.5]
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.4, 0.3, 0.3], [0.45, 0.35, 0.2]], dtype=torch.float64)

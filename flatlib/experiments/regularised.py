@@ -74,6 +74,31 @@ def check(regimes, weight_decay: float, sam_rho: float, arch: str) -> None:
         raise ValueError("Invalid regularised-minima study: " + "; ".join(problems) + ".")
 
 
+# Converged, the pilot's criterion (fixed with the 90-epoch budget, before the run it chose): the
+# mean full-pass training accuracy over the last CONVERGED_WINDOW epochs within CONVERGED_TOLERANCE
+# (a fraction: 0.01 is one point) of the mean over the CONVERGED_WINDOW epochs before them.
+CONVERGED_WINDOW = 15
+CONVERGED_TOLERANCE = 0.01
+
+
+def converged(history: list[dict], window: int = CONVERGED_WINDOW, tolerance: float = CONVERGED_TOLERANCE) -> bool:
+    """Whether a network's training history (``TrainResult.history``) meets the convergence
+    criterion above; False with fewer than ``2 * window`` epochs of full-pass training accuracy."""
+    acc = [epoch["train_acc"] for epoch in history if "train_acc" in epoch]
+    if len(acc) < 2 * window:
+        return False
+    return abs(float(np.mean(acc[-window:])) - float(np.mean(acc[-2 * window:-window]))) <= tolerance
+
+
+def converged_networks(configs) -> list[bool]:
+    """``converged`` for each config's network, read from the store (train them first)."""
+    results = [study.load_network(config) for config in configs]
+    missing = [config.seed for config, result in zip(configs, results) if result is None]
+    if missing:
+        raise LookupError(f"{len(missing)} networks are not in the store (seeds {missing[:5]}...): train them first")
+    return [converged(result.history) for result in results]
+
+
 def config(regime: str, seed: int, *, dataset: str, n: int, arch: str, widths, lr: float, batch_size: int,
            epochs: int, weight_decay: float, sam_rho: float, momentum: float = 0.9) -> ftrain.TrainConfig:
     """The network of ``regime`` and ``seed``: SGD with momentum for exactly ``epochs`` epochs
