@@ -756,6 +756,17 @@ def test_c6_no_cell_fitting_is_not_supported_only_when_the_intervals_exclude_the
     assert claims.regularised(c6_effects(cells)).verdict == "inconclusive"
 
 
+def test_c6_the_first_rule_called_not_supported_exactly_the_runs_where_no_cell_fits():
+    open_gain = {"log10_top_eigenvalue": UP, "test_acc": (-0.004, 0.005)}  # no cell fits, the gain is admitted
+    verdict = claims.regularised(c6_effects({c: open_gain for c in C6_CELLS}))
+    assert (verdict.verdict, claims.regularised_first_rule(verdict)) == ("inconclusive", "not supported")
+    fit, flatter = {"log10_top_eigenvalue": UP, "test_acc": UP}, {"log10_top_eigenvalue": DOWN, "test_acc": ZERO}
+    one_fits = claims.regularised(c6_effects(dict(zip(C6_CELLS, [fit, flatter, flatter, flatter]))))
+    assert (one_fits.verdict, claims.regularised_first_rule(one_fits)) == ("not supported", "inconclusive")
+    every = claims.regularised(c6_effects({c: fit for c in C6_CELLS}))
+    assert claims.regularised_first_rule(every) == "supported"
+
+
 def test_c6_not_supported_when_too_few_cells_could_fit_even_if_every_open_one_did():
     flatter = {"log10_top_eigenvalue": DOWN, "test_acc": ZERO}  # significantly flatter: cannot fit
     worse = {"log10_top_eigenvalue": ZERO, "test_acc": DOWN}  # significantly worse: cannot fit

@@ -240,6 +240,29 @@ def test_effects_are_paired_t_intervals_bonferroni_corrected_over_the_cells():
         regularised.effects(lacking, ["acc"])
 
 
+def test_converged_effects_pair_each_cell_on_its_converged_seeds_at_the_full_designs_level():
+    rng = np.random.default_rng(1)
+    rows = [{"dataset": d, "regime": r, "seed": s, "acc": s * 0.1 + shift + rng.normal(0, 0.1), "converged": True}
+            for d in ("mnist", "fashion_mnist") for r, shift in (("baseline", 0.0), ("sam", 0.5), ("all", -0.2))
+            for s in range(6)]
+    table = pd.DataFrame(rows)
+    stuck = (table["dataset"] == "fashion_mnist") & (((table["regime"] == "all") & (table["seed"] == 1))
+                                                      | ((table["regime"] == "baseline") & (table["seed"] == 4)))
+    table.loc[stuck, "converged"] = False
+    out = regularised.converged_effects(table, ["acc"])
+    assert set(out["level"]) == {1 - 0.05 / 4}
+    units = out.set_index(["dataset", "regime"])["units"]
+    assert (units[("mnist", "sam")], units[("fashion_mnist", "sam")], units[("fashion_mnist", "all")]) == (6, 5, 4)
+    wide = table[table["dataset"] == "fashion_mnist"].pivot(index="seed", columns="regime", values="acc")
+    ref = sps.ttest_rel(wide.loc[[0, 2, 3, 5], "all"], wide.loc[[0, 2, 3, 5], "baseline"])
+    ci = ref.confidence_interval(1 - 0.05 / 4)
+    row = out[(out["dataset"] == "fashion_mnist") & (out["regime"] == "all")].iloc[0]
+    assert (row["ci_low"], row["ci_high"], row["p"]) == pytest.approx((ci.low, ci.high, ref.pvalue))
+    table.loc[(table["dataset"] == "mnist") & (table["regime"] == "sam") & (table["seed"] > 0), "converged"] = False
+    with pytest.raises(ValueError, match="dataset=mnist, sam: 1 seeds"):
+        regularised.converged_effects(table, ["acc"])
+
+
 def test_regime_means_are_student_t_intervals():
     table = pd.DataFrame({"dataset": "mnist", "regime": "a", "x": [1.0, 2.0, 4.0]})
     row = regularised.regime_means(table, ["x"]).iloc[0]

@@ -247,18 +247,19 @@ def consistency(table, by=("dataset", "regime")):
 # ----------------------------------------------------------------------------- effects
 
 def effects(table, metrics, baseline: str = "baseline", pair_on: str = "seed", by: str = "dataset",
-            alpha: float = 0.05):
+            alpha: float = 0.05, cells: int | None = None):
     """Per group of ``by`` (the dataset) and regularised regime, and per metric, the mean
     paired difference regime minus ``baseline`` over the units ``pair_on`` (seeds, or the pairs
     of ``consistency``) with its Student-t interval at level 1 - alpha/C, where C is the number
-    of (group, regime) cells compared: a Bonferroni correction over the cells, per metric. A
-    unit missing in either regime is an error, not dropped."""
+    of (group, regime) cells compared (or ``cells``, for a part of a larger design): a Bonferroni
+    correction over the cells, per metric. A unit missing in either regime is an error, not
+    dropped."""
     import pandas as pd
     groups = list(table.groupby(by, sort=False))
     regimes = [r for r in table["regime"].unique() if r != baseline]
     if baseline not in set(table["regime"]):
         raise ValueError(f"the table has no {baseline!r} regime to compare with")
-    cells = len(groups) * len(regimes)
+    cells = len(groups) * len(regimes) if cells is None else cells
     level = 1 - alpha / max(cells, 1)
     rows = []
     for key, group in groups:
@@ -277,6 +278,29 @@ def effects(table, metrics, baseline: str = "baseline", pair_on: str = "seed", b
                              "baseline": float(b.mean()), "difference": d.mean, "ci_low": ci.low,
                              "ci_high": ci.high, "p": d.pvalue, "units": d.n, "level": level})
     return pd.DataFrame(rows)
+
+
+def converged_effects(table, metrics, flag: str = "converged", baseline: str = "baseline", by: str = "dataset",
+                      alpha: float = 0.05):
+    """``effects`` on the networks that converged (``table[flag]`` true), cell by cell: each
+    regime against ``baseline`` on the seeds whose networks of both converged, at the
+    Bonferroni level of the full design (every cell of ``table``), so that only the networks
+    change, not the correction. A robustness check of the verdict on networks that met the
+    convergence criterion; a cell with fewer than two such seeds is an error."""
+    import pandas as pd
+    regimes = [r for r in table["regime"].unique() if r != baseline]
+    cells = table[by].nunique() * len(regimes)
+    parts = []
+    for key, group in table.groupby(by, sort=False):
+        done = group.pivot(index="seed", columns="regime", values=flag).astype(bool)
+        for regime in regimes:
+            seeds = done.index[done[regime] & done[baseline]]
+            if len(seeds) < 2:
+                raise ValueError(f"{by}={key}, {regime}: {len(seeds)} seeds whose {regime} and {baseline} networks "
+                                 "both converged; a paired interval needs at least 2")
+            part = group[group["regime"].isin([baseline, regime]) & group["seed"].isin(seeds)]
+            parts.append(effects(part, metrics, baseline=baseline, by=by, alpha=alpha, cells=cells))
+    return pd.concat(parts, ignore_index=True)
 
 
 def regime_means(table, metrics, by=("dataset", "regime"), confidence_level: float = 0.95):

@@ -66,6 +66,7 @@ from flatlib.publishing.rules_minima import (  # noqa: F401 (re-exported)
     finite_weakness,
     flattest_interpolators,
     regularised,
+    regularised_first_rule,
 )
 from flatlib.publishing.verdicts import (  # noqa: F401 (re-exported)
     STABILITY_REPLICATES,
