@@ -93,6 +93,7 @@ bench: data
 	$(BIN)/python -m benchmarks.pacbayes_bench
 	$(BIN)/python -m benchmarks.malloc_bench
 	$(BIN)/python -m benchmarks.chapter_bench
+	$(BIN)/python -m benchmarks.phases_bench
 	$(BIN)/python -m benchmarks.store_bench
 
 # Also the leftovers of `make reproduce`: a killed run's hidden scratch folder, book/.<run>.partial,
