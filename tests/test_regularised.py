@@ -259,7 +259,9 @@ def test_converged_effects_pair_each_cell_on_its_converged_seeds_at_the_full_des
     row = out[(out["dataset"] == "fashion_mnist") & (out["regime"] == "all")].iloc[0]
     assert (row["ci_low"], row["ci_high"], row["p"]) == pytest.approx((ci.low, ci.high, ref.pvalue))
     table.loc[(table["dataset"] == "mnist") & (table["regime"] == "sam") & (table["seed"] > 0), "converged"] = False
-    with pytest.raises(ValueError, match="dataset=mnist, sam: 1 seeds"):
+    assert regularised.converged_pairs(table)[("mnist", "sam")] == 1
+    assert regularised.converged_pairs(table)[("fashion_mnist", "all")] == 4
+    with pytest.raises(ValueError, match="at least 2\\): mnist/sam 1$"):
         regularised.converged_effects(table, ["acc"])
 
 

@@ -290,17 +290,30 @@ def converged_effects(table, metrics, flag: str = "converged", baseline: str = "
     import pandas as pd
     regimes = [r for r in table["regime"].unique() if r != baseline]
     cells = table[by].nunique() * len(regimes)
+    short = converged_pairs(table, flag, baseline, by)
+    short = {cell: k for cell, k in short.items() if k < 2}
+    if short:
+        raise ValueError("too few seeds whose regime and baseline networks both converged for a paired interval "
+                         "(at least 2): " + ", ".join(f"{d}/{r} {k}" for (d, r), k in short.items()))
     parts = []
-    for key, group in table.groupby(by, sort=False):
+    for _, group in table.groupby(by, sort=False):
         done = group.pivot(index="seed", columns="regime", values=flag).astype(bool)
         for regime in regimes:
             seeds = done.index[done[regime] & done[baseline]]
-            if len(seeds) < 2:
-                raise ValueError(f"{by}={key}, {regime}: {len(seeds)} seeds whose {regime} and {baseline} networks "
-                                 "both converged; a paired interval needs at least 2")
             part = group[group["regime"].isin([baseline, regime]) & group["seed"].isin(seeds)]
             parts.append(effects(part, metrics, baseline=baseline, by=by, alpha=alpha, cells=cells))
     return pd.concat(parts, ignore_index=True)
+
+
+def converged_pairs(table, flag: str = "converged", baseline: str = "baseline", by: str = "dataset") -> dict:
+    """Per cell ``(dataset, regime)``: how many seeds have both that regime's and the baseline's
+    network converged (``table[flag]``), the units ``converged_effects`` pairs on."""
+    counts = {}
+    for key, group in table.groupby(by, sort=False):
+        done = group.pivot(index="seed", columns="regime", values=flag).astype(bool)
+        for regime in (r for r in table["regime"].unique() if r != baseline):
+            counts[(key, regime)] = int((done[regime] & done[baseline]).sum())
+    return counts
 
 
 def regime_means(table, metrics, by=("dataset", "regime"), confidence_level: float = 0.95):
