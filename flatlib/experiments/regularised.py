@@ -288,32 +288,32 @@ def converged_effects(table, metrics, flag: str = "converged", baseline: str = "
     change, not the correction. A robustness check of the verdict on networks that met the
     convergence criterion; a cell with fewer than two such seeds is an error."""
     import pandas as pd
-    regimes = [r for r in table["regime"].unique() if r != baseline]
-    cells = table[by].nunique() * len(regimes)
-    short = converged_pairs(table, flag, baseline, by)
-    short = {cell: k for cell, k in short.items() if k < 2}
+    seeds = _converged_seeds(table, flag, baseline, by)
+    short = {cell: len(kept) for cell, kept in seeds.items() if len(kept) < 2}
     if short:
         raise ValueError("too few seeds whose regime and baseline networks both converged for a paired interval "
                          "(at least 2): " + ", ".join(f"{d}/{r} {k}" for (d, r), k in short.items()))
-    parts = []
-    for _, group in table.groupby(by, sort=False):
-        done = group.pivot(index="seed", columns="regime", values=flag).astype(bool)
-        for regime in regimes:
-            seeds = done.index[done[regime] & done[baseline]]
-            part = group[group["regime"].isin([baseline, regime]) & group["seed"].isin(seeds)]
-            parts.append(effects(part, metrics, baseline=baseline, by=by, alpha=alpha, cells=cells))
+    parts = [effects(table[(table[by] == key) & table["regime"].isin([baseline, regime]) & table["seed"].isin(kept)],
+                     metrics, baseline=baseline, by=by, alpha=alpha, cells=len(seeds))
+             for (key, regime), kept in seeds.items()]
     return pd.concat(parts, ignore_index=True)
 
 
 def converged_pairs(table, flag: str = "converged", baseline: str = "baseline", by: str = "dataset") -> dict:
     """Per cell ``(dataset, regime)``: how many seeds have both that regime's and the baseline's
     network converged (``table[flag]``), the units ``converged_effects`` pairs on."""
-    counts = {}
+    return {cell: len(kept) for cell, kept in _converged_seeds(table, flag, baseline, by).items()}
+
+
+def _converged_seeds(table, flag, baseline, by) -> dict:
+    """Per cell ``(group, regime)``: the seeds whose network of that regime and of ``baseline`` both converged."""
+    regimes = [r for r in table["regime"].unique() if r != baseline]
+    seeds = {}
     for key, group in table.groupby(by, sort=False):
         done = group.pivot(index="seed", columns="regime", values=flag).astype(bool)
-        for regime in (r for r in table["regime"].unique() if r != baseline):
-            counts[(key, regime)] = int((done[regime] & done[baseline]).sum())
-    return counts
+        for regime in regimes:
+            seeds[(key, regime)] = list(done.index[done[regime] & done[baseline]])
+    return seeds
 
 
 def regime_means(table, metrics, by=("dataset", "regime"), confidence_level: float = 0.95):

@@ -148,7 +148,6 @@ CLEAN_SEPARATION = 0.9
 MIN_AUC_DROP = 0.1
 
 
-
 def regularised_first_rule(verdict: Verdict) -> str:
     """The central sub-claim's state under C6's rule as first published (commit 7796565), where
     "not supported" meant "no cell fits" whatever the intervals admitted; kept so a page can say
@@ -157,6 +156,7 @@ def regularised_first_rule(verdict: Verdict) -> str:
     if central.state in ("supported", "contradicted"):
         return central.state
     return "inconclusive" if central.values["fit"] else "not supported"
+
 
 def _separation_state(s: dict, alpha: float) -> str:
     if s["p_flatter"] < alpha and s["auc"] >= CLEAN_SEPARATION:
